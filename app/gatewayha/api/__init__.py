@@ -1,0 +1,1 @@
+"""The HTTP API: dask-gateway's wire protocol on Falcon (WSGI)."""

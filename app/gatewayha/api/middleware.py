@@ -1,0 +1,127 @@
+"""Cross-cutting concerns: request id and authentication."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+import uuid
+
+import falcon
+
+from gatewayha.api.errors import Forbidden, Unauthorized
+from gatewayha.auth import secrets as sec
+from gatewayha.auth import users
+from gatewayha.config import Settings
+
+log = logging.getLogger("gatewayha.api")
+
+
+class RequestId:
+    """Use HAProxy's X-Request-ID (or make one), echo it, log every request."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        rid = req.get_header("X-Request-ID") or uuid.uuid4().hex
+        req.context.request_id = rid[:128]
+        req.context.started = time.monotonic()
+        resp.set_header("X-Request-ID", req.context.request_id)
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        log.info(
+            "request_id=%s user=%s %s %s -> %s %.1fms",
+            req.context.get("request_id"),
+            req.context.get("user"),
+            req.method,
+            req.relative_uri,
+            resp.status,
+            (time.monotonic() - req.context.get("started", time.monotonic())) * 1000,
+        )
+
+
+class Authenticate:
+    """Resolve the caller from a session cookie, Basic credentials or a token.
+
+    Resources declare ``auth``: "none", "user" (a person), or "cluster_token"
+    / "user_or_cluster_token" (the scheduler of the named cluster). Without
+    credentials the answer is 401 with WWW-Authenticate: the stock client
+    only sends credentials after that challenge.
+    """
+
+    def __init__(self, settings: Settings, pool):
+        self.settings = settings
+        self.pool = pool
+        self.challenge = {"WWW-Authenticate": f'Basic realm="{settings.auth.realm}"'}
+        self.secure_cookie = settings.server.public_url.startswith("https://")
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        mode = getattr(resource, "auth", "user")
+        if mode == "none" or resource is None:
+            return
+        req.context.user = None
+        req.context.cluster_token = None
+        header = req.get_header("Authorization") or ""
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "token" and value:
+            if value.startswith("gha_"):
+                with self.pool.connection() as conn:
+                    user = users.token_user(conn, value)
+                if user is None:
+                    raise Unauthorized("Invalid API token", self.challenge)
+                req.context.user = user
+            elif "cluster_token" in mode:
+                req.context.cluster_token = value
+                return
+            else:
+                raise Unauthorized("Cluster tokens are not accepted here", self.challenge)
+        elif mode == "cluster_token":
+            raise Unauthorized("A cluster token is required", {"WWW-Authenticate": "token"})
+        elif scheme == "basic" and value:
+            req.context.user = self._basic(value)
+            cookie = sec.make_session_cookie(
+                self.settings.server.secret, req.context.user, self.settings.server.cookie_max_age
+            )
+            resp.set_cookie(
+                self.settings.server.cookie_name,
+                cookie,
+                max_age=self.settings.server.cookie_max_age,
+                path="/",
+                secure=self.secure_cookie,
+                http_only=True,
+                same_site="Lax",
+            )
+        else:
+            cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]
+            user = sec.check_session_cookie(self.settings.server.secret, cookie) if cookie else None
+            if user is None:
+                raise Unauthorized("Authentication required", self.challenge)
+            req.context.user = user
+
+    def _basic(self, value: str) -> str:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("latin1")
+            name, sep, password = decoded.partition(":")
+        except (binascii.Error, ValueError):
+            raise Unauthorized("Malformed Basic credentials", self.challenge) from None
+        if not sep or not users.USER_NAME.match(name):
+            raise Unauthorized("Invalid user name or password", self.challenge)
+        auth = self.settings.auth
+        if auth.type == "simple":
+            if not sec.hmac.compare_digest(password.encode("latin1"), auth.simple_password.encode("latin1")):
+                raise Unauthorized("Invalid user name or password", self.challenge)
+            with self.pool.connection() as conn:
+                users.ensure_user(conn, name)
+            return name
+        with self.pool.connection() as conn:
+            stored = users.password_hash(conn, name)
+        if not sec.verify_password(password, stored):
+            raise Unauthorized("Invalid user name or password", self.challenge)
+        return name
+
+
+def require_cluster_token(settings: Settings, req: falcon.Request, name: str) -> None:
+    token = req.context.get("cluster_token")
+    if token is None or not sec.check_cluster_token(settings.server.secret, name, token):
+        raise Forbidden("Invalid cluster token")

@@ -1,0 +1,255 @@
+"""Thin resources: parse and validate, call one domain function, render."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import falcon
+
+from gatewayha import __version__, clusters
+from gatewayha.api.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable
+from gatewayha.api.middleware import require_cluster_token
+from gatewayha.auth import secrets as sec
+from gatewayha.config import Settings
+from gatewayha.options import options_spec
+
+STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
+DEFAULT_STATUSES = ["PENDING", "RUNNING"]
+MAX_INT = 2**31 - 1
+
+
+def read_json(req: falcon.Request, max_bytes: int) -> dict:
+    """The request body as a JSON object, bounded in size."""
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"Request body larger than {max_bytes} bytes")
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"Request body larger than {max_bytes} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Malformed JSON body") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The JSON body must be an object")
+    return data
+
+
+def _int_field(data: dict, key: str, *, allow_none: bool = False, default=None) -> int | None:
+    value = data.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Unprocessable(f"{key} must be an integer, got {value!r}")
+    if value < 0:
+        raise Unprocessable(f"{key} must be >= 0, got {value}")
+    return value
+
+
+class Base:
+    def __init__(self, settings: Settings, pool):
+        self.settings = settings
+        self.pool = pool
+
+
+class Health(Base):
+    auth = "none"
+
+    def on_get(self, req, resp):
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except Exception:
+            resp.status = 503
+            resp.media = {"status": "fail"}
+            return
+        resp.media = {"status": "pass"}
+
+
+class Version(Base):
+    auth = "none"
+
+    def on_get(self, req, resp):
+        resp.media = {"version": __version__}
+
+
+class Options(Base):
+    def on_get(self, req, resp):
+        resp.media = {"cluster_options": options_spec(self.settings.cluster_options)}
+
+
+class Clusters(Base):
+    def on_get(self, req, resp):
+        raw = req.get_param("status")
+        statuses = DEFAULT_STATUSES
+        if raw is not None:
+            statuses = [s.strip().upper() for s in raw.split(",") if s.strip()]
+            bad = [s for s in statuses if s not in STATUS_NAMES]
+            if bad or not statuses:
+                raise Unprocessable(f"Invalid cluster status {raw!r}")
+        with self.pool.connection() as conn:
+            rows = clusters.list_clusters(conn, req.context.user, statuses)
+        secret = self.settings.server.secret
+        resp.media = {r["name"]: clusters.cluster_model(r, secret, full=False) for r in rows}
+
+    def on_post(self, req, resp):
+        data = read_json(req, self.settings.server.max_body_bytes)
+        options = data.get("cluster_options", {})
+        key = req.get_header("Idempotency-Key")
+        if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
+            raise Unprocessable("Idempotency-Key must be 1-200 printable characters")
+        with self.pool.connection() as conn:
+            name = clusters.create_cluster(conn, self.settings, req.context.user, options, key)
+        resp.status = 201
+        resp.media = {"name": name}
+
+
+class Cluster(Base):
+    auth = "user_or_cluster_token"
+
+    def _own(self, conn, req, name: str) -> dict:
+        row = clusters.get_cluster(conn, name, owner=req.context.user)
+        if row is None:
+            raise NotFound(f"Cluster {name} does not exist")
+        return row
+
+    def on_get(self, req, resp, name):
+        if req.context.user is None:
+            raise NotFound(f"Cluster {name} does not exist")
+        wait = req.get_param("wait") is not None
+        deadline = time.monotonic() + self.settings.server.wait_timeout
+        while True:
+            with self.pool.connection() as conn:
+                row = self._own(conn, req, name)
+            if not wait or row["status"] != "PENDING" or time.monotonic() >= deadline:
+                break
+            time.sleep(self.settings.server.wait_poll_interval)
+        resp.media = clusters.cluster_model(row, self.settings.server.secret)
+
+    def on_delete(self, req, resp, name):
+        resp.status = 204
+        if not clusters.valid_name(name):
+            return
+        if req.context.user is None:
+            require_cluster_token(self.settings, req, name)
+            reason = "Shut down by its scheduler (idle timeout or request)"
+            owner = None
+        else:
+            reason = f"Shut down by user {req.context.user}"
+            owner = req.context.user
+        with self.pool.connection() as conn:
+            # Unknown names and other users' clusters look alike: 204, nothing changed.
+            if clusters.get_cluster(conn, name, owner=owner) is not None:
+                clusters.stop_cluster(conn, name, reason)
+
+
+class _Forward(Base):
+    """Scale and adapt are forwarded to the scheduler's gateway API (/api/comm)."""
+
+    def _running(self, req, name) -> dict:
+        with self.pool.connection() as conn:
+            row = clusters.get_cluster(conn, name, owner=req.context.user)
+        if row is None:
+            raise NotFound(f"Cluster {name} does not exist")
+        if row["status"] != "RUNNING" or not row["api_address"]:
+            raise Conflict(f"Cluster {name} is not running")
+        return row
+
+    def _allowance(self, row: dict, wanted: int) -> tuple[int, str | None]:
+        with self.pool.connection() as conn:
+            return clusters.worker_allowance(conn, self.settings, row, wanted)
+
+    def _send(self, row: dict, msg: dict) -> None:
+        token = sec.cluster_token(self.settings.server.secret, row["name"])
+        request = urllib.request.Request(
+            row["api_address"].rstrip("/") + "/api/comm",
+            data=json.dumps(msg).encode(),
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                r.read()
+        except urllib.error.HTTPError as exc:
+            raise Unavailable(f"The scheduler refused the request ({exc.code})") from None
+        except (urllib.error.URLError, OSError):
+            raise Unavailable("The scheduler did not answer; try again shortly") from None
+
+
+class Scale(_Forward):
+    def on_post(self, req, resp, name):
+        data = read_json(req, self.settings.server.max_body_bytes)
+        if "count" not in data:
+            raise Unprocessable("count is required")
+        count = _int_field(data, "count")
+        row = self._running(req, name)
+        allowed, msg = self._allowance(row, min(count, MAX_INT))
+        self._send(row, {"op": "scale", "count": allowed})
+        resp.media = {"ok": msg is None, "msg": msg}
+
+
+class Adapt(_Forward):
+    def on_post(self, req, resp, name):
+        data = read_json(req, self.settings.server.max_body_bytes)
+        minimum = _int_field(data, "minimum", allow_none=True)
+        maximum = _int_field(data, "maximum", allow_none=True)
+        active = data.get("active", True)
+        if not isinstance(active, bool):
+            raise Unprocessable(f"active must be a bool, got {active!r}")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise Unprocessable(f"minimum ({minimum}) must be <= maximum ({maximum})")
+        row = self._running(req, name)
+        msg = None
+        if active:
+            cap, _ = self._allowance(row, MAX_INT)
+            if maximum is None or maximum > cap:
+                if maximum is not None:
+                    msg = f"Maximum number of workers is limited to {cap}"
+                maximum = cap
+            if minimum is not None and minimum > maximum:
+                msg = f"Minimum number of workers is limited to {maximum}"
+                minimum = maximum
+        self._send(row, {"op": "adapt", "minimum": minimum, "maximum": maximum, "active": active})
+        resp.media = {"ok": msg is None, "msg": msg}
+
+
+_HEARTBEAT_LISTS = ("active_workers", "closing_workers", "closed_workers")
+# These addresses end up in HAProxy maps and in outgoing requests: host:port only.
+_HOSTPORT = r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}"
+_ADDRESS_PATTERNS = {
+    "scheduler_address": re.compile(rf"^tls://{_HOSTPORT}$"),
+    "dashboard_address": re.compile(rf"^(http://{_HOSTPORT})?$"),
+    "api_address": re.compile(rf"^http://{_HOSTPORT}$"),
+}
+
+
+class Heartbeat(Base):
+    auth = "cluster_token"
+
+    def on_post(self, req, resp, name):
+        if not clusters.valid_name(name):
+            raise NotFound(f"Cluster {name} does not exist")
+        require_cluster_token(self.settings, req, name)
+        data = read_json(req, self.settings.server.max_body_bytes * 16)
+        msg = {}
+        for key, pattern in _ADDRESS_PATTERNS.items():
+            value = data.get(key)
+            if not isinstance(value, str) or not pattern.match(value):
+                raise Unprocessable(f"{key} must be an address like {pattern.pattern!r}")
+            msg[key] = value
+        msg["count"] = min(_int_field(data, "count"), MAX_INT)
+        for key in _HEARTBEAT_LISTS:
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise Unprocessable(f"{key} must be a list of strings")
+            msg[key] = value
+        with self.pool.connection() as conn:
+            clusters.record_heartbeat(conn, self.settings, name, msg)
+        resp.status = 200
+        resp.media = {"ok": True}

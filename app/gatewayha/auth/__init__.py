@@ -1,0 +1,1 @@
+"""Authentication: password hashes, signed session cookies, API and cluster tokens."""

@@ -1,0 +1,95 @@
+"""Credential primitives shared by every instance: nothing here keeps state.
+
+- Passwords: scrypt (stdlib hashlib), ``scrypt$n$r$p$salt$hash`` in the users table.
+- Session cookie: ``user|expiry|hmac``; any instance holding the server secret
+  accepts it, so a client moved between instances is not challenged again and
+  the password hash is not recomputed per request.
+- Cluster tokens: HMAC of the cluster name, so the scheduler's token needs no
+  storage and is checked in constant time.
+- API tokens: ``gha_<id>_<secret>``; only sha256(secret) is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return "scrypt${}${}${}${}${}".format(
+        _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    )
+
+
+# A hash to check against when the user does not exist, so timing does not
+# tell which user names exist.
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    target = stored or _DUMMY_HASH
+    try:
+        scheme, n, r, p, salt, digest = target.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest)) and stored is not None
+
+
+def _mac(secret: str, purpose: bytes, msg: str) -> str:
+    return hmac.new(secret.encode(), purpose + b"\0" + msg.encode(), hashlib.sha256).hexdigest()
+
+
+def make_session_cookie(secret: str, user: str, max_age: int, now: float | None = None) -> str:
+    expiry = int((now or time.time()) + max_age)
+    body = f"{user}|{expiry}"
+    return f"{body}|{_mac(secret, b'session', body)}"
+
+
+def check_session_cookie(secret: str, value: str, now: float | None = None) -> str | None:
+    """The user name a valid, unexpired cookie names; None for anything else."""
+    try:
+        user, expiry, mac = value.split("|")
+        expiry_i = int(expiry)
+    except (ValueError, AttributeError):
+        return None
+    if not hmac.compare_digest(mac, _mac(secret, b"session", f"{user}|{expiry}")):
+        return None
+    if expiry_i < (now or time.time()):
+        return None
+    return user
+
+
+def cluster_token(secret: str, cluster_name: str) -> str:
+    return _mac(secret, b"cluster-token", cluster_name)
+
+
+def check_cluster_token(secret: str, cluster_name: str, token: str) -> bool:
+    return hmac.compare_digest(cluster_token(secret, cluster_name), token)
+
+
+def new_api_token() -> tuple[str, str, bytes]:
+    """Return (token, id, secret_hash)."""
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    return f"gha_{token_id}_{secret}", token_id, hashlib.sha256(secret.encode()).digest()
+
+
+def parse_api_token(token: str) -> tuple[str, bytes] | None:
+    """Return (id, sha256(secret)) for a well-formed API token."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != "gha" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], hashlib.sha256(parts[2].encode()).digest()

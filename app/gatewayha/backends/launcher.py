@@ -1,0 +1,461 @@
+"""Launchers: run a named long-lived process ("unit") detached from gatewayha-worker.
+
+Two implementations behind one interface:
+
+* ``SystemdLauncher`` - a transient systemd unit per process (``systemd-run``), with
+  MemoryMax/CPUQuota from the cluster config. Units belong to PID 1, so they
+  survive a restart of gatewayha-worker, and output goes to the journal.
+* ``ProcessLauncher`` - where systemd does not run (dev, CI, containers): a process
+  in its own session with a pidfile. It also survives gatewayha-worker restarts;
+  a unit marker in its environment keeps a recycled pid from being mistaken for it.
+
+Unit names are ``<cluster>-scheduler`` or ``<cluster>-worker-<suffix>`` and are
+validated before they reach a path or a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatewayha.backends.base import check_cluster_name, check_worker_name
+from gatewayha.config import Settings
+
+log = logging.getLogger(__name__)
+
+UNIT_RE = re.compile(r"\A(?P<cluster>[a-f0-9]{32})-(?:scheduler|worker-[a-z0-9]{1,16})\Z")
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+MARKER_VAR = "GATEWAYHA_UNIT"  # set in every launched process; never settable by users
+
+
+def check_unit(unit: object) -> str:
+    if not isinstance(unit, str) or not UNIT_RE.match(unit):
+        raise ValueError(f"invalid unit name {unit!r}")
+    return unit
+
+
+def scheduler_unit(cluster_name: str) -> str:
+    return f"{check_cluster_name(cluster_name)}-scheduler"
+
+
+def worker_unit(cluster_name: str, worker_name: str) -> str:
+    check_worker_name(cluster_name, worker_name)
+    return f"{cluster_name}-worker-{worker_name[len(cluster_name) + 1 :]}"
+
+
+def unit_cluster(unit: str) -> str:
+    """The cluster a unit belongs to."""
+    return check_unit(unit)[:32]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Caps for one unit; enforced where the launcher can (systemd cgroups)."""
+
+    cpu_cores: float
+    memory_bytes: int
+
+
+class Launcher(ABC):
+    """Start, stop and check named processes. All verbs are idempotent."""
+
+    @abstractmethod
+    def start(
+        self,
+        unit: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        resources: Resources | None = None,
+    ) -> bool:
+        """Start ``argv`` as ``unit`` unless it is running; True if it was started now.
+
+        ``env`` is the complete environment (nothing is inherited from gatewayha-worker,
+        whose environment holds the database DSN and the server secret). ``log_path``
+        receives output where the launcher has no journal.
+        """
+
+    @abstractmethod
+    def stop_many(self, units: Iterable[str], timeout: float = 10.0) -> None:
+        """Stop the units (all at once), SIGKILL whatever outlives ``timeout``."""
+
+    def stop(self, unit: str, timeout: float = 10.0) -> None:
+        self.stop_many([unit], timeout)
+
+    @abstractmethod
+    def is_running(self, unit: str) -> bool:
+        """Whether the unit's main process is alive."""
+
+    @abstractmethod
+    def units(self) -> set[str]:
+        """Units this launcher knows of on this node (running, or not yet cleaned up)."""
+
+
+def _check_start_args(unit: str, argv: list[str], env: dict[str, str]) -> None:
+    check_unit(unit)
+    if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise ValueError("argv must be a non-empty list of strings")
+    for key, value in env.items():
+        if not ENV_NAME_RE.match(key) or "\0" in value or "\n" in value:
+            raise ValueError(f"invalid environment entry {key!r}")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _read(path: str | Path, mode: str = "r") -> str | bytes | None:
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+        return None
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgrp, starttime) of a live process, or None."""
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    # The command name is in parentheses and may contain spaces or parentheses.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return fields[0], int(fields[2]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _has_marker(pid: int, unit: str) -> bool:
+    environ = _read(f"/proc/{pid}/environ", "rb")
+    if not environ:
+        return False
+    return f"{MARKER_VAR}={unit}".encode() in environ.split(b"\0")
+
+
+def _all_pids() -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    out = []
+    for pid in _all_pids():
+        st = _proc_stat(pid)
+        if st and st[1] == pgid and st[0] not in ("Z", "X"):
+            out.append(pid)
+    return out
+
+
+class ProcessLauncher(Launcher):
+    """Processes in their own session, one pidfile per unit under ``run_dir``.
+
+    The pidfile holds ``<pid> <starttime>``; a placeholder ``-`` is written before the
+    process is spawned, so a crash between spawn and pidfile write leaves a trace that
+    makes the next check look for the unit's marker in /proc instead of starting a
+    second copy.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # -- files
+    def _pidfile(self, unit: str) -> Path:
+        return self.run_dir / f"{check_unit(unit)}.pid"
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        # One lock per node: excludes other threads (each call opens its own file
+        # description) and other gatewayha-worker processes. Held only around
+        # check-then-spawn, which takes milliseconds.
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_pidfile(self, unit: str, content: str) -> None:
+        path = self._pidfile(unit)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "w") as f:
+            f.write(content)
+        os.replace(tmp, path)
+
+    # -- liveness
+    def _reap(self) -> None:
+        for unit, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[unit]
+
+    def _is_ours(self, pid: int, unit: str, starttime: int | None) -> bool:
+        st = _proc_stat(pid)
+        if st is None or st[0] in ("Z", "X") or st[1] != pid:
+            return False
+        if starttime is not None and st[2] != starttime:
+            return False
+        return _has_marker(pid, unit)
+
+    def _scan(self, unit: str) -> int | None:
+        """Find the unit's session leader by its marker (slow path: reads /proc)."""
+        for pid in _all_pids():
+            st = _proc_stat(pid)
+            if st and st[1] == pid and st[0] not in ("Z", "X") and _has_marker(pid, unit):
+                return pid
+        return None
+
+    def _pid(self, unit: str) -> int | None:
+        """The unit's live leader pid, or None. Repairs or removes a stale pidfile."""
+        self._reap()
+        path = self._pidfile(unit)
+        raw = _read(path)
+        if raw is None:
+            return None  # never started, or stopped cleanly: the cheap common case
+        parts = raw.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            pid, starttime = int(parts[0]), int(parts[1])
+            if self._is_ours(pid, unit, starttime):
+                return pid
+        # Placeholder, stale or recycled pid: look for the marker before concluding.
+        pid = self._scan(unit)
+        if pid is not None:
+            st = _proc_stat(pid)
+            self._write_pidfile(unit, f"{pid} {st[2] if st else 0}\n")
+            return pid
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+
+    def is_running(self, unit: str) -> bool:
+        return self._pid(check_unit(unit)) is not None
+
+    # -- verbs
+    def start(self, unit, argv, env, *, cwd, log_path, resources=None) -> bool:
+        _check_start_args(unit, argv, env)
+        with self._lock():
+            if self._pid(unit) is not None:
+                return False
+            self._write_pidfile(unit, "-\n")
+            full_env = {**env, MARKER_VAR: unit}
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(log_path, "ab") as out:
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        env=full_env,
+                        cwd=cwd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        close_fds=True,
+                        start_new_session=True,  # own session and process group
+                    )
+                except OSError:
+                    with contextlib.suppress(FileNotFoundError):
+                        self._pidfile(unit).unlink()
+                    raise
+            st = _proc_stat(proc.pid)
+            self._write_pidfile(unit, f"{proc.pid} {st[2] if st else 0}\n")
+            self._children[unit] = proc
+            log.info("started %s pid %d", unit, proc.pid)
+            return True
+
+    def stop_many(self, units: Iterable[str], timeout: float = 10.0) -> None:
+        units = [check_unit(u) for u in units]
+        groups: dict[str, int] = {}
+        for unit in units:
+            pid = self._pid(unit)
+            if pid is not None:
+                groups[unit] = pid
+        for unit, pgid in groups.items():
+            log.info("stopping %s (process group %d)", unit, pgid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        pending = dict(groups)
+        while pending:
+            self._reap()
+            for unit, pgid in list(pending.items()):
+                if not _group_members(pgid):
+                    del pending[unit]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        for unit, pgid in pending.items():
+            log.warning("%s outlived SIGTERM by %.0f s: SIGKILL", unit, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        # SIGKILL is final but not instant: wait briefly so callers see the group gone.
+        kill_deadline = time.monotonic() + 5.0
+        while pending and time.monotonic() < kill_deadline:
+            self._reap()
+            pending = {u: g for u, g in pending.items() if _group_members(g)}
+            if pending:
+                time.sleep(0.02)
+        for unit in groups:
+            proc = self._children.pop(unit, None)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=1.0)
+        for unit in units:
+            if unit not in pending:  # keep tracking anything that survived SIGKILL
+                with contextlib.suppress(FileNotFoundError):
+                    self._pidfile(unit).unlink()
+
+    def units(self) -> set[str]:
+        out = set()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.run_dir):
+                name = entry.name.removesuffix(".pid")
+                if entry.name.endswith(".pid") and UNIT_RE.match(name):
+                    out.add(name)
+        return out
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+class SystemdLauncher(Launcher):
+    """Transient units ``gatewayha-<unit>.service`` under ``gatewayha.slice``.
+
+    Units run with the uid/gid of the caller (so a gatewayha-worker running as an
+    unprivileged user needs a polkit rule allowing it to manage ``gatewayha-*`` units).
+    Secrets never go in ``--setenv``: unit environments are readable by any local user
+    through ``systemctl show``; the backend passes them as files.
+    """
+
+    PREFIX = "gatewayha-"
+
+    def __init__(
+        self,
+        systemd_run: str = "systemd-run",
+        systemctl: str = "systemctl",
+        slice_name: str = "gatewayha.slice",
+        stop_timeout: float = 10.0,
+    ):
+        self.systemd_run = systemd_run
+        self.systemctl = systemctl
+        self.slice_name = slice_name
+        self.stop_timeout = stop_timeout
+
+    def service(self, unit: str) -> str:
+        return f"{self.PREFIX}{check_unit(unit)}.service"
+
+    def command(
+        self,
+        unit: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        cwd: Path,
+        resources: Resources | None = None,
+    ) -> list[str]:
+        """The ``systemd-run`` command line that starts ``unit``."""
+        _check_start_args(unit, argv, env)
+        cmd = [
+            self.systemd_run,
+            "--quiet",
+            "--collect",  # unload even when failed: no reset-failed bookkeeping
+            f"--unit={self.service(unit)}",
+            f"--slice={self.slice_name}",
+            f"--uid={os.geteuid()}",
+            f"--gid={os.getegid()}",
+            f"--working-directory={cwd}",
+            "--property=Type=exec",  # exec failures fail systemd-run itself
+            "--property=KillMode=control-group",
+            f"--property=TimeoutStopSec={self.stop_timeout:g}",
+        ]
+        if resources is not None:
+            cmd.append(f"--property=MemoryMax={int(resources.memory_bytes)}")
+            cmd.append(f"--property=CPUQuota={max(1, round(resources.cpu_cores * 100))}%")
+        for key, value in {**env, MARKER_VAR: unit}.items():
+            cmd.append(f"--setenv={key}={value}")
+        cmd.append("--")
+        cmd.extend(argv)
+        return cmd
+
+    def start(self, unit, argv, env, *, cwd, log_path, resources=None) -> bool:
+        cmd = self.command(unit, argv, env, cwd=cwd, resources=resources)
+        if self.is_running(unit):
+            return False
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            if self.is_running(unit):  # lost a race with another starter: fine
+                return False
+            raise RuntimeError(f"systemd-run {self.service(unit)} failed: {res.stderr.strip()}")
+        log.info("started %s", self.service(unit))
+        return True
+
+    def stop_many(self, units: Iterable[str], timeout: float = 10.0) -> None:
+        services = [self.service(u) for u in units]
+        if not services:
+            return
+        # One call stops them in parallel; systemd escalates to SIGKILL after
+        # TimeoutStopSec. Exit 5 means "not loaded": already gone.
+        res = subprocess.run(
+            [self.systemctl, "stop", "--", *services],
+            check=False, capture_output=True, text=True, timeout=timeout + 30,
+        )  # fmt: skip
+        if res.returncode not in (0, 5):
+            raise RuntimeError(f"systemctl stop failed: {res.stderr.strip()}")
+
+    def is_running(self, unit: str) -> bool:
+        res = subprocess.run(
+            [self.systemctl, "is-active", "--quiet", "--", self.service(unit)], check=False, capture_output=True
+        )
+        return res.returncode == 0
+
+    def units(self) -> set[str]:
+        res = subprocess.run(
+            [self.systemctl, "list-units", "--all", "--plain", "--no-legend", "--full",
+             f"{self.PREFIX}*.service"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        out = set()
+        for line in res.stdout.splitlines():
+            fields = line.split()
+            if not fields:
+                continue
+            name = fields[0].removeprefix(self.PREFIX).removesuffix(".service")
+            if UNIT_RE.match(name):  # skips gatewayha-api@…, gatewayha-worker
+                out.add(name)
+        return out
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def systemd_is_init() -> bool:
+    """True when systemd is PID 1 (the check sd_booted() does, plus PID 1's name)."""
+    if not os.path.isdir("/run/systemd/system"):
+        return False
+    comm = _read("/proc/1/comm")
+    return bool(comm) and comm.strip() == "systemd" and shutil.which("systemd-run") is not None
+
+
+def make_launcher(settings: Settings) -> Launcher:
+    """Systemd units when configured (or ``auto`` and systemd is PID 1), else processes."""
+    kind = settings.node.launcher
+    if kind == "systemd" or (kind == "auto" and systemd_is_init()):
+        return SystemdLauncher()
+    if kind not in ("auto", "process"):
+        raise ValueError(f"node.launcher: 'auto', 'process' or 'systemd', got {kind!r}")
+    return ProcessLauncher(Path(settings.node.state_dir) / "run")

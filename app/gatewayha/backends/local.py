@@ -1,0 +1,296 @@
+"""The local backend: schedulers and workers as processes on gateway nodes.
+
+Each cluster gets ``<state_dir>/clusters/<name>/`` (mode 0700) holding its TLS files,
+its API token, logs and worker scratch space; ``stop_cluster`` deletes it.
+
+Schedulers reuse dask-gateway's scheduler preload (heartbeats, ``/api/comm``,
+adaptive scaling, idle timeout); workers are plain ``dask worker`` processes with a
+nanny. Everything speaks TLS with the cluster's own certificate, which is both CA and
+leaf, so only holders of the cluster key can talk to its scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from gatewayha.backends.base import (
+    CLUSTER_NAME_RE,
+    Backend,
+    SchedulerSpec,
+    WorkerSpec,
+    check_cluster_name,
+)
+from gatewayha.backends.launcher import (
+    ENV_NAME_RE,
+    Launcher,
+    Resources,
+    make_launcher,
+    scheduler_unit,
+    unit_cluster,
+    worker_unit,
+)
+from gatewayha.config import Settings
+from gatewayha.options import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+# A worker's cgroup holds the nanny (~70 MiB RSS here) besides the worker. The nanny
+# restarts the worker at 95 % of its memory limit, so with this headroom the nanny acts
+# before the kernel's OOM killer does.
+NANNY_HEADROOM_BYTES = 256 * 2**20
+# A worker that cannot reach its scheduler this long exits, so workers of a scheduler
+# that died with its node do not linger if the gateway misses them.
+WORKER_DEATH_TIMEOUT = 60
+
+# User environment entries that could redirect heartbeats, weaken or replace the comm
+# security, inject code into the interpreter, or forge the launcher's unit marker.
+_BLOCKED_ENV_PREFIXES = ("DASK_GATEWAY", "DASK_DISTRIBUTED__COMM", "DASK_INTERNAL", "LD_", "PYTHON",
+                         "GATEWAYHA")  # fmt: skip
+# DASK_DISTRIBUTED sets the whole "distributed" tree (comm included) from one literal;
+# DASK_CONFIG / DASK_ROOT_CONFIG point dask at other YAML files.
+_BLOCKED_ENV_NAMES = {"DASK_DISTRIBUTED", "DASK_CONFIG", "DASK_ROOT_CONFIG"}
+
+_HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
+_SCHEDULER_ADDRESS_RE = re.compile(r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z")
+_API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
+_TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
+
+
+def filter_user_environment(env: dict) -> dict[str, str]:
+    """The part of a cluster's ``environment`` option that may reach its processes."""
+    out = {}
+    for key, value in (env or {}).items():
+        key, value = str(key), str(value)
+        upper = key.upper()
+        if (
+            not ENV_NAME_RE.match(key)
+            or upper.startswith(_BLOCKED_ENV_PREFIXES)
+            or upper in _BLOCKED_ENV_NAMES
+            or "\0" in value
+            or "\n" in value
+        ):
+            log.warning("dropping environment variable %r from cluster options", key)
+            continue
+        out[key] = value
+    return out
+
+
+def _number(name: str, value: float) -> str:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return repr(value)
+
+
+def _check(regex: re.Pattern, what: str, value: object) -> str:
+    if not isinstance(value, str) or not regex.match(value):
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
+
+
+def _check_pem(what: str, value: object) -> str:
+    if not isinstance(value, str) or "-----BEGIN " not in value or "\0" in value:
+        raise ValueError(f"{what} must be a PEM string")
+    return value
+
+
+def _write_secret(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` (mode 0600) atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+
+
+class LocalBackend(Backend):
+    def __init__(self, settings: Settings, launcher: Launcher | None = None):
+        self.settings = settings
+        self.launcher = launcher if launcher is not None else make_launcher(settings)
+        self.host = _check(_HOST_RE, "node.host", settings.node.host)
+        self.root = Path(settings.node.state_dir).absolute() / "clusters"
+        self.python = settings.node.python or sys.executable
+
+    # -------------------------------------------------------------------- paths
+    def cluster_dir(self, cluster_name: str) -> Path:
+        return self.root / check_cluster_name(cluster_name)
+
+    def _prepare_dir(self, cluster_name: str, tls_cert: str, tls_key: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d = self.cluster_dir(cluster_name)
+        d.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(d, 0o700)
+        (d / "logs").mkdir(exist_ok=True, mode=0o700)
+        _write_secret(d / "tls.crt", tls_cert)
+        _write_secret(d / "tls.key", tls_key)
+        return d
+
+    def dask_command(self, sub: str) -> list[str]:
+        """``<bin>/dask <sub>`` next to the configured interpreter, else ``python -m``."""
+        dask = Path(self.python).parent / "dask"
+        if dask.is_file() and os.access(dask, os.X_OK):
+            return [str(dask), sub]
+        return [self.python, "-m", f"distributed.cli.dask_{sub}"]
+
+    def _base_env(self, d: Path) -> dict[str, str]:
+        # Built from scratch: gatewayha-worker's own environment carries the database
+        # DSN and the server secret, which user code must never see.
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": str(d),
+            "TMPDIR": str(d),
+        }
+
+    @staticmethod
+    def _tls_env(d: Path, role: str) -> dict[str, str]:
+        cert, key = str(d / "tls.crt"), str(d / "tls.key")
+        return {
+            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY": key,
+            # Lets user code on the cluster open a Client to its own scheduler.
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": cert,
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": key,
+        }
+
+    # -------------------------------------------------------------------- commands
+    def scheduler_command(self, spec: SchedulerSpec, d: Path) -> tuple[list[str], dict[str, str]]:
+        name, cfg, host = spec.cluster_name, spec.config, self.host
+        cert, key = str(d / "tls.crt"), str(d / "tls.key")
+        argv = [
+            *self.dask_command("scheduler"),
+            "--protocol", "tls",
+            "--host", host,
+            "--port", "0",
+            "--dashboard-address", f"{host}:0",
+            "--dashboard-prefix", f"/clusters/{name}",
+            "--tls-ca-file", cert,
+            "--tls-cert", cert,
+            "--tls-key", key,
+            "--preload", "dask_gateway.scheduler_preload",
+            "--dg-api-address", f"{host}:0",
+            "--dg-heartbeat-period", _number("heartbeat_period", cfg.heartbeat_period),
+            "--dg-adaptive-period", _number("adaptive_period", cfg.adaptive_period),
+            "--dg-idle-timeout", _number("idle_timeout", cfg.idle_timeout),
+        ]  # fmt: skip
+        env = {
+            **filter_user_environment(cfg.environment),
+            **self._base_env(d),
+            **self._tls_env(d, "SCHEDULER"),
+            "DASK_GATEWAY_API_URL": spec.api_url,
+            # The preload reads the token from a file when the value contains "/":
+            # keeps it out of `systemctl show` and out of ps-visible environments.
+            "DASK_GATEWAY_API_TOKEN": str(d / "api-token"),
+            "DASK_GATEWAY_CLUSTER_NAME": name,
+        }
+        return argv, env
+
+    def worker_command(self, spec: WorkerSpec, d: Path) -> tuple[list[str], dict[str, str]]:
+        cfg = spec.config
+        cert, key = str(d / "tls.crt"), str(d / "tls.key")
+        threads = int(cfg.threads)
+        memory = int(float(cfg.worker_memory_gib) * GIB)
+        if threads < 1 or memory < 1:
+            raise ValueError("worker threads and memory must be positive")
+        argv = [
+            *self.dask_command("worker"),
+            spec.scheduler_address,
+            "--name", spec.worker_name,
+            "--nthreads", str(threads),
+            "--memory-limit", str(memory),
+            "--nworkers", "1",
+            # The nanny restarts a worker that nears its memory limit or crashes, under
+            # the same name, and client.restart() needs it.
+            "--nanny",
+            "--no-dashboard",
+            "--protocol", "tls",
+            "--host", self.host,
+            "--tls-ca-file", cert,
+            "--tls-cert", cert,
+            "--tls-key", key,
+            "--local-directory", str(d / "work" / spec.worker_name),
+            "--death-timeout", str(WORKER_DEATH_TIMEOUT),
+        ]  # fmt: skip
+        env = {
+            **filter_user_environment(cfg.environment),
+            **self._base_env(d),
+            **self._tls_env(d, "WORKER"),
+        }
+        return argv, env
+
+    # -------------------------------------------------------------------- verbs
+    def start_scheduler(self, spec: SchedulerSpec) -> None:
+        unit = scheduler_unit(spec.cluster_name)
+        _check(_API_URL_RE, "api_url", spec.api_url)
+        _check(_TOKEN_RE, "token", spec.token)
+        _check_pem("tls_cert", spec.tls_cert)
+        _check_pem("tls_key", spec.tls_key)
+        if self.launcher.is_running(unit):
+            return
+        d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
+        _write_secret(d / "api-token", spec.token)  # no newline: the preload uses it verbatim
+        argv, env = self.scheduler_command(spec, d)
+        cfg: ClusterConfig = spec.config
+        resources = Resources(float(cfg.scheduler_cores), int(float(cfg.scheduler_memory_gib) * GIB))
+        self.launcher.start(unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources)
+
+    def stop_scheduler(self, cluster_name: str) -> None:
+        self.launcher.stop(scheduler_unit(cluster_name))
+
+    def scheduler_running(self, cluster_name: str) -> bool:
+        return self.launcher.is_running(scheduler_unit(cluster_name))
+
+    def start_worker(self, spec: WorkerSpec) -> None:
+        unit = worker_unit(spec.cluster_name, spec.worker_name)
+        _check(_SCHEDULER_ADDRESS_RE, "scheduler address", spec.scheduler_address)
+        _check_pem("tls_cert", spec.tls_cert)
+        _check_pem("tls_key", spec.tls_key)
+        if self.launcher.is_running(unit):
+            return
+        d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
+        (d / "work").mkdir(exist_ok=True, mode=0o700)
+        argv, env = self.worker_command(spec, d)
+        cfg: ClusterConfig = spec.config
+        resources = Resources(
+            float(cfg.worker_cores), int(float(cfg.worker_memory_gib) * GIB) + NANNY_HEADROOM_BYTES
+        )
+        self.launcher.start(unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources)
+
+    def stop_worker(self, cluster_name: str, worker_name: str) -> None:
+        self.launcher.stop(worker_unit(cluster_name, worker_name))
+
+    def worker_running(self, cluster_name: str, worker_name: str) -> bool:
+        return self.launcher.is_running(worker_unit(cluster_name, worker_name))
+
+    def stop_cluster(self, cluster_name: str) -> None:
+        check_cluster_name(cluster_name)
+        units = {scheduler_unit(cluster_name)}
+        units.update(u for u in self.launcher.units() if unit_cluster(u) == cluster_name)
+        # All at once: the scheduler and its workers stop in parallel.
+        self.launcher.stop_many(sorted(units))
+        shutil.rmtree(self.cluster_dir(cluster_name), ignore_errors=True)
+        log.info("stopped cluster %s (%d units) and removed its files", cluster_name, len(units))
+
+    def local_clusters(self) -> set[str]:
+        out = {unit_cluster(u) for u in self.launcher.units()}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if entry.is_dir(follow_symlinks=False) and CLUSTER_NAME_RE.match(entry.name):
+                    out.add(entry.name)
+        return out
+

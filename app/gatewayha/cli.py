@@ -1,0 +1,205 @@
+"""gatewayha-admin: migrate, users, tokens, nodes, clusters, render-haproxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gatewayha.config import ConfigError, load_settings
+
+
+def _conn(settings):
+    from gatewayha.db.pool import connect
+
+    return connect(settings.database, "gatewayha-admin")
+
+
+def cmd_migrate(settings, args) -> int:
+    from gatewayha.db.migrate import current_version, migrate
+
+    with _conn(settings) as conn:
+        applied = migrate(conn)
+        version = current_version(conn)
+    print(f"applied: {', '.join(applied) or 'nothing'}; schema version {version}")
+    return 0
+
+
+def cmd_users(settings, args) -> int:
+    from gatewayha.auth import users
+
+    with _conn(settings) as conn:
+        if args.action == "add":
+            password = None
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+                if not password:
+                    print("error: empty password on stdin", file=sys.stderr)
+                    return 2
+            try:
+                created = users.add_user(conn, args.name, password, replace=args.update)
+            except users.UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"{'created' if created else 'updated'} user {args.name}")
+        elif args.action == "remove":
+            if not users.remove_user(conn, args.name):
+                print(f"error: no user {args.name}", file=sys.stderr)
+                return 1
+            print(f"removed user {args.name} (and its clusters' records)")
+        else:
+            rows = users.list_users(conn)
+            if args.json:
+                print(json.dumps([{**r, "created_at": r["created_at"].isoformat()} for r in rows]))
+            else:
+                print(f"{'NAME':<24} {'PASSWORD':<9} {'ACTIVE':>6}  CREATED")
+                for r in rows:
+                    print(f"{r['name']:<24} {'yes' if r['has_password'] else 'no':<9} "
+                          f"{r['active_clusters']:>6}  {r['created_at']:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_tokens(settings, args) -> int:
+    from gatewayha.auth import users
+
+    with _conn(settings) as conn:
+        try:
+            token = users.create_token(conn, args.user, args.days)
+        except users.UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(token)
+    return 0
+
+
+def cmd_nodes(settings, args) -> int:
+    with _conn(settings) as conn:
+        rows = conn.execute(
+            "SELECT n.name, n.host, n.last_seen, n.draining,"
+            " now() - n.last_seen < make_interval(secs => %s) AS alive,"
+            " (SELECT count(*) FROM clusters c WHERE c.node = n.name AND c.status IN ('PENDING','RUNNING')) AS clusters"
+            " FROM nodes n ORDER BY n.name",
+            (settings.worker.node_timeout,),
+        ).fetchall()
+    print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'CLUSTERS':>8}  LAST SEEN")
+    for r in rows:
+        print(f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {r['clusters']:>8}  "
+              f"{r['last_seen']:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def cmd_clusters(settings, args) -> int:
+    from gatewayha import clusters
+
+    with _conn(settings) as conn:
+        if args.action == "stop":
+            if not clusters.stop_cluster(conn, args.name, "Stopped by an administrator"):
+                print(f"cluster {args.name} is not active")
+                return 1
+            print(f"stopping {args.name}")
+            return 0
+        rows = conn.execute(
+            "SELECT name, owner, status, node, reason, created_at,"
+            " (SELECT count(*) FROM workers w WHERE w.cluster = c.name AND w.status = 'RUNNING') AS workers"
+            " FROM clusters c WHERE %s OR status IN ('PENDING','RUNNING','STOPPING') ORDER BY created_at",
+            (args.all,),
+        ).fetchall()
+    print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>7}  REASON")
+    for r in rows:
+        print(f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {r['node'] or '-':<12} {r['workers']:>7}  "
+              f"{r['reason'] or ''}")
+    return 0
+
+
+def cmd_render_haproxy(settings, args) -> int:
+    from gatewayha.routes.render import default_template_path, render_haproxy_cfg, write_atomic
+    from gatewayha.routes.sync import ensure_map_files
+
+    map_dir = Path(settings.haproxy.map_dir).resolve()
+    ensure_map_files(map_dir)
+    servers = [{"name": f"api-{i + 1}-{a.replace(':', '-')}", "address": a} for i, a in enumerate(args.api)]
+    text = render_haproxy_cfg(
+        args.template or default_template_path(),
+        bind=args.bind,
+        abns_name=args.abns_name or f"gatewayha-{settings.node.name}",
+        map_dir=str(map_dir),
+        admin_socket=str(Path(settings.haproxy.admin_socket).resolve()) if settings.haproxy.admin_socket else "",
+        pidfile=args.pidfile or "",
+        api_servers=servers,
+        maxconn=args.maxconn,
+    )
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        changed = write_atomic(args.out, text)
+        print(f"{'wrote' if changed else 'unchanged'} {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatewayha-admin", description=__doc__)
+    p.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply database migrations (safe on several nodes at once)")
+
+    u = sub.add_parser("users", help="manage users")
+    us = u.add_subparsers(dest="action", required=True)
+    ua = us.add_parser("add", help="add a user")
+    ua.add_argument("name")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    ua.add_argument("--update", action="store_true", help="set the password if the user exists")
+    ul = us.add_parser("list", help="list users")
+    ul.add_argument("--json", action="store_true")
+    ur = us.add_parser("remove", help="remove a user")
+    ur.add_argument("name")
+
+    t = sub.add_parser("tokens", help="API tokens")
+    ts = t.add_subparsers(dest="action", required=True)
+    tc = ts.add_parser("create", help="create an API token for a user (printed once)")
+    tc.add_argument("user")
+    tc.add_argument("--days", type=float, default=None, help="expiry in days (default: never)")
+
+    sub.add_parser("nodes", help="list gateway nodes")
+
+    c = sub.add_parser("clusters", help="list or stop clusters")
+    cs = c.add_subparsers(dest="action", required=True)
+    cl = cs.add_parser("list")
+    cl.add_argument("--all", action="store_true", help="include stopped and failed clusters")
+    cst = cs.add_parser("stop")
+    cst.add_argument("name")
+
+    r = sub.add_parser("render-haproxy", help="write haproxy.cfg from the template")
+    r.add_argument("--out", required=True, help="path, or - for stdout")
+    r.add_argument("--bind", action="append", required=True, help="public bind, e.g. 127.0.0.1:8000 (repeatable)")
+    r.add_argument("--api", action="append", required=True, help="API instance address (repeatable)")
+    r.add_argument("--template", help="template path (default: the repo's haproxy/haproxy.cfg.j2)")
+    r.add_argument("--abns-name")
+    r.add_argument("--pidfile")
+    r.add_argument("--maxconn", type=int, default=20000)
+    return p
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "users": cmd_users,
+    "tokens": cmd_tokens,
+    "nodes": cmd_nodes,
+    "clusters": cmd_clusters,
+    "render-haproxy": cmd_render_haproxy,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

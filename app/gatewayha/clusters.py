@@ -1,0 +1,345 @@
+"""Cluster state in Postgres: create, stop, heartbeat, scale limits.
+
+Every function here takes a connection, changes state in one transaction, and
+enqueues the background work that follows; none starts a process or talks to
+HAProxy. Changes that alter routes NOTIFY ``gatewayha_routes``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import secrets
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from gatewayha import tls
+from gatewayha.config import Settings
+from gatewayha.jobs import queue
+from gatewayha.options import ClusterConfig, cluster_config, validate_options
+
+ROUTES_CHANNEL = "gatewayha_routes"
+CLUSTER_NAME = re.compile(r"^[a-f0-9]{32}$")
+WORKER_NAME = re.compile(r"^[a-f0-9]{32}-[a-z0-9]{1,16}$")
+ACTIVE = ("PENDING", "RUNNING", "STOPPING")
+
+
+class ClusterStatus(enum.Enum):
+    PENDING = 1
+    RUNNING = 2
+    STOPPING = 3
+    STOPPED = 4
+    FAILED = 5
+
+
+class ClusterError(Exception):
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ClusterError):
+    status = 404
+
+
+class Invalid(ClusterError):
+    status = 422
+
+
+class Conflict(ClusterError):
+    status = 409
+
+
+class LimitExceeded(ClusterError):
+    # 409 makes the stock client raise GatewayClusterError with our message.
+    status = 409
+
+
+def valid_name(name: str) -> bool:
+    return bool(CLUSTER_NAME.match(name))
+
+
+def notify_routes(conn: psycopg.Connection, cluster: str) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (ROUTES_CHANNEL, cluster))
+
+
+@dataclass
+class Usage:
+    clusters: int
+    cores: float
+    memory_gib: float
+
+
+def _usage(conn: psycopg.Connection, user: str, exclude: str | None = None) -> Usage:
+    """Resources held by a user's active clusters: each scheduler plus its live workers."""
+    row = conn.execute(
+        """
+        SELECT count(*) AS clusters,
+               coalesce(sum((c.config->>'scheduler_cores')::float8
+                            + w.n * (c.config->>'worker_cores')::float8), 0) AS cores,
+               coalesce(sum((c.config->>'scheduler_memory_gib')::float8
+                            + w.n * (c.config->>'worker_memory_gib')::float8), 0) AS memory
+        FROM clusters c
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM workers
+            WHERE cluster = c.name AND status IN ('PENDING', 'RUNNING')
+        ) w
+        WHERE c.owner = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING')
+          AND c.name IS DISTINCT FROM %s
+        """,
+        (user, exclude),
+    ).fetchone()
+    return Usage(row["clusters"], row["cores"], row["memory"])
+
+
+def _lock_user(conn: psycopg.Connection, user: str) -> None:
+    # All limit checks of one user serialise on this row lock, whichever API
+    # instance or node runs them, so concurrent creates cannot overshoot.
+    if conn.execute("SELECT 1 FROM users WHERE name = %s FOR UPDATE", (user,)).fetchone() is None:
+        raise NotFound("Unknown user")
+
+
+def create_cluster(
+    conn: psycopg.Connection, settings: Settings, user: str, options: object, idempotency_key: str | None = None
+) -> str:
+    """Insert a PENDING cluster and enqueue its start, within the user's limits."""
+    opts = validate_options(settings.cluster_options, options)
+    cfg = cluster_config(settings, opts)
+    name = secrets.token_hex(16)
+    cert, key = tls.new_keypair(name)  # ~1 ms for ECDSA P-256: fine outside the lock
+    key_enc = tls.encrypt_key(settings.server.secret, key, name)
+    limits = settings.limits
+    with conn.transaction():
+        _lock_user(conn, user)
+        if idempotency_key is not None:
+            row = conn.execute(
+                "SELECT cluster FROM idempotency_keys WHERE user_name = %s AND key = %s", (user, idempotency_key)
+            ).fetchone()
+            if row:
+                return row["cluster"]
+        usage = _usage(conn, user)
+        if limits.max_clusters and usage.clusters + 1 > limits.max_clusters:
+            raise LimitExceeded(f"Cluster limit reached: {limits.max_clusters} active clusters per user")
+        if limits.max_cores and usage.cores + cfg.scheduler_cores > limits.max_cores + 1e-9:
+            raise LimitExceeded(f"Core limit reached: {limits.max_cores:g} cores per user")
+        if limits.max_memory_gib and usage.memory_gib + cfg.scheduler_memory_gib > limits.max_memory_gib + 1e-9:
+            raise LimitExceeded(f"Memory limit reached: {limits.max_memory_gib:g} GiB per user")
+        conn.execute(
+            """
+            INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            """,
+            (name, user, Jsonb(opts), Jsonb(cfg.to_json()), cert, key_enc),
+        )
+        if idempotency_key is not None:
+            conn.execute(
+                "INSERT INTO idempotency_keys (user_name, key, cluster) VALUES (%s, %s, %s)",
+                (user, idempotency_key, name),
+            )
+        queue.enqueue(conn, "start_cluster", {"cluster": name}, cluster=name, dedupe_key=f"start_cluster:{name}")
+    return name
+
+
+CLUSTER_COLUMNS = (
+    "name, owner, status, options, config, tls_cert, tls_key_enc, node, generation, scheduler_address,"
+    " dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
+)
+
+
+def get_cluster(conn: psycopg.Connection, name: str, owner: str | None = None) -> dict | None:
+    if not valid_name(name):
+        return None
+    row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s", (name,)).fetchone()
+    if row is None or (owner is not None and row["owner"] != owner):
+        return None
+    return row
+
+
+def list_clusters(conn: psycopg.Connection, owner: str, statuses: list[str]) -> list[dict]:
+    return conn.execute(
+        f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE owner = %s AND status = ANY(%s) ORDER BY created_at",
+        (owner, statuses),
+    ).fetchall()
+
+
+def _epoch_ms(ts) -> int | None:
+    return None if ts is None else int(ts.timestamp() * 1000)
+
+
+def cluster_model(row: dict, secret: str, full: bool = True) -> dict:
+    """The wire form: exactly the keys ClusterReport(**msg) accepts."""
+    running = row["status"] == "RUNNING"
+    key = None
+    if running and full:
+        key = tls.decrypt_key(secret, row["tls_key_enc"], row["name"])
+    return {
+        "name": row["name"],
+        "dashboard_route": f"/clusters/{row['name']}/status" if running and row["dashboard_address"] else None,
+        "status": row["status"],
+        "start_time": _epoch_ms(row["created_at"]),
+        "stop_time": _epoch_ms(row["stopped_at"]),
+        "options": row["options"],
+        "tls_cert": row["tls_cert"] if running and full else None,
+        "tls_key": key,
+    }
+
+
+def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool = False) -> bool:
+    """Move an active cluster towards STOPPED (or FAILED); idempotent.
+
+    A cluster not yet placed on a node stops at once (its start job sees it is
+    no longer PENDING and does nothing); a placed one goes STOPPING and its
+    node stops the processes.
+    """
+    final = "FAILED" if failed else "STOPPED"
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT status, node FROM clusters WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        if row is None or row["status"] not in ACTIVE:
+            return False
+        if row["status"] == "STOPPING" and not failed:
+            return True
+        if row["node"] is None:
+            conn.execute(
+                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now(), generation = generation + 1"
+                " WHERE name = %s",
+                (final, reason, name),
+            )
+            conn.execute(
+                "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+                " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+                (name,),
+            )
+        else:
+            conn.execute(
+                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s), generation = generation + 1"
+                " WHERE name = %s",
+                (reason, name),
+            )
+            queue.enqueue(
+                conn,
+                "stop_cluster",
+                {"cluster": name, "final": final, "reason": reason},
+                queue=queue.node_queue(row["node"]),
+                cluster=name,
+                dedupe_key=f"stop_cluster:{name}",
+            )
+        notify_routes(conn, name)
+    return True
+
+
+def worker_allowance(conn: psycopg.Connection, settings: Settings, row: dict, wanted: int) -> tuple[int, str | None]:
+    """Clamp a worker count to the cluster's max and the owner's limits."""
+    cfg = ClusterConfig.from_json(row["config"])
+    allowed = min(wanted, cfg.max_workers)
+    msg = None
+    if allowed < wanted:
+        msg = f"Total number of workers is limited to {cfg.max_workers}"
+    limits = settings.limits
+    if limits.max_cores or limits.max_memory_gib:
+        usage = _usage(conn, row["owner"], exclude=row["name"])
+        bounds = []
+        if limits.max_cores:
+            bounds.append((limits.max_cores - usage.cores - cfg.scheduler_cores) / cfg.worker_cores)
+        if limits.max_memory_gib:
+            bounds.append(
+                (limits.max_memory_gib - usage.memory_gib - cfg.scheduler_memory_gib) / cfg.worker_memory_gib
+            )
+        cap = max(0, math.floor(min(bounds) + 1e-9))
+        if cap < allowed:
+            allowed = cap
+            msg = f"Adding {wanted} workers would exceed the user's resource limits; scaled to {cap}"
+    return allowed, msg
+
+
+def _worker_name(cluster: str) -> str:
+    return f"{cluster}-{secrets.token_hex(5)}"
+
+
+def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, msg: dict) -> None:
+    """Apply a scheduler heartbeat: RUNNING + routes on the first, then reconcile workers."""
+    with conn.transaction():
+        row = conn.execute(
+            f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"Cluster {name} does not exist")
+        if row["status"] not in ("PENDING", "RUNNING"):
+            raise Conflict(f"Cluster {name} is {row['status']}")
+        addresses = (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"])
+        if row["status"] == "PENDING" or addresses != (
+            row["scheduler_address"],
+            row["dashboard_address"],
+            row["api_address"],
+        ):
+            conn.execute(
+                "UPDATE clusters SET status = 'RUNNING', scheduler_address = %s, dashboard_address = %s,"
+                " api_address = %s, started_at = coalesce(started_at, now()), generation = generation + 1"
+                " WHERE name = %s",
+                (*addresses, name),
+            )
+            notify_routes(conn, name)
+        conn.execute(
+            "UPDATE clusters SET last_heartbeat = now(), target_workers = %s WHERE name = %s",
+            (msg["count"], name),
+        )
+        _reconcile_workers(conn, settings, row, msg)
+
+
+def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, msg: dict) -> None:
+    name = row["name"]
+    node_q = queue.node_queue(row["node"]) if row["node"] else "any"
+    workers = {
+        w["name"]: w
+        for w in conn.execute(
+            "SELECT name, status, created_at < now() - make_interval(secs => %s) AS overdue"
+            " FROM workers WHERE cluster = %s AND status IN ('PENDING', 'RUNNING')",
+            (settings.cluster.start_timeout, name),
+        ).fetchall()
+    }
+    active = set(msg["active_workers"])
+    leaving = set(msg["closing_workers"]) | set(msg["closed_workers"])
+    to_stop = []
+    for wname, w in workers.items():
+        if wname in leaving:
+            to_stop.append(wname)
+        elif wname in active and w["status"] == "PENDING":
+            conn.execute("UPDATE workers SET status = 'RUNNING' WHERE cluster = %s AND name = %s", (name, wname))
+        elif w["status"] == "PENDING" and w["overdue"]:
+            to_stop.append(wname)  # never joined: give up on it and start another
+    # Pending workers beyond the target are not needed any more (newest first).
+    live = [w for w in workers if w not in to_stop]
+    pending = sorted((w for w in live if workers[w]["status"] == "PENDING" and w not in active), reverse=True)
+    excess = len(live) - msg["count"]
+    for wname in pending[: max(0, excess)]:
+        to_stop.append(wname)
+    for wname in to_stop:
+        conn.execute(
+            "UPDATE workers SET status = 'STOPPING' WHERE cluster = %s AND name = %s", (name, wname)
+        )
+        queue.enqueue(
+            conn, "stop_worker", {"cluster": name, "worker": wname}, queue=node_q, cluster=name,
+            dedupe_key=f"stop_worker:{name}:{wname}",
+        )
+    n_live = len(workers) - len(to_stop)
+    need = msg["count"] - n_live
+    if need <= 0:
+        return
+    _lock_user(conn, row["owner"])
+    allowed, _ = worker_allowance(conn, settings, row, msg["count"])
+    need = min(need, allowed - n_live)
+    for _ in range(max(0, need)):
+        wname = _worker_name(name)
+        conn.execute(
+            "INSERT INTO workers (cluster, name, node) VALUES (%s, %s, %s)", (name, wname, row["node"])
+        )
+        queue.enqueue(
+            conn, "start_worker", {"cluster": name, "worker": wname}, queue=node_q, cluster=name,
+            dedupe_key=f"start_worker:{name}:{wname}",
+        )

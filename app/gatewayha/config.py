@@ -1,0 +1,295 @@
+"""Typed settings: one TOML file plus environment overrides.
+
+The file is named by ``GATEWAYHA_CONFIG``. Any value can be overridden by an
+environment variable ``GATEWAYHA_<SECTION>__<KEY>`` (e.g.
+``GATEWAYHA_NODE__NAME=gw2``); the override is parsed with the type of the
+field it replaces. Every bad value is reported at start with its full name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass
+class DatabaseSettings:
+    # A libpq DSN; several hosts plus target_session_attrs=read-write survive a
+    # primary switch.
+    dsn: str = "postgresql://gatewayha@127.0.0.1:5432/gatewayha"
+    pool_min: int = 1
+    pool_max: int = 8
+    connect_timeout: int = 3  # seconds, per connection attempt
+    pool_timeout: float = 5.0  # seconds a request waits for a connection
+    statement_timeout_ms: int = 10_000
+
+
+@dataclass
+class ServerSettings:
+    # HMAC secret for session cookies and cluster tokens, and the key that
+    # encrypts TLS keys at rest. Must be equal on every node.
+    secret: str = ""
+    # Address users give to Gateway(); used for links only.
+    public_url: str = "http://127.0.0.1:8000"
+    # Address schedulers heartbeat to (the gateway's /api through the local HAProxy).
+    api_url: str = "http://127.0.0.1:8000/api"
+    cookie_name: str = "gatewayha-session"
+    cookie_max_age: int = 86_400
+    max_body_bytes: int = 65_536
+    wait_timeout: float = 20.0  # long-poll of GET /clusters/{name}?wait
+    wait_poll_interval: float = 0.1
+
+
+@dataclass
+class AuthSettings:
+    # "basic": users table with scrypt hashes; "simple": any user name with one
+    # shared password (dask-gateway's SimpleAuthenticator).
+    type: str = "basic"
+    simple_password: str = ""
+    realm: str = "gatewayha"
+
+
+@dataclass
+class NodeSettings:
+    name: str = "local-1"
+    host: str = "127.0.0.1"  # address schedulers and workers listen on
+    state_dir: str = ".state/node"
+    # "auto": systemd transient units when systemd is PID 1, processes otherwise.
+    launcher: str = "auto"
+    python: str = ""  # interpreter whose `dask` runs schedulers; default: ours
+
+
+@dataclass
+class WorkerSettings:
+    concurrency: int = 4  # jobs run at once per worker process (bounds launch storms)
+    lease_seconds: float = 30.0
+    poll_interval: float = 2.0  # fallback when no NOTIFY arrives
+    node_heartbeat_interval: float = 2.0
+    node_timeout: float = 30.0  # a node unseen this long is dead
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+
+@dataclass
+class HAProxySettings:
+    # Runtime API socket of this node's HAProxy; empty: this worker keeps no maps.
+    admin_socket: str = ""
+    map_dir: str = ".state/haproxy/maps"
+    resync_interval: float = 30.0
+
+
+@dataclass
+class ClusterSettings:
+    scheduler_cores: float = 1.0
+    scheduler_memory_gib: float = 1.0
+    worker_cores: float = 1.0
+    worker_memory_gib: float = 1.0
+    worker_threads: int = 0  # 0: one thread per core
+    idle_timeout: float = 0.0  # seconds; 0 disables
+    max_workers: int = 100
+    heartbeat_period: float = 5.0
+    heartbeat_timeout: float = 30.0
+    adaptive_period: float = 3.0
+    start_timeout: float = 120.0
+    max_lifetime: float = 0.0  # seconds; 0 disables
+    stopped_retention: float = 86_400.0  # stopped records kept this long
+
+
+@dataclass
+class LimitSettings:
+    # Per user; 0 means unlimited.
+    max_clusters: int = 0
+    max_cores: float = 0.0
+    max_memory_gib: float = 0.0
+
+
+@dataclass
+class OptionSpec:
+    field: str
+    type: str
+    default: Any
+    label: str = ""
+    min: float | None = None
+    max: float | None = None
+    options: list[str] | None = None
+
+
+@dataclass
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    haproxy: HAProxySettings = field(default_factory=HAProxySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    cluster_options: list[OptionSpec] = field(default_factory=list)
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "cluster_options"}
+OPTION_TYPES = {"int", "float", "string", "bool", "select", "mapping"}
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if typ in ("int",):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ in ("float",):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ in ("str",):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {typ}, got {value!r}") from None
+    return value
+
+
+def _build_section(section: str, raw: dict) -> Any:
+    cls = _SECTIONS[section].default_factory  # type: ignore[union-attr]
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown setting")
+        values[key] = _coerce(f"{section}.{key}", value, known[key].type)
+    return cls(**values)
+
+
+def _parse_options(raw: Any) -> list[OptionSpec]:
+    if not isinstance(raw, list):
+        raise ConfigError("cluster_options: expected an array of tables")
+    out = []
+    seen = set()
+    for i, item in enumerate(raw):
+        where = f"cluster_options[{i}]"
+        if not isinstance(item, dict) or "field" not in item or "type" not in item:
+            raise ConfigError(f"{where}: needs 'field' and 'type'")
+        unknown = set(item) - {f.name for f in dataclasses.fields(OptionSpec)}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        spec = OptionSpec(**{"default": None, **item})
+        if spec.type not in OPTION_TYPES:
+            raise ConfigError(f"{where}.type: one of {sorted(OPTION_TYPES)}, got {spec.type!r}")
+        if spec.field in seen:
+            raise ConfigError(f"{where}.field: {spec.field!r} declared twice")
+        seen.add(spec.field)
+        if spec.type == "select" and not spec.options:
+            raise ConfigError(f"{where}.options: a select needs choices")
+        spec.label = spec.label or spec.field
+        # Validate the default against the field's own rules.
+        from gatewayha.options import OptionError, validate_value
+
+        try:
+            spec.default = validate_value(spec, spec.default)
+        except OptionError as exc:
+            raise ConfigError(f"{where}.default: {exc}") from None
+        out.append(spec)
+    return out
+
+
+def _apply_env(data: dict, environ: dict[str, str]) -> None:
+    for key, value in environ.items():
+        if not key.startswith("GATEWAYHA_") or "__" not in key:
+            continue
+        section, _, name = key[len("GATEWAYHA_") :].lower().partition("__")
+        if section not in _SECTIONS:
+            continue
+        data.setdefault(section, {})[name] = value
+
+
+def _coerce_env(name: str, value: str, typ: Any) -> Any:
+    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if typ == "int":
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected int, got {value!r}") from None
+    if typ == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected float, got {value!r}") from None
+    return value
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: dict | None = None) -> Settings:
+    """Read the TOML file (``GATEWAYHA_CONFIG`` when no path), apply env overrides, validate."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get("GATEWAYHA_CONFIG")
+    data: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    for key in data:
+        if key not in _SECTIONS and key != "cluster_options":
+            raise ConfigError(f"{key}: unknown section")
+    env: dict = {}
+    _apply_env(env, environ)
+    for section, values in env.items():
+        cls = _SECTIONS[section].default_factory  # type: ignore[union-attr]
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for name, raw in values.items():
+            if name not in known:
+                raise ConfigError(f"GATEWAYHA_{section.upper()}__{name.upper()}: unknown setting")
+            data.setdefault(section, {})[name] = _coerce_env(f"{section}.{name}", raw, known[name].type)
+    kwargs = {}
+    for section in _SECTIONS:
+        raw = data.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{section}: expected a table")
+        kwargs[section] = _build_section(section, raw)
+    kwargs["cluster_options"] = _parse_options(data.get("cluster_options", []))
+    settings = Settings(**kwargs)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if len(s.server.secret) < 16:
+        raise ConfigError("server.secret: set a random secret of at least 16 characters")
+    if s.auth.type not in ("basic", "simple"):
+        raise ConfigError(f"auth.type: 'basic' or 'simple', got {s.auth.type!r}")
+    if s.auth.type == "simple" and not s.auth.simple_password:
+        raise ConfigError("auth.simple_password: required when auth.type = 'simple'")
+    if s.node.launcher not in ("auto", "process", "systemd"):
+        raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
+    if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):
+        raise ConfigError(f"node.name: letters, digits, '-', '_' and '.' only, got {s.node.name!r}")
+    if s.database.pool_max < s.database.pool_min or s.database.pool_min < 0:
+        raise ConfigError("database.pool_max must be >= database.pool_min >= 0")
+    for name in ("concurrency",):
+        if getattr(s.worker, name) < 1:
+            raise ConfigError(f"worker.{name}: must be >= 1")
+    if s.worker.lease_seconds < 2:
+        raise ConfigError("worker.lease_seconds: must be >= 2")
+    if s.cluster.worker_cores <= 0 or s.cluster.worker_memory_gib <= 0:
+        raise ConfigError("cluster.worker_cores and cluster.worker_memory_gib must be > 0")
+    if s.cluster.max_workers < 0:
+        raise ConfigError("cluster.max_workers: must be >= 0")
+    if s.cluster.heartbeat_timeout <= s.cluster.heartbeat_period:
+        raise ConfigError("cluster.heartbeat_timeout must exceed cluster.heartbeat_period")
+
+
+def state_path(s: Settings, *parts: str) -> Path:
+    return Path(s.node.state_dir, *parts)

@@ -1,0 +1,307 @@
+"""What each job kind does. A handler returns normally when the job is done,
+raises Defer to hand it back unharmed, and raises anything else to retry it
+with backoff. Handlers are idempotent: a job re-run after a crash finds the
+work done (or half done) and finishes it without doing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from gatewayha import clusters, tls
+from gatewayha.auth import secrets as sec
+from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
+from gatewayha.config import Settings
+from gatewayha.jobs import queue
+from gatewayha.jobs.queue import Job
+from gatewayha.options import ClusterConfig
+
+log = logging.getLogger("gatewayha.jobs")
+
+
+class Defer(Exception):
+    """Put the job back without counting a failure (optionally on another queue)."""
+
+    def __init__(self, delay: float = 0.0, queue: str | None = None):
+        super().__init__(f"deferred {delay}s to {queue}")
+        self.delay = delay
+        self.queue = queue
+
+
+@dataclass
+class Context:
+    settings: Settings
+    pool: object
+    backend: Backend
+    node: str
+    sync_routes: Callable[[], None] | None = None
+
+    @property
+    def secret(self) -> str:
+        return self.settings.server.secret
+
+
+def _cluster_name(job: Job) -> str:
+    name = job.payload.get("cluster", "")
+    if not clusters.valid_name(name):
+        raise ValueError(f"invalid cluster name in job {job.id}: {name!r}")
+    return name
+
+
+def _node_alive(conn, node: str, timeout: float) -> bool:
+    row = conn.execute(
+        "SELECT last_seen > now() - make_interval(secs => %s) AS alive FROM nodes WHERE name = %s",
+        (timeout, node),
+    ).fetchone()
+    return bool(row and row["alive"])
+
+
+def start_cluster(ctx: Context, job: Job) -> None:
+    name = _cluster_name(job)
+    with ctx.pool.connection() as conn, conn.transaction():
+        row = conn.execute(
+            "SELECT status, node, config, tls_cert, tls_key_enc FROM clusters WHERE name = %s FOR UPDATE",
+            (name,),
+        ).fetchone()
+        if row is None or row["status"] != "PENDING":
+            return  # stopped (or gone) before it started: nothing to do
+        if row["node"] not in (None, ctx.node):
+            # Placed on another node by an earlier claim. While that node lives,
+            # only it may start (or find running) the scheduler: no second copy.
+            if _node_alive(conn, row["node"], ctx.settings.worker.node_timeout):
+                raise Defer(queue=queue.node_queue(row["node"]))
+            log.warning("cluster %s: node %s is gone, starting here instead", name, row["node"])
+        # Placement is committed before the launch, so a crash after the launch
+        # leaves a record of where the scheduler may be running.
+        conn.execute(
+            "UPDATE clusters SET node = %s, generation = generation + 1 WHERE name = %s", (ctx.node, name)
+        )
+    spec = SchedulerSpec(
+        cluster_name=name,
+        token=sec.cluster_token(ctx.secret, name),
+        api_url=ctx.settings.server.api_url,
+        tls_cert=row["tls_cert"],
+        tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
+        config=ClusterConfig.from_json(row["config"]),
+    )
+    ctx.backend.start_scheduler(spec)
+    log.info("cluster %s: scheduler started on %s", name, ctx.node)
+
+
+def stop_cluster(ctx: Context, job: Job) -> None:
+    name = _cluster_name(job)
+    ctx.backend.stop_cluster(name)
+    final = "FAILED" if job.payload.get("final") == "FAILED" else "STOPPED"
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s),"
+            " generation = generation + 1 WHERE name = %s AND status = 'STOPPING'",
+            (final, job.payload.get("reason"), name),
+        )
+        conn.execute(
+            "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+            " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+            (name,),
+        )
+        clusters.notify_routes(conn, name)
+    log.info("cluster %s: %s (%s)", name, final, job.payload.get("reason"))
+
+
+def start_worker(ctx: Context, job: Job) -> None:
+    name = _cluster_name(job)
+    worker = job.payload.get("worker", "")
+    if not clusters.WORKER_NAME.match(worker) or not worker.startswith(name):
+        raise ValueError(f"invalid worker name {worker!r}")
+    with ctx.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.scheduler_address, w.status AS wstatus"
+            " FROM clusters c JOIN workers w ON w.cluster = c.name WHERE c.name = %s AND w.name = %s",
+            (name, worker),
+        ).fetchone()
+    if row is None or row["status"] != "RUNNING" or row["wstatus"] != "PENDING":
+        return
+    if row["node"] != ctx.node:
+        raise Defer(queue=queue.node_queue(row["node"]))
+    ctx.backend.start_worker(
+        WorkerSpec(
+            cluster_name=name,
+            worker_name=worker,
+            scheduler_address=row["scheduler_address"],
+            token=sec.cluster_token(ctx.secret, name),
+            tls_cert=row["tls_cert"],
+            tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
+            config=ClusterConfig.from_json(row["config"]),
+        )
+    )
+
+
+def stop_worker(ctx: Context, job: Job) -> None:
+    name = _cluster_name(job)
+    worker = job.payload.get("worker", "")
+    if not clusters.WORKER_NAME.match(worker):
+        raise ValueError(f"invalid worker name {worker!r}")
+    ctx.backend.stop_worker(name, worker)
+    with ctx.pool.connection() as conn:
+        conn.execute(
+            "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+            " WHERE cluster = %s AND name = %s AND status <> 'STOPPED'",
+            (name, worker),
+        )
+
+
+# --- periodic tasks: each tick runs once across all nodes -------------------
+
+
+def check_clusters(ctx: Context, job: Job) -> None:
+    """Fail clusters whose scheduler went silent or never started; end overlong ones."""
+    c = ctx.settings.cluster
+    with ctx.pool.connection() as conn:
+        rows = conn.execute(
+            """
+            SELECT name,
+                   CASE
+                     WHEN status = 'RUNNING' AND last_heartbeat < now() - make_interval(secs => %(hb)s)
+                       THEN 'no heartbeat for ' || %(hb)s || ' s'
+                     WHEN status = 'PENDING' AND created_at < now() - make_interval(secs => %(start)s)
+                       THEN 'did not start within ' || %(start)s || ' s'
+                   END AS failure,
+                   %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired
+            FROM clusters
+            WHERE status IN ('PENDING', 'RUNNING')
+            """,
+            {"hb": c.heartbeat_timeout, "start": c.start_timeout, "life": c.max_lifetime},
+        ).fetchall()
+        for r in rows:
+            if r["failure"]:
+                log.warning("cluster %s failed: %s", r["name"], r["failure"])
+                clusters.stop_cluster(conn, r["name"], r["failure"], failed=True)
+            elif r["expired"]:
+                clusters.stop_cluster(conn, r["name"], f"reached the maximum lifetime of {c.max_lifetime:g} s")
+
+
+def sweep_nodes(ctx: Context, job: Job) -> None:
+    """A node unseen for node_timeout is dead: its clusters fail, its queued jobs are dropped."""
+    timeout = ctx.settings.worker.node_timeout
+    with ctx.pool.connection() as conn:
+        dead = [
+            r["name"]
+            for r in conn.execute(
+                "SELECT name FROM nodes WHERE last_seen < now() - make_interval(secs => %s)", (timeout,)
+            ).fetchall()
+        ]
+        for node in dead:
+            with conn.transaction():
+                # Re-check under lock: the node may have come back meanwhile.
+                row = conn.execute(
+                    "SELECT last_seen < now() - make_interval(secs => %s) AS dead FROM nodes"
+                    " WHERE name = %s FOR UPDATE",
+                    (timeout, node),
+                ).fetchone()
+                if not row or not row["dead"]:
+                    continue
+                reason = f"node {node} lost (unseen for {timeout:g} s)"
+                failed = conn.execute(
+                    "UPDATE clusters SET status = CASE WHEN status = 'STOPPING' THEN 'STOPPED' ELSE 'FAILED' END,"
+                    " reason = coalesce(reason, %s), stopped_at = now(), generation = generation + 1"
+                    " WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING name",
+                    (reason, node),
+                ).fetchall()
+                for r in failed:
+                    log.warning("cluster %s: %s", r["name"], reason)
+                    conn.execute(
+                        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+                        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+                        (r["name"],),
+                    )
+                    clusters.notify_routes(conn, r["name"])
+                for j in conn.execute(
+                    "SELECT id FROM jobs WHERE queue = %s FOR UPDATE SKIP LOCKED", (queue.node_queue(node),)
+                ).fetchall():
+                    queue.cancel(conn, j["id"], reason)
+        # Forget nodes gone for a day.
+        conn.execute("DELETE FROM nodes WHERE last_seen < now() - interval '1 day'")
+
+
+def cleanup(ctx: Context, job: Job) -> None:
+    keep = ctx.settings.cluster.stopped_retention
+    with ctx.pool.connection() as conn:
+        conn.execute(
+            "DELETE FROM clusters WHERE status IN ('STOPPED', 'FAILED')"
+            " AND stopped_at < now() - make_interval(secs => %s)",
+            (keep,),
+        )
+        conn.execute("DELETE FROM job_log WHERE finished_at < now() - make_interval(secs => %s)", (keep,))
+
+
+def route_resync(ctx: Context, job: Job) -> None:
+    """Fan out a full reconcile to every live node (each keeps its own HAProxy and processes)."""
+    with ctx.pool.connection() as conn:
+        for r in conn.execute(
+            "SELECT name FROM nodes WHERE last_seen > now() - make_interval(secs => %s)",
+            (ctx.settings.worker.node_timeout,),
+        ).fetchall():
+            queue.enqueue(
+                conn, "node_reconcile", {}, queue=queue.node_queue(r["name"]), dedupe_key=f"node_reconcile:{r['name']}"
+            )
+
+
+def node_reconcile(ctx: Context, job: Job) -> None:
+    """Make this node's HAProxy equal to Postgres and stop processes no active cluster owns."""
+    if ctx.sync_routes is not None:
+        ctx.sync_routes()
+    reap_orphans(ctx)
+
+
+def reap_orphans(ctx: Context) -> list[str]:
+    local = ctx.backend.local_clusters()
+    if not local:
+        return []
+    with ctx.pool.connection() as conn:
+        ours = {
+            r["name"]
+            for r in conn.execute(
+                "SELECT name FROM clusters WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
+                " AND name = ANY(%s)",
+                (ctx.node, list(local)),
+            ).fetchall()
+        }
+    orphans = sorted(set(local) - ours)
+    for name in orphans:
+        log.warning("cluster %s: processes on %s that no active cluster owns; stopping them", name, ctx.node)
+        ctx.backend.stop_cluster(name)
+    return orphans
+
+
+def probe(ctx: Context, job: Job) -> None:
+    """An operator's end-to-end check of the queue: runs for `seconds` (at most 60), then is done."""
+    seconds = job.payload.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError("probe: seconds must be a number")
+    time.sleep(min(max(0.0, float(seconds)), 60.0))
+    log.info("probe job %s done by %s", job.id, ctx.node)
+
+
+HANDLERS: dict[str, Callable[[Context, Job], None]] = {
+    "start_cluster": start_cluster,
+    "stop_cluster": stop_cluster,
+    "start_worker": start_worker,
+    "stop_worker": stop_worker,
+    "check_clusters": check_clusters,
+    "sweep_nodes": sweep_nodes,
+    "cleanup": cleanup,
+    "route_resync": route_resync,
+    "node_reconcile": node_reconcile,
+    "probe": probe,
+}
+
+
+def periodic_tasks(settings: Settings) -> dict[str, float]:
+    return {
+        "check_clusters": max(1.0, settings.cluster.heartbeat_period),
+        "sweep_nodes": max(1.0, settings.worker.node_timeout / 3),
+        "cleanup": 300.0,
+        "route_resync": settings.haproxy.resync_interval,
+    }

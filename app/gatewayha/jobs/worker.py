@@ -1,0 +1,225 @@
+"""gatewayha-worker: claims jobs and runs them; keeps this node's HAProxy equal to Postgres.
+
+One per node. Threads: the main loop (node heartbeat, periodic ticks, claims),
+a LISTEN thread (wake-ups on NOTIFY; the poll interval is the fallback), a
+lease renewer, and a bounded pool that runs jobs (bounding launch storms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+from gatewayha import clusters
+from gatewayha.backends import get_backend
+from gatewayha.config import Settings, load_settings
+from gatewayha.db.pool import UNAVAILABLE_ERRORS, connect, make_pool
+from gatewayha.jobs import handlers, queue
+from gatewayha.jobs.queue import Job
+
+log = logging.getLogger("gatewayha.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings, backend=None):
+        self.settings = settings
+        self.node = settings.node.name
+        self.owner = f"{self.node}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        w = settings.worker
+        db = settings.database
+        db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + 4)})
+        self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
+        self.backend = backend or get_backend(settings)
+        self.queues = ["any", queue.node_queue(self.node)]
+        self.executor = ThreadPoolExecutor(w.concurrency, thread_name_prefix="job")
+        self.held: dict[int, Job] = {}
+        self.held_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.routes_dirty = threading.Event()
+        self.stopping = threading.Event()
+        self.runtime = None
+        if settings.haproxy.admin_socket:
+            from gatewayha.routes.runtime import HAProxyRuntime
+
+            self.runtime = HAProxyRuntime(settings.haproxy.admin_socket)
+        self.ctx = handlers.Context(settings, self.pool, self.backend, self.node, self.sync_routes)
+        self._routes_lock = threading.Lock()
+
+    # --- routes ---------------------------------------------------------------
+
+    def sync_routes(self) -> dict | None:
+        """Make the map files (and the live HAProxy, if we manage one) equal to Postgres."""
+        if not self.settings.haproxy.admin_socket:
+            return None
+        from gatewayha.routes.desired import desired_routes
+        from gatewayha.routes.sync import sync_maps
+
+        with self._routes_lock:
+            self.routes_dirty.clear()
+            with self.pool.connection() as conn:
+                sni, dash = desired_routes(conn)
+            stats = sync_maps(self.runtime, self.settings.haproxy.map_dir, sni, dash)
+            if any(stats.get(k) for k in ("added", "changed", "removed")):
+                log.info("routes synced: %s", stats)
+            return stats
+
+    # --- threads --------------------------------------------------------------
+
+    def _listen(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                with connect(self.settings.database, f"gatewayha-listen:{self.node}") as conn:
+                    conn.execute(f"LISTEN {queue.CHANNEL}")
+                    conn.execute(f"LISTEN {clusters.ROUTES_CHANNEL}")
+                    delay = 0.5
+                    # Anything that happened while we were not listening: look now.
+                    self.routes_dirty.set()
+                    self.wake.set()
+                    while not self.stopping.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            if n.channel == clusters.ROUTES_CHANNEL:
+                                self.routes_dirty.set()
+                            self.wake.set()
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10)
+
+    def _renew_leases(self) -> None:
+        lease = self.settings.worker.lease_seconds
+        while not self.stopping.wait(lease / 3):
+            with self.held_lock:
+                ids = list(self.held)
+            if not ids:
+                continue
+            try:
+                with self.pool.connection() as conn:
+                    kept = queue.renew(conn, self.owner, ids, lease)
+                lost = set(ids) - kept
+                if lost:
+                    log.warning("lost the lease on jobs %s", sorted(lost))
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+    def _run(self, job: Job) -> None:
+        w = self.settings.worker
+        try:
+            fn = handlers.HANDLERS.get(job.kind)
+            if fn is None:
+                raise ValueError(f"unknown job kind {job.kind!r}")
+            try:
+                fn(self.ctx, job)
+            except handlers.Defer as d:
+                with self.pool.connection() as conn:
+                    queue.defer(conn, job, self.owner, d.delay, d.queue)
+                return
+            except Exception as exc:
+                log.warning("job %s %s attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
+                with self.pool.connection() as conn:
+                    outcome = queue.fail(
+                        conn, job, self.owner, f"{exc!r}\n{traceback.format_exc()[-1500:]}",
+                        w.retry_base_seconds, w.retry_max_seconds,
+                    )
+                if outcome == "dead":
+                    log.error("job %s %s gave up after %s attempts", job.id, job.kind, job.attempts)
+                return
+            with self.pool.connection() as conn:
+                if not queue.complete(conn, job, self.owner):
+                    log.warning("job %s %s finished after its lease was taken over", job.id, job.kind)
+        except UNAVAILABLE_ERRORS as exc:
+            # The lease runs out and another claim retries the job.
+            log.warning("job %s %s: database unavailable while recording its outcome: %s", job.id, job.kind, exc)
+        except Exception:
+            log.exception("job %s %s: unexpected error", job.id, job.kind)
+        finally:
+            with self.held_lock:
+                self.held.pop(job.id, None)
+            self.wake.set()
+
+    # --- main loop ------------------------------------------------------------
+
+    def _heartbeat_node(self, conn) -> None:
+        conn.execute(
+            "INSERT INTO nodes (name, host) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET last_seen = now(), host = excluded.host",
+            (self.node, self.settings.node.host),
+        )
+
+    def tick(self, now: float, state: dict) -> None:
+        w = self.settings.worker
+        with self.pool.connection() as conn:
+            if now >= state["next_node_heartbeat"]:
+                self._heartbeat_node(conn)
+                state["next_node_heartbeat"] = now + w.node_heartbeat_interval
+            for name in queue.claim_periodic(conn, self.node):
+                queue.enqueue(conn, name, {}, dedupe_key=f"periodic:{name}", max_attempts=1)
+            with self.held_lock:
+                free = w.concurrency - len(self.held)
+            jobs = queue.claim(conn, self.owner, self.queues, free, w.lease_seconds)
+        for job in jobs:
+            with self.held_lock:
+                self.held[job.id] = job
+            self.executor.submit(self._run, job)
+        if self.routes_dirty.is_set():
+            self.sync_routes()
+
+    def run(self) -> None:
+        w = self.settings.worker
+        threading.Thread(target=self._listen, name="listen", daemon=True).start()
+        threading.Thread(target=self._renew_leases, name="leases", daemon=True).start()
+        state = {"next_node_heartbeat": 0.0, "started": False}
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                if not state["started"]:
+                    with self.pool.connection() as conn:
+                        queue.ensure_periodic(conn, handlers.periodic_tasks(self.settings))
+                        self._heartbeat_node(conn)
+                    handlers.reap_orphans(self.ctx)
+                    self.routes_dirty.set()
+                    state["started"] = True
+                    log.info("worker %s ready (queues %s)", self.owner, self.queues)
+                self.tick(time.monotonic(), state)
+                delay = 0.5
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("database unavailable: %s; retrying in %.1fs", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10)
+                continue
+            except Exception:
+                log.exception("worker loop error")
+                self.stopping.wait(1)
+            self.wake.wait(min(w.poll_interval, w.node_heartbeat_interval))
+            self.wake.clear()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gatewayha-worker", description=__doc__)
+    parser.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings(args.config)
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Rendering of the HAProxy configuration and of the two route maps.
+
+Every key and value is validated before it can reach a map file: a map line is handed to
+HAProxy verbatim, and its value becomes the address HAProxy connects to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+
+MapKind = Literal["sni", "dash"]
+
+SNI_MAP_NAME = "sni.map"
+DASH_MAP_NAME = "dash.map"
+
+# Cluster names are 32 lowercase hex characters (uuid4().hex).
+SNI_KEY_RE = re.compile(r"daskgateway-[a-f0-9]{32}")
+DASH_KEY_RE = re.compile(r"[a-f0-9]{32}")
+_KEY_RES: dict[MapKind, re.Pattern[str]] = {"sni": SNI_KEY_RE, "dash": DASH_KEY_RE}
+
+_HOST_RE = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_IPV4_RE = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+_PORT_RE = re.compile(r"[1-9]\d{0,4}")
+_SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NO_SPACE_RE = re.compile(r"[^\s;#'\"\\]+")
+
+
+def default_template_path() -> Path:
+    """The repository's haproxy/haproxy.cfg.j2."""
+    return Path(__file__).resolve().parents[3] / "haproxy" / "haproxy.cfg.j2"
+
+
+def map_paths(map_dir: str | os.PathLike[str]) -> tuple[str, str]:
+    """Absolute paths of sni.map and dash.map, spelled as the rendered config spells them.
+
+    The runtime API names a map by the path written in the configuration, so the config
+    renderer and the sync loop both go through here.
+    """
+    base = Path(map_dir)
+    if not base.is_absolute():
+        raise ValueError(f"map_dir must be an absolute path, got {str(map_dir)!r}")
+    return str(base / SNI_MAP_NAME), str(base / DASH_MAP_NAME)
+
+
+def validate_address(value: str) -> str:
+    """Check a ``host:port`` address; return it unchanged or raise ValueError."""
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {value!r}: expected host:port with port 1-65535")
+    if not (_IPV4_RE.fullmatch(host) or _HOST_RE.fullmatch(host)):
+        raise ValueError(f"invalid address {value!r}: host must be an IPv4 address or a hostname")
+    return value
+
+
+def validate_route_address(value: str) -> str:
+    """Check the target of a route: ``IPv4:port``.
+
+    HAProxy's ``set-dst`` takes an IP address and never resolves a name: with a hostname it
+    leaves the destination at 0.0.0.0 and connects to this host instead. So routes, unlike
+    API server addresses, must carry an IPv4 address.
+    """
+    validate_address(value)
+    host = value.rpartition(":")[0]
+    if not _IPV4_RE.fullmatch(host):
+        raise ValueError(f"invalid route target {value!r}: expected an IPv4 address, not a hostname")
+    if host == "0.0.0.0":
+        raise ValueError(f"invalid route target {value!r}: 0.0.0.0 is not a destination")
+    return value
+
+
+def validate_map_entries(entries: Mapping[str, str], kind: MapKind | None = None) -> None:
+    """Raise ValueError unless every key fits the map kind and every value is IPv4:port.
+
+    With ``kind=None`` a key may be either an SNI key or a dashboard key.
+    """
+    patterns = [_KEY_RES[kind]] if kind else list(_KEY_RES.values())
+    for key, value in entries.items():
+        if not isinstance(key, str) or not any(p.fullmatch(key) for p in patterns):
+            expected = " or ".join(p.pattern for p in patterns)
+            raise ValueError(f"invalid {kind or 'route'} map key {key!r}: expected {expected}")
+        validate_route_address(value)
+
+
+def render_map(entries: Mapping[str, str], kind: MapKind | None = None) -> str:
+    """A map file body: one ``key value`` line per entry, sorted by key."""
+    validate_map_entries(entries, kind)
+    return "".join(f"{key} {entries[key]}\n" for key in sorted(entries))
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    for name in ("abns_name", "admin_socket", "pidfile", "map_dir"):
+        value = params.get(name)
+        if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
+            raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
+    binds = params.get("bind")
+    for bind in [binds] if isinstance(binds, str) else binds or []:
+        if not _NO_SPACE_RE.fullmatch(str(bind)):
+            raise ValueError(f"invalid bind address {bind!r}")
+    names = set()
+    for server in params.get("api_servers") or []:
+        name = server["name"]
+        if not _SERVER_NAME_RE.fullmatch(name) or name in names:
+            raise ValueError(f"invalid or duplicate API server name {name!r}")
+        names.add(name)
+        validate_address(server["address"])
+
+
+def render_haproxy_cfg(template_path: str | os.PathLike[str], **params: Any) -> str:
+    """Render the HAProxy configuration template; the variables are listed at its top.
+
+    ``map_dir`` is normalised to the absolute spelling used by :func:`map_paths`.
+    """
+    if "map_dir" in params:
+        params["map_dir"] = str(Path(map_paths(params["map_dir"])[0]).parent)
+    _check_params(params)
+    path = Path(template_path)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template(path.name).render(**params)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> bool:
+    """Replace the file at ``path`` with ``text`` in one step; return whether it changed.
+
+    A reader (HAProxy on reload) sees either the old or the new file, never a torn one. An
+    unchanged file is left alone, so its mtime and inode say when routes last changed.
+    """
+    target = Path(path)
+    data = text.encode()
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True

@@ -1,0 +1,60 @@
+"""Per-cluster TLS: an ECDSA P-256 keypair and self-signed cert per cluster.
+
+The dask-gateway client trusts the cluster cert as its CA, does not check host
+names, and presents the same cert+key as its client cert; schedulers and
+workers use the same pair. The key is stored encrypted (AES-GCM under a key
+derived from the server secret) and only decrypted to hand it to the owner or
+to a launcher.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
+
+
+def new_keypair(cluster_name: str, days: int = 3650) -> tuple[str, str]:
+    """Return (cert_pem, key_pem) for one cluster, SAN ``dask-internal``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return cert_pem, key_pem
+
+
+def _aead(secret: str) -> AESGCM:
+    return AESGCM(hmac.new(secret.encode(), b"gatewayha tls-key encryption v1", hashlib.sha256).digest())
+
+
+def encrypt_key(secret: str, key_pem: str, cluster_name: str) -> bytes:
+    """Encrypt a key PEM; the cluster name is bound as associated data."""
+    nonce = os.urandom(12)
+    return nonce + _aead(secret).encrypt(nonce, key_pem.encode(), cluster_name.encode())
+
+
+def decrypt_key(secret: str, blob: bytes, cluster_name: str) -> str:
+    blob = bytes(blob)
+    return _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
