@@ -240,6 +240,14 @@ def tls_connect(port: int, server_hostname: str, timeout: float = 5.0) -> TLSRes
     return TLSResult(greeting=greeting, peer_cert_der=cert)
 
 
+class _QuietHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # HAProxy's health checks close with a reset once they have their answer.
+        pass
+
+
 class NamedHTTPServer:
     """A small HTTP server answering every GET with JSON naming itself, the path and headers.
 
@@ -254,7 +262,8 @@ class NamedHTTPServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                body: dict[str, Any] = {"name": owner.name, "path": self.path, "headers": dict(self.headers)}
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                body: dict[str, Any] = {"name": owner.name, "path": self.path, "headers": headers}
                 if self.path == "/api/health":
                     body["status"] = "pass"
                 data = json.dumps(body).encode()
@@ -267,8 +276,7 @@ class NamedHTTPServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.address = f"127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, name=f"http-{name}", daemon=True)

@@ -131,7 +131,7 @@ def test_plain_http_reaches_api_instances(haproxy, api_instances):
 def test_api_sees_client_address_through_internal_hop(haproxy):
     _, _, body = http_get(haproxy.port, "/api/version")
 
-    assert body["headers"]["X-Forwarded-For"] == "127.0.0.1"
+    assert body["headers"]["x-forwarded-for"] == "127.0.0.1"
 
 
 def test_dashboard_path_routes_to_cluster_dashboard(haproxy, dashboard):
@@ -151,9 +151,9 @@ def test_request_id_header_is_set(haproxy):
     _, _, second = http_get(haproxy.port, "/api/v1/options")
     _, _, given = http_get(haproxy.port, "/api/v1/options", headers={"X-Request-ID": "client-chosen-id"})
 
-    ids = [uuid.UUID(first["headers"]["X-Request-ID"]), uuid.UUID(second["headers"]["X-Request-ID"])]
+    ids = [uuid.UUID(first["headers"]["x-request-id"]), uuid.UUID(second["headers"]["x-request-id"])]
     assert ids[0] != ids[1]
-    assert given["headers"]["X-Request-ID"] == "client-chosen-id"
+    assert given["headers"]["x-request-id"] == "client-chosen-id"
 
 
 @pytest.mark.parametrize("instances", ["all-down", "none-configured"])

@@ -19,6 +19,8 @@ from pathlib import Path
 # start (reference or version syntax), no backslash or quotes (escapes).
 _TOKEN_RE = re.compile(r"[^\s;\\'\"#@][^\s;\\'\"]*")
 _VERSION_RE = re.compile(r"New version created:\s*(\d+)")
+# Well under the CLI's default 16 kB buffer, which also holds the command itself.
+PAYLOAD_CHUNK_BYTES = 8192
 
 
 class RuntimeAPIError(Exception):
@@ -27,7 +29,8 @@ class RuntimeAPIError(Exception):
     def __init__(self, command: str, response: str) -> None:
         self.command = command
         self.response = response
-        super().__init__(f"HAProxy runtime API: {command!r} failed: {response.strip() or '(no answer)'}")
+        shown = command if len(command) <= 120 else command[:120] + "..."
+        super().__init__(f"HAProxy runtime API: {shown!r} failed: {response.strip() or '(no answer)'}")
 
 
 class RuntimeConnectionError(RuntimeAPIError):
@@ -76,7 +79,9 @@ class HAProxyRuntime:
 
     def command(self, cmd: str) -> str:
         """Send one command (or a ``<<`` payload command) and return HAProxy's raw answer."""
-        data = cmd.rstrip("\n").encode() + b"\n"
+        cmd = cmd.rstrip("\n")
+        # A payload ("<<" then lines) ends at the first empty line; a command at its newline.
+        data = (cmd + ("\n\n" if "<<\n" in cmd else "\n")).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
@@ -92,7 +97,9 @@ class HAProxyRuntime:
     def _checked(self, cmd: str) -> str:
         """Run a command that answers nothing on success; any text is an error message."""
         response = self.command(cmd)
-        if response.strip():
+        # Success is one empty line. No answer at all means HAProxy dropped the command,
+        # e.g. a payload larger than its buffer (tune.bufsize): never mistake that for success.
+        if response.strip() or not response:
             raise RuntimeAPIError(cmd, response)
         return response
 
@@ -151,9 +158,18 @@ class HAProxyRuntime:
         if not match:
             raise RuntimeAPIError(prepare, response)
         version = match.group(1)
-        if lines:
-            # The payload ends at the first empty line, which command() appends.
-            self._checked(f"add map @{version} {ref} <<\n" + "".join(lines))
+        # The CLI reads a payload into one buffer (tune.bufsize, 16 kB by default); a larger
+        # one is dropped without an answer. Send the entries in chunks that fit.
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PAYLOAD_CHUNK_BYTES:
+                self._checked(f"add map @{version} {ref} <<\n" + "".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._checked(f"add map @{version} {ref} <<\n" + "".join(chunk))
         self._checked(f"commit map @{version} {ref}")
 
     # -- process ---------------------------------------------------------------------------

@@ -1,0 +1,585 @@
+"""The HTTP API (Falcon TestClient) against a real Postgres: wire contract, auth, bad input, limits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import falcon.testing
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from conftest import SECRET, new_database
+from gatewayha.api.app import create_app
+from gatewayha.auth import secrets as sec
+from gatewayha.auth import users
+from gatewayha.config import load_settings
+from gatewayha.db.migrate import migrate
+from gatewayha.db.pool import make_pool
+
+CONFIG = """
+[server]
+secret = "{secret}"
+max_body_bytes = 4096
+wait_timeout = 1.0
+[database]
+dsn = "{dsn}"
+pool_timeout = 2.0
+[limits]
+max_clusters = 3
+[cluster]
+max_workers = 5
+[[cluster_options]]
+field = "worker_cores"
+type = "int"
+default = 1
+min = 1
+max = 4
+label = "Worker cores"
+[[cluster_options]]
+field = "worker_memory_gib"
+type = "float"
+default = 1.0
+min = 0.5
+max = 8
+[[cluster_options]]
+field = "queue"
+type = "select"
+default = "normal"
+options = ["normal", "fast"]
+[[cluster_options]]
+field = "debug"
+type = "bool"
+default = false
+[[cluster_options]]
+field = "image"
+type = "string"
+default = "base"
+[[cluster_options]]
+field = "environment"
+type = "mapping"
+default = {{}}
+"""
+
+CLUSTER_KEYS = {"name", "dashboard_route", "status", "start_time", "stop_time", "options", "tls_cert", "tls_key"}
+
+
+@pytest.fixture(scope="module")
+def env(pg_server, tmp_path_factory):
+    dsn = new_database(pg_server)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        migrate(conn)
+        users.add_user(conn, "alice", "wonderland")
+        users.add_user(conn, "bob", "builder")
+    path = tmp_path_factory.mktemp("cfg") / "gatewayha.toml"
+    path.write_text(CONFIG.format(secret=SECRET, dsn=dsn))
+    settings = load_settings(path, {})
+    pool = make_pool(settings.database, "test-api", open_wait=True)
+    yield settings, pool, dsn
+    pool.close()
+
+
+@pytest.fixture
+def client(env):
+    settings, pool, _ = env
+    return falcon.testing.TestClient(create_app(settings, pool))
+
+
+@pytest.fixture
+def db(env):
+    with psycopg.connect(env[2], autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+ALICE = basic("alice", "wonderland")
+BOB = basic("bob", "builder")
+
+
+def stop_all(db):
+    db.execute("UPDATE clusters SET status = 'STOPPED', stopped_at = now() WHERE status <> 'STOPPED'")
+
+
+def create(client, headers=ALICE, options=None):
+    r = client.simulate_post("/api/v1/clusters/", headers=headers, json={"cluster_options": options or {}})
+    assert r.status_code == 201, r.text
+    return r.json["name"]
+
+
+def heartbeat(client, name, token=None, **overrides):
+    body = {
+        "scheduler_address": "tls://127.0.0.1:40001",
+        "dashboard_address": "http://127.0.0.1:40002",
+        "api_address": "http://127.0.0.1:40003",
+        "count": 0,
+        "active_workers": [],
+        "closing_workers": [],
+        "closed_workers": [],
+    }
+    body.update(overrides)
+    token = token or sec.cluster_token(SECRET, name)
+    return client.simulate_post(
+        f"/api/v1/clusters/{name}/heartbeat", headers={"Authorization": f"token {token}"}, json=body
+    )
+
+
+# --- public endpoints ---------------------------------------------------------
+
+
+def test_health_passes_without_credentials(client):
+    r = client.simulate_get("/api/health")
+    assert r.status_code == 200 and r.json == {"status": "pass"}
+
+
+def test_version_is_served(client):
+    assert "version" in client.simulate_get("/api/version").json
+
+
+# --- authentication -----------------------------------------------------------
+
+
+def test_anonymous_request_is_challenged_with_401_and_www_authenticate(client):
+    r = client.simulate_get("/api/v1/clusters/")
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Basic")
+    assert "error" in r.json
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        basic("alice", "wrong"),
+        basic("nobody", "x"),
+        {"Authorization": "Basic !!!notbase64"},
+        {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
+        {"Authorization": "Bearer abc"},
+        {"Authorization": "token gha_bogus_secret"},
+        {"Authorization": "token " + "f" * 64},  # a cluster token is no user credential
+    ],
+)
+def test_bad_credentials_are_401_json(client, header):
+    r = client.simulate_get("/api/v1/clusters/", headers=header)
+    assert r.status_code == 401 and "error" in r.json
+
+
+def test_basic_login_sets_a_signed_cookie_any_instance_accepts(env, client):
+    r = client.simulate_get("/api/v1/clusters/", headers=ALICE)
+    assert r.status_code == 200
+    cookie = r.cookies["gatewayha-session"]
+    assert cookie.http_only
+    # A second app instance (another gunicorn process or node) accepts it.
+    other = falcon.testing.TestClient(create_app(env[0], env[1]))
+    r2 = other.simulate_get("/api/v1/clusters/", cookies={"gatewayha-session": cookie.value})
+    assert r2.status_code == 200
+
+
+def test_forged_or_expired_cookie_is_challenged(client):
+    forged = "alice|9999999999|" + "0" * 64
+    expired = sec.make_session_cookie(SECRET, "alice", -10)
+    for value in (forged, expired, "garbage"):
+        r = client.simulate_get("/api/v1/clusters/", cookies={"gatewayha-session": value})
+        assert r.status_code == 401
+
+
+def test_api_token_authenticates_as_its_user(client, db):
+    token = users.create_token(db, "alice")
+    r = client.simulate_get("/api/v1/clusters/", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200
+    r = client.simulate_get("/api/v1/clusters/", headers={"Authorization": f"token {token}x"})
+    assert r.status_code == 401
+
+
+# --- options ------------------------------------------------------------------
+
+
+def test_options_spec_round_trips_through_the_stock_client_parser(client):
+    from dask_gateway.options import Options
+
+    r = client.simulate_get("/api/v1/options", headers=ALICE)
+    assert r.status_code == 200
+    opts = Options._from_spec(r.json["cluster_options"])
+    assert opts.worker_cores == 1 and opts.queue == "normal" and opts.environment == {}
+    with pytest.raises(ValueError):
+        opts.worker_cores = 5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"worker_cores": 99},
+        {"worker_cores": "2"},
+        {"worker_cores": 1.5},
+        {"worker_cores": True},
+        {"worker_memory_gib": 0.1},
+        {"queue": "turbo"},
+        {"debug": "yes"},
+        {"image": 5},
+        {"environment": [1, 2]},
+        {"not_an_option": 1},
+    ],
+)
+def test_invalid_options_are_422_and_create_nothing(client, db, options):
+    before = db.execute("SELECT count(*) AS n FROM clusters").fetchone()["n"]
+    r = client.simulate_post("/api/v1/clusters/", headers=ALICE, json={"cluster_options": options})
+    assert r.status_code == 422, r.text
+    assert "error" in r.json
+    assert db.execute("SELECT count(*) AS n FROM clusters").fetchone()["n"] == before
+
+
+# --- create / get / list / delete --------------------------------------------
+
+
+def test_create_returns_201_and_a_pending_cluster_with_exact_keys(client, db):
+    stop_all(db)
+    name = create(client, options={"worker_cores": 2})
+    r = client.simulate_get(f"/api/v1/clusters/{name}", headers=ALICE)
+    assert r.status_code == 200
+    assert set(r.json) == CLUSTER_KEYS
+    assert r.json["status"] == "PENDING"
+    assert r.json["options"]["worker_cores"] == 2
+    assert r.json["tls_key"] is None and r.json["tls_cert"] is None
+    job = db.execute("SELECT kind FROM jobs WHERE cluster = %s", (name,)).fetchone()
+    assert job == {"kind": "start_cluster"}
+    # The stock client parses it.
+    from dask_gateway.client import ClusterReport
+
+    report = ClusterReport._from_json("http://gw", "gateway://gw:8000", dict(r.json))
+    assert report.status.name == "PENDING"
+
+
+def test_first_heartbeat_makes_cluster_running_with_tls_and_dashboard(client, db):
+    stop_all(db)
+    name = create(client)
+    assert heartbeat(client, name).status_code == 200
+    r = client.simulate_get(f"/api/v1/clusters/{name}", headers=ALICE)
+    body = r.json
+    assert body["status"] == "RUNNING"
+    assert body["dashboard_route"] == f"/clusters/{name}/status"
+    assert body["tls_cert"].startswith("-----BEGIN CERTIFICATE")
+    assert "PRIVATE KEY" in body["tls_key"]
+    stored = db.execute("SELECT tls_key_enc FROM clusters WHERE name = %s", (name,)).fetchone()
+    assert b"PRIVATE KEY" not in bytes(stored["tls_key_enc"])  # encrypted at rest
+
+
+def test_other_users_cannot_see_or_touch_a_cluster(client, db):
+    stop_all(db)
+    name = create(client)
+    heartbeat(client, name)
+    assert client.simulate_get(f"/api/v1/clusters/{name}", headers=BOB).status_code == 404
+    assert name not in client.simulate_get("/api/v1/clusters/", headers=BOB).json
+    assert client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=BOB, json={"count": 1}).status_code == 404
+    r = client.simulate_delete(f"/api/v1/clusters/{name}", headers=BOB)
+    assert r.status_code == 204
+    status = db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"]
+    assert status == "RUNNING"  # nothing changed
+
+
+def test_list_filters_by_status_and_rejects_unknown_status(client, db):
+    stop_all(db)
+    a = create(client)
+    b = create(client)
+    heartbeat(client, b)
+    default = client.simulate_get("/api/v1/clusters/", headers=ALICE).json
+    assert set(default) == {a, b}
+    assert all(set(v) == CLUSTER_KEYS for v in default.values())
+    running = client.simulate_get("/api/v1/clusters/?status=running", headers=ALICE).json
+    assert set(running) == {b}
+    r = client.simulate_get("/api/v1/clusters/?status=EXPLODED", headers=ALICE)
+    assert r.status_code == 422 and "error" in r.json
+
+
+def test_wait_long_polls_until_running(client, db):
+    stop_all(db)
+    name = create(client)
+    threading.Timer(0.3, lambda: heartbeat(client, name)).start()
+    r = client.simulate_get(f"/api/v1/clusters/{name}", params={"wait": ""}, headers=ALICE)
+    assert r.json["status"] == "RUNNING"
+
+
+def test_wait_returns_pending_after_the_bound(client, db):
+    stop_all(db)
+    name = create(client)
+    r = client.simulate_get(f"/api/v1/clusters/{name}", query_string="wait", headers=ALICE)
+    assert r.status_code == 200 and r.json["status"] == "PENDING"
+
+
+def test_delete_of_unplaced_cluster_stops_it_at_once(client, db):
+    stop_all(db)
+    name = create(client)
+    r = client.simulate_delete(f"/api/v1/clusters/{name}", headers=ALICE)
+    assert r.status_code == 204
+    row = client.simulate_get(f"/api/v1/clusters/{name}", headers=ALICE).json
+    assert row["status"] == "STOPPED" and row["stop_time"] is not None
+
+
+def test_delete_of_placed_cluster_goes_stopping_and_queues_a_node_job(client, db):
+    stop_all(db)
+    name = create(client)
+    db.execute("UPDATE clusters SET node = 'n1' WHERE name = %s", (name,))
+    heartbeat(client, name)
+    assert client.simulate_delete(f"/api/v1/clusters/{name}", headers=ALICE).status_code == 204
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "STOPPING"
+    job = db.execute("SELECT queue FROM jobs WHERE kind = 'stop_cluster' AND cluster = %s", (name,)).fetchone()
+    assert job == {"queue": "node:n1"}
+    # Deleting again is harmless.
+    assert client.simulate_delete(f"/api/v1/clusters/{name}", headers=ALICE).status_code == 204
+
+
+def test_delete_unknown_or_malformed_name_is_204(client):
+    for name in ("0" * 32, "not-a-cluster", "A" * 300):
+        assert client.simulate_delete(f"/api/v1/clusters/{name}", headers=ALICE).status_code == 204
+    # A path that escapes the route is no cluster at all.
+    r = client.simulate_delete("/api/v1/clusters/..%2f..%2fetc", headers=ALICE)
+    assert r.status_code == 404 and "error" in r.json
+
+
+def test_cluster_token_can_delete_only_its_own_cluster(client, db):
+    stop_all(db)
+    a, b = create(client), create(client)
+    token_a = sec.cluster_token(SECRET, a)
+    r = client.simulate_delete(f"/api/v1/clusters/{b}", headers={"Authorization": f"token {token_a}"})
+    assert r.status_code == 403
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (b,)).fetchone()["status"] == "PENDING"
+    r = client.simulate_delete(f"/api/v1/clusters/{a}", headers={"Authorization": f"token {token_a}"})
+    assert r.status_code == 204
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (a,)).fetchone()["status"] == "STOPPED"
+
+
+# --- heartbeats -----------------------------------------------------------------
+
+
+def test_heartbeat_with_wrong_or_missing_token_changes_nothing(client, db):
+    stop_all(db)
+    name = create(client)
+    assert heartbeat(client, name, token="0" * 64).status_code == 403
+    r = client.simulate_post(f"/api/v1/clusters/{name}/heartbeat", json={})
+    assert r.status_code == 401
+    r = client.simulate_post(f"/api/v1/clusters/{name}/heartbeat", headers=ALICE, json={})
+    assert r.status_code == 401  # a user is not a scheduler
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"scheduler_address": "tls://evil host:1\nuse_backend x"},
+        {"dashboard_address": "javascript:alert(1)"},
+        {"api_address": 5},
+        {"count": -1},
+        {"count": "3"},
+        {"active_workers": "w1"},
+        {"closed_workers": [1, 2]},
+    ],
+)
+def test_malformed_heartbeat_is_422_and_changes_nothing(client, db, overrides):
+    stop_all(db)
+    name = create(client)
+    r = heartbeat(client, name, **overrides)
+    assert r.status_code == 422, r.text
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "PENDING"
+
+
+def test_heartbeat_count_reconciles_workers_within_max_workers(client, db):
+    stop_all(db)
+    name = create(client)
+    db.execute("UPDATE clusters SET node = 'n1' WHERE name = %s", (name,))
+    heartbeat(client, name, count=3)
+    workers = db.execute("SELECT name, status FROM workers WHERE cluster = %s", (name,)).fetchall()
+    assert len(workers) == 3 and {w["status"] for w in workers} == {"PENDING"}
+    jobs = db.execute("SELECT count(*) AS n FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,))
+    assert jobs.fetchone()["n"] == 3
+    names = [w["name"] for w in workers]
+    # Two join, one leaves: RUNNING, STOPPING, and one replacement is started.
+    heartbeat(client, name, count=3, active_workers=names[:2], closed_workers=[names[2]])
+    states = {w["name"]: w["status"] for w in db.execute("SELECT name, status FROM workers WHERE cluster = %s",
+                                                        (name,))}
+    assert [states[n] for n in names] == ["RUNNING", "RUNNING", "STOPPING"]
+    assert sum(1 for s in states.values() if s == "PENDING") == 1
+    # A scheduler asking for 10**9 workers gets max_workers (5), not a runaway.
+    heartbeat(client, name, count=10**9, active_workers=names[:2])
+    live = db.execute("SELECT count(*) AS n FROM workers WHERE cluster = %s AND status IN ('PENDING','RUNNING')",
+                      (name,)).fetchone()["n"]
+    assert live == 5
+
+
+# --- scale / adapt ------------------------------------------------------------
+
+
+def test_scale_and_adapt_of_pending_cluster_are_409(client, db):
+    stop_all(db)
+    name = create(client)
+    assert client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1}).status_code == 409
+    r = client.simulate_post(f"/api/v1/clusters/{name}/adapt", headers=ALICE, json={"minimum": 0, "maximum": 2})
+    assert r.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("scale", {"count": -1}),
+        ("scale", {"count": "ten"}),
+        ("scale", {"count": 1.5}),
+        ("scale", {"count": None}),
+        ("scale", {}),
+        ("adapt", {"minimum": 5, "maximum": 2}),
+        ("adapt", {"minimum": -1}),
+        ("adapt", {"maximum": "x"}),
+        ("adapt", {"active": "yes"}),
+    ],
+)
+def test_bad_scale_and_adapt_bodies_are_422(client, db, path, body):
+    stop_all(db)
+    name = create(client)
+    heartbeat(client, name)
+    r = client.simulate_post(f"/api/v1/clusters/{name}/{path}", headers=ALICE, json=body)
+    assert r.status_code == 422 and "error" in r.json
+
+
+def test_absurd_scale_is_clamped_and_forwarded(client, db):
+    """scale(10**12) is clamped to max_workers with ok: false; it reaches the scheduler's api."""
+    import http.server
+
+    got = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append((self.headers["Authorization"], json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        stop_all(db)
+        name = create(client)
+        heartbeat(client, name, api_address=f"http://127.0.0.1:{srv.server_port}")
+        r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 10**12})
+        assert r.status_code == 200
+        assert r.json["ok"] is False and "5" in r.json["msg"]
+        assert got[-1] == (f"token {sec.cluster_token(SECRET, name)}", {"op": "scale", "count": 5})
+        r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 2})
+        assert r.json == {"ok": True, "msg": None}
+        r = client.simulate_post(f"/api/v1/clusters/{name}/adapt", headers=ALICE,
+                                 json={"minimum": 1, "maximum": 100, "active": True})
+        assert r.json["ok"] is False
+        assert got[-1][1] == {"op": "adapt", "minimum": 1, "maximum": 5, "active": True}
+    finally:
+        srv.shutdown()
+
+
+def test_scale_when_scheduler_is_unreachable_is_503_json(client, db):
+    stop_all(db)
+    name = create(client)
+    heartbeat(client, name, api_address="http://127.0.0.1:1")
+    r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
+    assert r.status_code == 503 and "error" in r.json
+
+
+# --- malformed requests -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'"string"', 400),
+        (b"\xff\xfe", 400),
+        (b'{"cluster_options": [1]}', 422),
+        (b'{"cluster_options": "x"}', 422),
+    ],
+)
+def test_malformed_create_bodies_are_4xx_json(client, db, body, status):
+    stop_all(db)
+    r = client.simulate_post("/api/v1/clusters/", headers={**ALICE, "Content-Type": "application/json"}, body=body)
+    assert r.status_code == status and "error" in r.json
+
+
+def test_oversized_body_is_413(client):
+    body = json.dumps({"cluster_options": {"image": "x" * 10000}})
+    r = client.simulate_post("/api/v1/clusters/", headers=ALICE, body=body)
+    assert r.status_code == 413 and "error" in r.json
+
+
+def test_unknown_route_and_method_are_json(client):
+    r = client.simulate_get("/api/v1/nothing", headers=ALICE)
+    assert r.status_code == 404 and "error" in r.json
+    r = client.simulate_put("/api/v1/clusters/", headers=ALICE)
+    assert r.status_code == 405 and "error" in r.json
+
+
+def test_malformed_cluster_names_are_404(client):
+    for name in ("x" * 500, "ABC", "%00"):
+        r = client.simulate_get(f"/api/v1/clusters/{name}", headers=ALICE)
+        assert r.status_code == 404 and "error" in r.json
+
+
+# --- limits -------------------------------------------------------------------
+
+
+def test_cluster_limit_is_exact_under_concurrent_creates_on_two_instances(env, db):
+    stop_all(db)
+    settings, pool, _ = env
+    pool2 = make_pool(settings.database, "test-api-2", open_wait=True)
+    apps = [falcon.testing.TestClient(create_app(settings, p)) for p in (pool, pool2)]
+    codes = []
+
+    def go(i):
+        r = apps[i % 2].simulate_post("/api/v1/clusters/", headers=ALICE, json={"cluster_options": {}})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    pool2.close()
+    assert sorted(codes) == [201] * 3 + [409] * 9
+    n = db.execute("SELECT count(*) AS n FROM clusters WHERE owner = 'alice' AND status = 'PENDING'").fetchone()["n"]
+    assert n == 3
+
+
+def test_idempotency_key_replay_returns_the_same_cluster(client, db):
+    stop_all(db)
+    h = {**ALICE, "Idempotency-Key": "abc-123"}
+    a = client.simulate_post("/api/v1/clusters/", headers=h, json={}).json["name"]
+    b = client.simulate_post("/api/v1/clusters/", headers=h, json={}).json["name"]
+    assert a == b
+    assert db.execute("SELECT count(*) AS n FROM clusters WHERE status = 'PENDING'").fetchone()["n"] == 1
+
+
+# --- database down ------------------------------------------------------------
+
+
+def test_database_down_gives_503_json_quickly_and_recovers(env, pg_server):
+    """Terminate every connection and block new ones; then let them back in."""
+    import time
+
+    settings, pool, dsn = env
+    dbname = dsn.rsplit("/", 1)[1]
+    client = falcon.testing.TestClient(create_app(settings, pool))
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        try:
+            t0 = time.monotonic()
+            r = client.simulate_get("/api/v1/clusters/", headers=ALICE)
+            assert r.status_code == 503 and "error" in r.json
+            assert time.monotonic() - t0 < 10
+            h = client.simulate_get("/api/health")
+            assert h.status_code == 503 and h.json == {"status": "fail"}
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + 20
+    while client.simulate_get("/api/health").status_code != 200:
+        assert time.monotonic() < deadline, "the API did not recover by itself"
+        time.sleep(0.2)
+    assert client.simulate_get("/api/v1/clusters/", headers=ALICE).status_code == 200

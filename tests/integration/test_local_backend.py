@@ -1,0 +1,394 @@
+"""The local backend against real `dask scheduler` / `dask worker` processes.
+
+A tiny HTTP server stands in for the gateway API: it records the scheduler's
+heartbeats and self-deletes, so these tests need no Postgres and no HAProxy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gatewayha.backends import get_backend
+from gatewayha.backends.base import SchedulerSpec, WorkerSpec
+from gatewayha.backends.launcher import MARKER_VAR, ProcessLauncher, scheduler_unit
+from gatewayha.backends.local import LocalBackend
+from gatewayha.config import NodeSettings, Settings
+from gatewayha.options import ClusterConfig
+
+GIB = 2**30
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_keypair() -> tuple[str, str]:
+    """A self-signed ECDSA P-256 cert with SAN DNS:dask-internal, as dask-gateway makes."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+
+
+class Recorder:
+    """Records what schedulers send to the gateway API."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.cond = threading.Condition()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self, status: int) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with recorder.cond:
+                    recorder.requests.append(
+                        {
+                            "method": self.command,
+                            "path": self.path,
+                            "auth": self.headers.get("Authorization"),
+                            "json": json.loads(body) if body else None,
+                            "at": time.monotonic(),
+                        }
+                    )
+                    recorder.cond.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self):  # noqa: N802
+                self._record(200)
+
+            def do_DELETE(self):  # noqa: N802
+                self._record(204)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.api_url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> dict:
+        """The first recorded request matching ``predicate``, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for r in self.requests:
+                    if predicate(r):
+                        return r
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching request in {timeout} s; got {self.requests}")
+                self.cond.wait(left)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_until(condition, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def heartbeat_of(name: str, token: str):
+    def match(r: dict) -> bool:
+        return (
+            r["method"] == "POST"
+            and r["path"] == f"/api/v1/clusters/{name}/heartbeat"
+            and r["auth"] == f"token {token}"
+        )
+
+    return match
+
+
+def unit_pids(cluster_name: str) -> set[int]:
+    """Every live process carrying a unit marker of this cluster (group members included)."""
+    out = set()
+    needle = f"{MARKER_VAR}={cluster_name}-".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry.name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(v.startswith(needle) for v in environ.split(b"\0")):
+            out.add(int(entry.name))
+    return out
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    return dict(e.decode().split("=", 1) for e in raw.split(b"\0") if e)
+
+
+def post_comm(api_address: str, token: str, msg: dict) -> int:
+    req = urllib.request.Request(
+        f"{api_address}/api/comm",
+        data=json.dumps(msg).encode(),
+        method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status
+
+
+def config(**overrides) -> ClusterConfig:
+    values = dict(
+        scheduler_cores=1.0,
+        scheduler_memory_gib=1.0,
+        worker_cores=1.0,
+        worker_memory_gib=1.5,
+        worker_threads=2,
+        idle_timeout=0.0,
+        max_workers=4,
+        heartbeat_period=1.0,
+        adaptive_period=3.0,
+        environment={},
+    )
+    values.update(overrides)
+    return ClusterConfig(**values)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return make_keypair()
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    settings = Settings(node=NodeSettings(state_dir=str(tmp_path / "node"), host="127.0.0.1", launcher="auto"))
+    b = get_backend(settings)
+    assert isinstance(b, LocalBackend) and isinstance(b.launcher, ProcessLauncher)  # no systemd here
+    yield b
+    for name in b.local_clusters():
+        b.stop_cluster(name)
+
+
+def new_name() -> str:
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, recorder, keypair):
+    from distributed import Client
+    from distributed.security import Security
+
+    cert, key = keypair
+    name, token = new_name(), "tok-" + uuid.uuid4().hex
+    cfg = config()
+    started = time.monotonic()
+    backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
+    assert backend.scheduler_running(name)
+    assert name in backend.local_clusters()
+
+    first = recorder.wait_for(heartbeat_of(name, token))
+    print(f"first heartbeat after {first['at'] - started:.2f} s")
+    hb = first["json"]
+    assert hb["scheduler_address"].startswith("tls://127.0.0.1:")
+    assert hb["dashboard_address"].startswith("http://127.0.0.1:")
+    assert hb["api_address"].startswith("http://127.0.0.1:")
+    assert hb["count"] == 0 and hb["active_workers"] == []
+
+    # The dashboard is served under the prefix HAProxy routes on.
+    with urllib.request.urlopen(f"{hb['dashboard_address']}/clusters/{name}/status", timeout=10) as resp:
+        assert resp.status == 200
+
+    # The gateway forwards scale before it starts workers (as dask-gateway-server
+    # does): a worker that joins while count is 0 is retired by the next heartbeat.
+    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}) == 200
+    recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and r["json"]["count"] == 1)
+
+    worker_name = f"{name}-w1"
+    wspec = WorkerSpec(name, worker_name, hb["scheduler_address"], token, cert, key, cfg)
+    backend.start_worker(wspec)
+    backend.start_worker(wspec)  # idempotent
+    assert backend.worker_running(name, worker_name)
+    recorder.wait_for(
+        lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["active_workers"]
+    )
+
+    cert_file = backend.cluster_dir(name) / "tls.crt"
+    key_file = backend.cluster_dir(name) / "tls.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(backend.cluster_dir(name).stat().st_mode & 0o777) == "0o700"
+    security = Security(
+        tls_ca_file=str(cert_file),
+        tls_client_cert=str(cert_file),
+        tls_client_key=str(key_file),
+        require_encryption=True,
+    )
+    with Client(hb["scheduler_address"], security=security, timeout=30) as client:
+        assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+        workers = client.scheduler_info()["workers"]
+        assert [w["name"] for w in workers.values()] == [worker_name]
+        ((address, info),) = workers.items()
+        assert info["nthreads"] == cfg.threads == 2
+        assert info["memory_limit"] == int(cfg.worker_memory_gib * GIB)
+        assert address.startswith("tls://127.0.0.1:")
+        # The nanny is on: client.restart() (common in notebooks) needs it.
+        assert info.get("nanny")
+
+    # Plain TCP is refused: encryption is required.
+    with pytest.raises(Exception):  # noqa: B017,PT011
+        Client(hb["scheduler_address"].replace("tls://", "tcp://"), timeout=3)
+
+    pids = unit_pids(name)
+    assert len(pids) >= 3  # scheduler, nanny, worker
+    backend.stop_cluster(name)
+    assert unit_pids(name) == set()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+    assert not backend.cluster_dir(name).exists()
+    assert name not in backend.local_clusters()
+    assert not backend.scheduler_running(name)
+    assert not backend.worker_running(name, worker_name)
+    backend.stop_cluster(name)  # idempotent
+
+
+def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, keypair):
+    cert, key = keypair
+    name, token = new_name(), uuid.uuid4().hex
+    cfg = config()
+    backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
+    hb = recorder.wait_for(heartbeat_of(name, token))["json"]
+    post_comm(hb["api_address"], token, {"op": "scale", "count": 1})
+    worker_name = f"{name}-a"
+    backend.start_worker(WorkerSpec(name, worker_name, hb["scheduler_address"], token, cert, key, cfg))
+    recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["active_workers"])
+
+    post_comm(hb["api_address"], token, {"op": "scale", "count": 0})
+    recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["closing_workers"])
+    # Retiring closes the worker *and* its nanny (no restart): the unit ends by itself.
+    wait_until(lambda: not backend.worker_running(name, worker_name), timeout=30)
+    recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["closed_workers"])
+    assert backend.scheduler_running(name)
+    backend.stop_cluster(name)
+    assert unit_pids(name) == set()
+
+
+def test_idle_timeout_makes_scheduler_delete_its_cluster(backend, recorder, keypair):
+    cert, key = keypair
+    name, token = new_name(), uuid.uuid4().hex
+    backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, config(idle_timeout=2.0)))
+    hb = recorder.wait_for(heartbeat_of(name, token))
+    delete = recorder.wait_for(
+        lambda r: r["method"] == "DELETE" and r["path"] == f"/api/v1/clusters/{name}", timeout=30
+    )
+    assert delete["auth"] == f"token {token}"
+    assert 1.5 <= delete["at"] - hb["at"] <= 15
+    backend.stop_cluster(name)
+    assert unit_pids(name) == set()
+
+
+def test_environment_option_cannot_override_gateway_variables(backend, recorder, keypair, tmp_path):
+    cert, key = keypair
+    name, token = new_name(), uuid.uuid4().hex
+    evil = Recorder()
+    try:
+        env = {
+            "DASK_GATEWAY_API_URL": evil.api_url,
+            "DASK_GATEWAY_API_TOKEN": "stolen",
+            "DASK_GATEWAY_CLUSTER_NAME": "f" * 32,
+            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "False",
+            "DASK_DISTRIBUTED": "{'comm': {'require-encryption': False}}",
+            "DASK_INTERNAL_INHERIT_CONFIG": "e30=",
+            "LD_PRELOAD": "/tmp/evil.so",
+            "PYTHONPATH": str(tmp_path),
+            "GATEWAYHA_UNIT": f"{'e' * 32}-scheduler",
+            "GATEWAYHA_SERVER__SECRET": "x",
+            "BAD NAME": "1",
+            "MY_SETTING": "kept",
+        }
+        cfg = config(environment=env)
+        backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
+        hb = recorder.wait_for(heartbeat_of(name, token))
+        assert hb["auth"] == f"token {token}"
+
+        (pid,) = [p for p in unit_pids(name) if environ_of(p).get(MARKER_VAR) == scheduler_unit(name)]
+        seen = environ_of(pid)
+        assert seen["DASK_GATEWAY_API_URL"] == recorder.api_url
+        assert seen["DASK_GATEWAY_CLUSTER_NAME"] == name
+        assert Path(seen["DASK_GATEWAY_API_TOKEN"]).read_text() == token
+        assert seen["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        assert seen[MARKER_VAR] == scheduler_unit(name)
+        assert seen["MY_SETTING"] == "kept"
+        for dropped in ("DASK_DISTRIBUTED", "DASK_INTERNAL_INHERIT_CONFIG", "LD_PRELOAD", "PYTHONPATH",
+                        "GATEWAYHA_SERVER__SECRET", "BAD NAME"):  # fmt: skip
+            assert dropped not in seen
+        # Nothing of gatewayha-worker's own environment leaks into user processes.
+        assert not any(k.startswith("GATEWAYHA_") and k != MARKER_VAR for k in seen)
+        assert evil.requests == []
+    finally:
+        evil.close()
+    backend.stop_cluster(name)
+
+
+def test_first_heartbeat_latency(backend, recorder, keypair):
+    """Not an assertion of speed: prints the median time to a scheduler's first heartbeat."""
+    cert, key = keypair
+    times = []
+    for _ in range(5):
+        name, token = new_name(), uuid.uuid4().hex
+        t0 = time.monotonic()
+        backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, config()))
+        times.append(recorder.wait_for(heartbeat_of(name, token))["at"] - t0)
+        backend.stop_cluster(name)
+    times.sort()
+    print(f"first heartbeat: median {times[2]:.2f} s, all {[round(t, 2) for t in times]}")
+    assert times[2] < 30
