@@ -9,6 +9,7 @@ field it replaces. Every bad value is reported at start with its full name.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -276,6 +277,11 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):
         raise ConfigError(f"node.name: letters, digits, '-', '_' and '.' only, got {s.node.name!r}")
+    try:
+        ipaddress.IPv4Address(s.node.host)
+    except ValueError:
+        # HAProxy's set-dst takes an address, never a name: routes need the node's IPv4.
+        raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}") from None
     if s.database.pool_max < s.database.pool_min or s.database.pool_min < 0:
         raise ConfigError("database.pool_max must be >= database.pool_min >= 0")
     for name in ("concurrency",):

@@ -28,7 +28,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gatewayha.routes import HAProxyRuntime, RuntimeAPIError, default_template_path, ensure_map_files, render_haproxy_cfg
+from gatewayha.routes import (
+    HAProxyRuntime,
+    RuntimeAPIError,
+    default_template_path,
+    ensure_map_files,
+    render_haproxy_cfg,
+)
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -143,7 +149,7 @@ def make_self_signed_cert(directory: Path, common_name: str) -> tuple[Path, Path
     """An ECDSA P-256 self-signed certificate, like a cluster's, with SAN dask-internal."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -261,7 +267,7 @@ class NamedHTTPServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 body: dict[str, Any] = {"name": owner.name, "path": self.path, "headers": headers}
                 if self.path == "/api/health":
@@ -273,7 +279,7 @@ class NamedHTTPServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = _QuietHTTPServer(("127.0.0.1", 0), Handler)

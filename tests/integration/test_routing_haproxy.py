@@ -159,7 +159,10 @@ def test_request_id_header_is_set(haproxy):
 @pytest.mark.parametrize("instances", ["all-down", "none-configured"])
 def test_no_api_instance_gives_json_503(tmp_path: Path, instances: str):
     servers = (
-        [{"name": "api-1", "address": f"127.0.0.1:{free_port()}"}, {"name": "api-2", "address": f"127.0.0.1:{free_port()}"}]
+        [
+            {"name": "api-1", "address": f"127.0.0.1:{free_port()}"},
+            {"name": "api-2", "address": f"127.0.0.1:{free_port()}"},
+        ]
         if instances == "all-down"
         else []
     )
@@ -286,3 +289,41 @@ def test_runtime_errors_are_raised_clearly(haproxy, tmp_path: Path):
         haproxy.runtime.del_map(map_paths(haproxy.map_dir)[0], sni(new_name()))
     with pytest.raises(RuntimeConnectionError):
         type(haproxy.runtime)(tmp_path / "no-such.sock").show_info()
+
+
+def test_oversized_payload_fails_loudly_and_never_wipes_the_live_map(haproxy, scheduler, monkeypatch):
+    # HAProxy drops a CLI payload larger than its buffer without answering; committing the
+    # half-filled version would have emptied the map.
+    from gatewayha.routes import runtime as runtime_module
+
+    kept = {sni(new_name()): scheduler.address}
+    sync_maps(haproxy.runtime, haproxy.map_dir, kept, {})
+    monkeypatch.setattr(runtime_module, "PAYLOAD_CHUNK_BYTES", 10**9)
+    many = {sni(new_name()): scheduler.address for _ in range(300)}
+
+    # Just over the buffer: no answer at all; far over it: a reset. Both must raise.
+    with pytest.raises(RuntimeAPIError):
+        haproxy.runtime.replace_map(map_paths(haproxy.map_dir)[0], many)
+
+    assert haproxy.runtime.show_map(map_paths(haproxy.map_dir)[0]) == kept
+
+
+def test_maps_are_found_when_map_dir_is_spelled_differently(haproxy, scheduler, tmp_path: Path):
+    # The worker may name map_dir through a symlink while the config holds the real path.
+    alias = tmp_path / "maps-alias"
+    alias.symlink_to(haproxy.map_dir)
+    name = new_name()
+
+    counts = sync_maps(haproxy.runtime, alias, {sni(name): scheduler.address}, {})
+
+    assert counts["added"] == 1
+    assert tls_connect(haproxy.port, sni(name)).peer_cert_der == scheduler.cert_der
+
+
+def test_sync_against_haproxy_without_these_maps_names_the_problem(haproxy, scheduler, tmp_path: Path):
+    elsewhere = tmp_path / "other-maps"
+
+    with pytest.raises(RuntimeAPIError, match="has not loaded"):
+        sync_maps(haproxy.runtime, elsewhere, {sni(new_name()): scheduler.address}, {})
+    # The files were still written, for an HAProxy that will load them.
+    assert (elsewhere / "sni.map").read_text().startswith("daskgateway-")

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 
+from gatewayha.routes.render import validate_route_address
 
-def _hostport(address: str | None) -> str | None:
+log = logging.getLogger("gatewayha.routes")
+
+
+def _hostport(name: str, address: str | None) -> str | None:
+    """host:port of a URL-ish address, or None (logged) when it cannot be a route.
+
+    One bad row must not block every other route on the node, so it is skipped.
+    """
     if not address or "://" not in address:
         return None
-    return address.split("://", 1)[1].rstrip("/")
+    target = address.split("://", 1)[1].rstrip("/")
+    try:
+        return validate_route_address(target)
+    except ValueError as exc:
+        log.error("cluster %s: no route for %r: %s", name, address, exc)
+        return None
 
 
 def desired_routes(conn: psycopg.Connection) -> tuple[dict[str, str], dict[str, str]]:
@@ -20,10 +35,10 @@ def desired_routes(conn: psycopg.Connection) -> tuple[dict[str, str], dict[str, 
         " WHERE status = 'RUNNING' AND scheduler_address IS NOT NULL"
     ).fetchall()
     for r in rows:
-        target = _hostport(r["scheduler_address"])
+        target = _hostport(r["name"], r["scheduler_address"])
         if target:
             sni[f"daskgateway-{r['name']}"] = target
-        board = _hostport(r["dashboard_address"])
+        board = _hostport(r["name"], r["dashboard_address"])
         if board:
             dash[r["name"]] = board
     return sni, dash

@@ -99,6 +99,8 @@ def render_map(entries: Mapping[str, str], kind: MapKind | None = None) -> str:
 def _check_params(params: dict[str, Any]) -> None:
     for name in ("abns_name", "admin_socket", "pidfile", "map_dir"):
         value = params.get(name)
+        if name == "pidfile" and not value:
+            continue  # optional: empty means none
         if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
             raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
     binds = params.get("bind")

@@ -19,6 +19,7 @@ from pathlib import Path
 # start (reference or version syntax), no backslash or quotes (escapes).
 _TOKEN_RE = re.compile(r"[^\s;\\'\"#@][^\s;\\'\"]*")
 _VERSION_RE = re.compile(r"New version created:\s*(\d+)")
+_MAP_LIST_RE = re.compile(r"^\d+ \((.*?)\) ", re.MULTILINE)
 # Well under the CLI's default 16 kB buffer, which also holds the command itself.
 PAYLOAD_CHUNK_BYTES = 8192
 
@@ -105,6 +106,14 @@ class HAProxyRuntime:
 
     # -- maps ------------------------------------------------------------------------------
 
+    def list_maps(self) -> list[str]:
+        """The file names of the maps the running HAProxy has loaded (``show map``)."""
+        response = self.command("show map")
+        maps = [m.group(1) for m in _MAP_LIST_RE.finditer(response)]
+        if not maps and response.strip() and not response.startswith("# id"):
+            raise RuntimeAPIError("show map", response)
+        return maps
+
     def map_entries(self, map_path: str | os.PathLike[str], version: int | None = None) -> list[MapEntry]:
         """Every entry of the map, duplicates included, in HAProxy's order."""
         ref = _map_ref(map_path)
@@ -147,8 +156,9 @@ class HAProxyRuntime:
     def replace_map(self, map_path: str | os.PathLike[str], entries: Mapping[str, str]) -> None:
         """Atomically replace the whole map: lookups see the old map or the new, never a mix.
 
-        ``prepare map`` allocates a version, one payload command fills it, ``commit map``
-        switches to it.
+        ``prepare map`` allocates a version, ``add map @<ver> ... <<`` payloads fill it,
+        ``commit map`` switches to it. If any step fails the version is never committed and
+        the live map stays as it was.
         """
         ref = _map_ref(map_path)
         lines = [f"{_token('key', k)} {_token('value', v)}\n" for k, v in entries.items()]

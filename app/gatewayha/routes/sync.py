@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gatewayha.routes.render import MapKind, map_paths, render_map, validate_map_entries, write_atomic
-from gatewayha.routes.runtime import HAProxyRuntime, MapEntry
+from gatewayha.routes.runtime import HAProxyRuntime, MapEntry, RuntimeAPIError
 
 log = logging.getLogger(__name__)
 
-# Above this many differences one atomic replace (three commands) is cheaper than one
+# Above this many differences one atomic replace (a few commands) is cheaper than one
 # command per entry, and lookups never see a half-applied change.
 BULK_REPLACE_THRESHOLD = 64
 
@@ -45,6 +45,10 @@ def sync_maps(
     ``<name>`` to the dashboard's ``ip:port``. Both are validated before anything is written
     (ValueError). With ``runtime=None`` only the files are written. Returns the counts
     ``added``, ``changed`` (including repaired duplicates), ``removed`` and ``files_changed``.
+
+    The files are written first: if HAProxy is down (RuntimeConnectionError) or refuses a
+    command (RuntimeAPIError), the files already hold the routes it will load on start, and
+    calling again once it answers finishes the job.
     """
     validate_map_entries(sni, "sni")
     validate_map_entries(dash, "dash")
@@ -52,16 +56,34 @@ def sync_maps(
     wanted: list[tuple[MapKind, str, Mapping[str, str]]] = [("sni", sni_path, sni), ("dash", dash_path, dash)]
     counts = {"added": 0, "changed": 0, "removed": 0, "files_changed": 0}
     with _lock:
+        Path(sni_path).parent.mkdir(parents=True, exist_ok=True)
         for kind, path, entries in wanted:
             if write_atomic(path, render_map(entries, kind)):
                 counts["files_changed"] += 1
         if runtime is not None:
+            loaded = runtime.list_maps()
             for _kind, path, entries in wanted:
-                for name, n in _sync_live_map(runtime, path, entries).items():
+                live_path = _loaded_name(path, loaded)
+                for name, n in _sync_live_map(runtime, live_path, entries).items():
                     counts[name] += n
     if counts["added"] or counts["changed"] or counts["removed"]:
         log.info("routes synced: %s", counts)
     return counts
+
+
+def _loaded_name(path: str, loaded: list[str]) -> str:
+    """The name HAProxy knows this map file by: the path spelled as in its configuration,
+    which may differ from ours (a symlink, a relative map_dir resolved differently)."""
+    if path in loaded:
+        return path
+    for name in loaded:
+        try:
+            if os.path.samefile(name, path):
+                return name
+        except OSError:
+            continue
+    loaded_list = ", ".join(loaded) or "none"
+    raise RuntimeAPIError(f"show map ({path})", f"HAProxy has not loaded {path}; its maps: {loaded_list}")
 
 
 def _sync_live_map(runtime: HAProxyRuntime, path: str, desired: Mapping[str, str]) -> dict[str, int]:

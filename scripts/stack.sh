@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# The local stack: one machine playing two gateway nodes.
+#   scripts/stack.sh up | down | status
+# Environment: GATEWAYHA_STATE (default .state), GATEWAYHA_PORT (public port, default 8000),
+# GATEWAYHA_API_PORTS (default "8101 8102"), GATEWAYHA_EXAMPLE=0 to skip the example run.
+# Runs: a throwaway Postgres, 2 API instances (gunicorn), 2 job workers (nodes
+# local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE=$(realpath -m "${GATEWAYHA_STATE:-.state}")
+PORT=${GATEWAYHA_PORT:-8000}
+API_PORTS=${GATEWAYHA_API_PORTS:-"8101 8102"}
+RUN=$STATE/run
+LOG=$STATE/log
+VENV=$ROOT/.venv
+CONFIG=$STATE/gatewayha.toml
+export GATEWAYHA_CONFIG=$CONFIG
+export PATH=$VENV/bin:$PATH
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pidfile() {  # TERM the process group, wait, then KILL
+    local f=$1 pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+    local t=$1 what=$2; shift 2
+    local end=$((SECONDS + t))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $end ]; then echo "stack: timed out waiting for $what" >&2; return 1; fi
+        sleep 0.2
+    done
+}
+
+write_config() {
+    local dsn=$1
+    [ -f "$STATE/secret" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/secret")
+    cat > "$CONFIG" <<TOML
+# Written by scripts/stack.sh for the local stack; see README.md for every setting.
+[database]
+dsn = "$dsn"
+
+[server]
+secret = "$(cat "$STATE/secret")"
+public_url = "http://127.0.0.1:$PORT"
+api_url = "http://127.0.0.1:$PORT/api"
+
+[auth]
+type = "basic"
+
+[node]
+host = "127.0.0.1"
+launcher = "process"
+
+[haproxy]
+map_dir = "$STATE/haproxy/maps"
+resync_interval = 30
+
+[cluster]
+worker_cores = 1
+worker_memory_gib = 1.0
+max_workers = 8
+heartbeat_period = 2
+heartbeat_timeout = 20
+idle_timeout = 0
+
+[limits]
+max_clusters = 10
+max_cores = 24
+max_memory_gib = 32
+
+[[cluster_options]]
+field = "worker_cores"
+label = "Worker cores"
+type = "int"
+default = 1
+min = 1
+max = 4
+
+[[cluster_options]]
+field = "worker_memory_gib"
+label = "Worker memory (GiB)"
+type = "float"
+default = 1.0
+min = 0.25
+max = 8
+
+[[cluster_options]]
+field = "idle_timeout"
+label = "Idle timeout (s, 0 = never)"
+type = "float"
+default = 0
+min = 0
+max = 86400
+
+[[cluster_options]]
+field = "environment"
+label = "Environment variables"
+type = "mapping"
+default = {}
+TOML
+}
+
+up() {
+    mkdir -p "$RUN" "$LOG" "$STATE/haproxy/maps"
+    dsn_admin=$(scripts/pg.sh start "$STATE/pg")
+    psql "$dsn_admin" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'gatewayha'" | grep -q 1 \
+        || psql "$dsn_admin" -qc "CREATE DATABASE gatewayha" >/dev/null
+    dsn=${dsn_admin%/postgres}/gatewayha
+    write_config "$dsn"
+    gatewayha-admin migrate
+    if ! gatewayha-admin users list --json | python3 -c 'import json,sys; sys.exit(0 if any(u["name"]=="demo" for u in json.load(sys.stdin)) else 1)'; then
+        [ -f "$STATE/demo-password" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(12))' > "$STATE/demo-password")
+        gatewayha-admin users add demo --password-stdin < "$STATE/demo-password"
+    fi
+
+    # API instances
+    api_args=()
+    for p in $API_PORTS; do
+        api_args+=(--api "127.0.0.1:$p")
+        if ! alive "$RUN/api-$p.pid"; then
+            setsid gunicorn -c "$ROOT/app/gatewayha/api/gunicorn_conf.py" --bind "127.0.0.1:$p" \
+                --pid "$RUN/api-$p.pid" gatewayha.api.wsgi:app >>"$LOG/api-$p.log" 2>&1 < /dev/null &
+        fi
+    done
+
+    # Job workers: two nodes; node 1 keeps HAProxy's maps.
+    for n in 1 2; do
+        if ! alive "$RUN/worker-$n.pid"; then
+            sock=""; [ $n = 1 ] && sock="$RUN/haproxy.sock"
+            GATEWAYHA_NODE__NAME=local-$n GATEWAYHA_NODE__STATE_DIR="$STATE/node-$n" \
+            GATEWAYHA_HAPROXY__ADMIN_SOCKET=$sock \
+                setsid gatewayha-worker >>"$LOG/worker-$n.log" 2>&1 < /dev/null &
+            echo $! > "$RUN/worker-$n.pid"
+        fi
+    done
+
+    # HAProxy (master-worker); config re-rendered, reloaded only when it changed.
+    GATEWAYHA_HAPROXY__ADMIN_SOCKET="$RUN/haproxy.sock" gatewayha-admin render-haproxy \
+        --out "$STATE/haproxy/haproxy.cfg" --bind "127.0.0.1:$PORT" "${api_args[@]}" \
+        --abns-name "gatewayha-$(echo "$STATE" | md5sum | cut -c1-8)" > "$STATE/haproxy/render.out"
+    haproxy -c -q -f "$STATE/haproxy/haproxy.cfg"
+    if ! alive "$RUN/haproxy.pid"; then
+        haproxy -W -D -p "$RUN/haproxy.pid" -S "$RUN/haproxy-master.sock" -f "$STATE/haproxy/haproxy.cfg" \
+            >>"$LOG/haproxy.log" 2>&1
+    elif grep -q '^wrote' "$STATE/haproxy/render.out"; then
+        kill -USR2 "$(cat "$RUN/haproxy.pid")"
+    fi
+
+    for p in $API_PORTS; do wait_for 30 "API on :$p" curl -sf "http://127.0.0.1:$p/api/health"; done
+    wait_for 30 "HAProxy on :$PORT" curl -sf "http://127.0.0.1:$PORT/api/health"
+
+    cat > "$STATE/local.env" <<ENV
+# source this file: . $STATE/local.env
+export DASK_GATEWAY__ADDRESS=http://127.0.0.1:$PORT
+export DASK_GATEWAY__AUTH__TYPE=basic
+export DASK_GATEWAY__AUTH__KWARGS__USERNAME=demo
+export DASK_GATEWAY__AUTH__KWARGS__PASSWORD=$(cat "$STATE/demo-password")
+export GATEWAYHA_CONFIG=$CONFIG
+export PATH=$VENV/bin:\$PATH
+ENV
+    echo "gatewayha is up at http://127.0.0.1:$PORT (user demo; credentials in $STATE/local.env)"
+    if [ "${GATEWAYHA_EXAMPLE:-1}" = 1 ]; then
+        ( . "$STATE/local.env"; python "$ROOT/scripts/example.py" )
+    fi
+    echo "Use it:  . $STATE/local.env && python -c 'from dask_gateway import Gateway; print(Gateway().list_clusters())'"
+    echo "Stop it: make down"
+}
+
+down() {
+    # Stop the clusters first (their processes live in their own sessions), then the services.
+    if [ -f "$CONFIG" ] && scripts/pg.sh dsn "$STATE/pg" >/dev/null 2>&1 && [ -f "$STATE/pg/data/postmaster.pid" ]; then
+        psql "$(python3 -c "import tomllib;print(tomllib.load(open('$CONFIG','rb'))['database']['dsn'])")" -qc \
+            "UPDATE clusters SET status = CASE WHEN status = 'PENDING' THEN 'FAILED' ELSE 'STOPPED' END,
+                    reason = coalesce(reason, 'local stack stopped'), stopped_at = now()
+             WHERE status IN ('PENDING','RUNNING','STOPPING')" >/dev/null 2>&1 || true
+    fi
+    for f in "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid; do stop_pidfile "$f"; done
+    # Schedulers and workers launched by the local backend (pidfiles under each node's state dir).
+    find "$STATE" -path "$STATE/pg" -prune -o -name '*.pid' -print 2>/dev/null | while read -r f; do stop_pidfile "$f"; done
+    scripts/pg.sh stop "$STATE/pg"
+    echo "gatewayha local stack stopped"
+}
+
+status() {
+    for f in "$RUN"/*.pid; do
+        [ -f "$f" ] || continue
+        if alive "$f"; then echo "$(basename "$f" .pid): running ($(cat "$f"))"; else echo "$(basename "$f" .pid): dead"; fi
+    done
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,95 @@
+"""A local stack of its own (ports 18000/18101/18102, state in a temp dir) for the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@dataclass
+class Stack:
+    state: Path
+    port: int
+    api_ports: list[int]
+    env: dict
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(ROOT / "scripts" / "stack.sh"), *args], env=self.env, check=check, capture_output=True, text=True
+        )
+
+    def pid(self, name: str) -> int:
+        return int((self.state / "run" / f"{name}.pid").read_text())
+
+    def credentials(self) -> tuple[str, str]:
+        return "demo", (self.state / "demo-password").read_text().strip()
+
+    def haproxy(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.state / "run" / "haproxy.sock"))
+            s.sendall(command.encode() + b"\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return out.decode()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    base = int(os.environ.get("GATEWAYHA_E2E_PORT", "18000"))
+    ports = [base, base + 101, base + 102]
+    busy = [p for p in ports if not _free(p)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use; set GATEWAYHA_E2E_PORT")
+    state = tmp_path_factory.mktemp("stack")
+    env = {
+        **os.environ,
+        "GATEWAYHA_STATE": str(state),
+        "GATEWAYHA_PORT": str(ports[0]),
+        "GATEWAYHA_API_PORTS": f"{ports[1]} {ports[2]}",
+        "GATEWAYHA_EXAMPLE": "0",
+    }
+    s = Stack(state, ports[0], ports[1:], env)
+    up = s.run("up", check=False)
+    if up.returncode != 0:
+        s.run("down", check=False)
+        pytest.fail(f"stack up failed:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield s
+    finally:
+        down = s.run("down", check=False)
+        logs = state / "log"
+        if down.returncode != 0:
+            print(down.stdout, down.stderr)
+        for f in sorted(logs.glob("*.log")):
+            text = f.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"--- {f.name} contains a traceback:\n{text[-4000:]}")
+
+
+@pytest.fixture
+def gateway(stack):
+    from dask_gateway import BasicAuth, Gateway
+
+    user, password = stack.credentials()
+    gw = Gateway(stack.address, auth=BasicAuth(user, password))
+    yield gw
+    for report in gw.list_clusters():
+        gw.stop_cluster(report.name)
+    gw.close()

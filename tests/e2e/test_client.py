@@ -1,0 +1,191 @@
+"""The stock dask-gateway client, unchanged, against the local stack through HAProxy."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+from dask_gateway import BasicAuth, Gateway, GatewayCluster
+from dask_gateway.client import ClusterStatus
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def n_workers(client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def sni_map(stack) -> dict[str, str]:
+    out = stack.haproxy(f"show map {stack.state}/haproxy/maps/sni.map")
+    return {parts[1]: parts[2] for parts in (line.split() for line in out.splitlines()) if len(parts) == 3}
+
+
+def haproxy_worker_pid(stack) -> int:
+    info = stack.haproxy("show info")
+    return int(re.search(r"^Pid: (\d+)$", info, re.M).group(1))
+
+
+def test_wrong_password_is_refused(stack):
+    gw = Gateway(stack.address, auth=BasicAuth("demo", "wrong"))
+    with pytest.raises(Exception) as info:
+        gw.list_clusters()
+    assert "401" in str(info.value)
+    gw.close()
+
+
+def test_options_versions_and_listing(gateway):
+    opts = gateway.cluster_options()
+    assert opts.worker_cores == 1
+    with pytest.raises(ValueError):
+        opts.worker_cores = 99
+    assert gateway.get_versions()["server"]["version"]
+    assert gateway.list_clusters() == []
+
+
+def test_cluster_lifecycle_scale_compute_dashboard_and_routes(stack, gateway):
+    opts = gateway.cluster_options()
+    opts.worker_cores = 2
+    opts.worker_memory_gib = 0.75
+    pid_before = haproxy_worker_pid(stack)
+    cluster = gateway.new_cluster(opts)
+    try:
+        name = cluster.name
+        assert [c.name for c in gateway.list_clusters()] == [name]
+        # The route was added to the live HAProxy without a reload.
+        assert f"daskgateway-{name}" in sni_map(stack)
+        assert haproxy_worker_pid(stack) == pid_before
+        # Dashboard through HAProxy.
+        with urllib.request.urlopen(cluster.dashboard_link, timeout=15) as r:
+            assert r.status == 200
+        client = cluster.get_client()
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=90)
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert {w["nthreads"] for w in workers} == {2}
+        assert {w["memory_limit"] for w in workers} == {int(0.75 * 2**30)}
+        assert client.submit(sum, range(101)).result() == 5050
+        assert sum(client.gather(client.map(lambda x: x + 1, range(50)))) == sum(range(1, 51))
+        cluster.scale(1)
+        wait_until(lambda: n_workers(client) == 1, 60, "scale down to 1 worker")
+        # Another Gateway object connects to the same cluster by name.
+        other = Gateway(gateway.address, auth=gateway.auth)
+        same = other.connect(name)
+        assert same.get_client().submit(lambda: 41 + 1).result() == 42
+        same.close(shutdown=False)
+        other.close()
+        client.close()
+    finally:
+        cluster.shutdown()
+    report = gateway.get_cluster(name)
+    assert report.status in (ClusterStatus.STOPPING, ClusterStatus.STOPPED)
+    wait_until(lambda: f"daskgateway-{name}" not in sni_map(stack), 20, "route removal")
+    wait_until(lambda: gateway.get_cluster(name).status == ClusterStatus.STOPPED, 30, "STOPPED")
+    assert haproxy_worker_pid(stack) == pid_before
+
+
+def test_adaptive_workers_come_and_go_on_their_own(gateway):
+    with gateway.new_cluster() as cluster:
+        cluster.adapt(minimum=0, maximum=2)
+        client = cluster.get_client()
+        futures = client.map(lambda x: __import__("time").sleep(0.5) or x, range(40))
+        wait_until(lambda: n_workers(client) >= 1, 90, "adaptive scale-up")
+        assert sum(client.gather(futures)) == sum(range(40))
+        del futures
+        wait_until(lambda: n_workers(client) == 0, 90, "adaptive scale-down to 0", interval=1)
+        client.close()
+
+
+def test_gateway_cluster_constructor_and_shutdown(stack):
+    user, password = stack.credentials()
+    cluster = GatewayCluster(address=stack.address, auth=BasicAuth(user, password))
+    name = cluster.name
+    assert cluster.status == "running"
+    cluster.shutdown()
+    gw = Gateway(stack.address, auth=BasicAuth(user, password))
+    wait_until(lambda: gw.get_cluster(name).status in (ClusterStatus.STOPPED,), 30, "STOPPED")
+    gw.close()
+
+
+def test_asynchronous_api(stack):
+    user, password = stack.credentials()
+
+    async def main():
+        async with Gateway(stack.address, auth=BasicAuth(user, password), asynchronous=True) as gw:
+            cluster = await gw.new_cluster()
+            try:
+                await cluster.scale(1)
+                client = await cluster.get_client(set_as_default=False)
+                await client.wait_for_workers(1, timeout=90)
+                assert await client.submit(lambda: 6 * 7) == 42
+                assert [c.name for c in await gw.list_clusters()] == [cluster.name]
+                await client.close()
+            finally:
+                await cluster.shutdown()
+
+    asyncio.run(main())
+
+
+def test_idle_timeout_stops_an_idle_cluster(gateway):
+    opts = gateway.cluster_options()
+    opts.idle_timeout = 3
+    cluster = gateway.new_cluster(opts, shutdown_on_close=False)
+    name = cluster.name
+    cluster.close()
+    wait_until(
+        lambda: gateway.get_cluster(name).status == ClusterStatus.STOPPED, 60, "idle cluster to stop itself"
+    )
+
+
+def test_killing_one_api_instance_fails_no_read_through_haproxy(stack, gateway):
+    import http.cookiejar
+
+    user, password = stack.credentials()
+    jar = http.cookiejar.CookieJar()
+    import base64
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    url = f"{stack.address}/api/v1/clusters/"
+    errors, ok = [], [0]
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with opener.open(urllib.request.Request(url, headers=auth), timeout=10) as r:
+                    assert r.status == 200
+                    ok[0] += 1
+            except Exception as exc:  # recorded, asserted below
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: ok[0] > 20, 30, "reads to flow")
+        victim = stack.pid(f"api-{stack.api_ports[0]}")
+        import os
+        import signal
+
+        os.killpg(victim, signal.SIGKILL)
+        before = ok[0]
+        wait_until(lambda: ok[0] > before + 200, 60, "reads after the kill")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        stack.run("up")  # restart the killed instance (idempotent)
+    assert errors == []
