@@ -153,13 +153,13 @@ def _all_pids() -> Iterator[int]:
             yield int(entry.name)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    out = []
+def _live_groups() -> set[int]:
+    """Process groups with at least one live (non-zombie) member: one pass over /proc."""
+    out = set()
     for pid in _all_pids():
         st = _proc_stat(pid)
-        if st and st[1] == pgid and st[0] not in ("Z", "X"):
-            out.append(pid)
+        if st and st[0] not in ("Z", "X"):
+            out.add(st[1])
     return out
 
 
@@ -174,7 +174,9 @@ class ProcessLauncher(Launcher):
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
+        # Processes this instance spawned, kept to wait() for them: no zombies.
         self._children: dict[str, subprocess.Popen] = {}
+        self._children_lock = threading.Lock()
 
     # -- files
     def _pidfile(self, unit: str) -> Path:
@@ -201,10 +203,12 @@ class ProcessLauncher(Launcher):
         os.replace(tmp, path)
 
     # -- liveness
-    def _reap(self) -> None:
-        for unit, proc in list(self._children.items()):
-            if proc.poll() is not None:
-                del self._children[unit]
+    def _reap(self, unit: str | None = None) -> None:
+        """Wait for exited children (all, or only ``unit``'s) so they leave no zombie."""
+        with self._children_lock:
+            for name, proc in list(self._children.items()):
+                if (unit is None or name == unit) and proc.poll() is not None:
+                    del self._children[name]
 
     def _is_ours(self, pid: int, unit: str, starttime: int | None) -> bool:
         st = _proc_stat(pid)
@@ -222,18 +226,28 @@ class ProcessLauncher(Launcher):
                 return pid
         return None
 
-    def _pid(self, unit: str) -> int | None:
-        """The unit's live leader pid, or None. Repairs or removes a stale pidfile."""
-        self._reap()
-        path = self._pidfile(unit)
-        raw = _read(path)
+    def _pidfile_pid(self, unit: str) -> tuple[bool, int | None]:
+        """(pidfile exists, pid if the pidfile names the unit's live leader)."""
+        raw = _read(self._pidfile(unit))
         if raw is None:
-            return None  # never started, or stopped cleanly: the cheap common case
+            return False, None
         parts = raw.split()
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            pid, starttime = int(parts[0]), int(parts[1])
-            if self._is_ours(pid, unit, starttime):
-                return pid
+            pid = int(parts[0])
+            if self._is_ours(pid, unit, int(parts[1])):
+                return True, pid
+        return True, None
+
+    def _pid(self, unit: str, locked: bool = False) -> int | None:
+        """The unit's live leader pid, or None. Repairs or removes a stale pidfile."""
+        self._reap()
+        exists, pid = self._pidfile_pid(unit)
+        if not exists or pid is not None:
+            return pid  # the cheap common cases: never started / stopped cleanly, or alive
+        if not locked:
+            # A placeholder may belong to a start in progress: decide under the lock.
+            with self._lock():
+                return self._pid(unit, locked=True)
         # Placeholder, stale or recycled pid: look for the marker before concluding.
         pid = self._scan(unit)
         if pid is not None:
@@ -241,7 +255,8 @@ class ProcessLauncher(Launcher):
             self._write_pidfile(unit, f"{pid} {st[2] if st else 0}\n")
             return pid
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            self._pidfile(unit).unlink()
+        self._reap(unit)
         return None
 
     def is_running(self, unit: str) -> bool:
@@ -251,7 +266,7 @@ class ProcessLauncher(Launcher):
     def start(self, unit, argv, env, *, cwd, log_path, resources=None) -> bool:
         _check_start_args(unit, argv, env)
         with self._lock():
-            if self._pid(unit) is not None:
+            if self._pid(unit, locked=True) is not None:
                 return False
             self._write_pidfile(unit, "-\n")
             full_env = {**env, MARKER_VAR: unit}
@@ -274,7 +289,8 @@ class ProcessLauncher(Launcher):
                     raise
             st = _proc_stat(proc.pid)
             self._write_pidfile(unit, f"{proc.pid} {st[2] if st else 0}\n")
-            self._children[unit] = proc
+            with self._children_lock:
+                self._children[unit] = proc
             log.info("started %s pid %d", unit, proc.pid)
             return True
 
@@ -293,9 +309,8 @@ class ProcessLauncher(Launcher):
         pending = dict(groups)
         while pending:
             self._reap()
-            for unit, pgid in list(pending.items()):
-                if not _group_members(pgid):
-                    del pending[unit]
+            live = _live_groups()
+            pending = {u: g for u, g in pending.items() if g in live}
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
@@ -307,18 +322,15 @@ class ProcessLauncher(Launcher):
         kill_deadline = time.monotonic() + 5.0
         while pending and time.monotonic() < kill_deadline:
             self._reap()
-            pending = {u: g for u, g in pending.items() if _group_members(g)}
+            live = _live_groups()
+            pending = {u: g for u, g in pending.items() if g in live}
             if pending:
                 time.sleep(0.02)
-        for unit in groups:
-            proc = self._children.pop(unit, None)
-            if proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=1.0)
-        for unit in units:
-            if unit not in pending:  # keep tracking anything that survived SIGKILL
-                with contextlib.suppress(FileNotFoundError):
-                    self._pidfile(unit).unlink()
+        self._reap()
+        # Drop the pidfiles of what is gone; one written meanwhile by a new start stays.
+        with self._lock():
+            for unit in units:
+                self._pid(unit, locked=True)
 
     def units(self) -> set[str]:
         out = set()
@@ -338,8 +350,9 @@ class SystemdLauncher(Launcher):
 
     Units run with the uid/gid of the caller (so a gatewayha-worker running as an
     unprivileged user needs a polkit rule allowing it to manage ``gatewayha-*`` units).
-    Secrets never go in ``--setenv``: unit environments are readable by any local user
-    through ``systemctl show``; the backend passes them as files.
+    The environment goes in an ``EnvironmentFile`` (mode 0600, in the unit's working
+    directory), never in ``--setenv``: ``systemctl show`` prints a unit's Environment=
+    to any local user, and users put credentials in the ``environment`` option.
     """
 
     PREFIX = "gatewayha-"
@@ -359,6 +372,20 @@ class SystemdLauncher(Launcher):
     def service(self, unit: str) -> str:
         return f"{self.PREFIX}{check_unit(unit)}.service"
 
+    @staticmethod
+    def env_file(cwd: Path, unit: str) -> Path:
+        return Path(cwd) / f".{check_unit(unit)}.env"
+
+    @staticmethod
+    def env_file_content(unit: str, env: dict[str, str]) -> str:
+        """``KEY="value"`` lines: backslash, double quote, backtick and dollar are escaped,
+        which systemd's env-file parser undoes inside double quotes."""
+        lines = []
+        for key, value in {**env, MARKER_VAR: unit}.items():
+            quoted = "".join("\\" + c if c in '\\"`$' else c for c in value)
+            lines.append(f'{key}="{quoted}"\n')
+        return "".join(lines)
+
     def command(
         self,
         unit: str,
@@ -368,7 +395,7 @@ class SystemdLauncher(Launcher):
         cwd: Path,
         resources: Resources | None = None,
     ) -> list[str]:
-        """The ``systemd-run`` command line that starts ``unit``."""
+        """The ``systemd-run`` command line that starts ``unit`` (env in ``env_file``)."""
         _check_start_args(unit, argv, env)
         cmd = [
             self.systemd_run,
@@ -386,8 +413,7 @@ class SystemdLauncher(Launcher):
         if resources is not None:
             cmd.append(f"--property=MemoryMax={int(resources.memory_bytes)}")
             cmd.append(f"--property=CPUQuota={max(1, round(resources.cpu_cores * 100))}%")
-        for key, value in {**env, MARKER_VAR: unit}.items():
-            cmd.append(f"--setenv={key}={value}")
+        cmd.append(f"--property=EnvironmentFile={self.env_file(cwd, unit)}")
         cmd.append("--")
         cmd.extend(argv)
         return cmd
@@ -396,6 +422,12 @@ class SystemdLauncher(Launcher):
         cmd = self.command(unit, argv, env, cwd=cwd, resources=resources)
         if self.is_running(unit):
             return False
+        path = self.env_file(cwd, unit)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.env_file_content(unit, env))
+        os.replace(tmp, path)
         res = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if res.returncode != 0:
             if self.is_running(unit):  # lost a race with another starter: fine
@@ -418,9 +450,8 @@ class SystemdLauncher(Launcher):
             raise RuntimeError(f"systemctl stop failed: {res.stderr.strip()}")
 
     def is_running(self, unit: str) -> bool:
-        res = subprocess.run(
-            [self.systemctl, "is-active", "--quiet", "--", self.service(unit)], check=False, capture_output=True
-        )
+        cmd = [self.systemctl, "is-active", "--quiet", "--", self.service(unit)]
+        res = subprocess.run(cmd, check=False, capture_output=True)
         return res.returncode == 0
 
     def units(self) -> set[str]:
@@ -458,4 +489,4 @@ def make_launcher(settings: Settings) -> Launcher:
         return SystemdLauncher()
     if kind not in ("auto", "process"):
         raise ValueError(f"node.launcher: 'auto', 'process' or 'systemd', got {kind!r}")
-    return ProcessLauncher(Path(settings.node.state_dir) / "run")
+    return ProcessLauncher(Path(settings.node.state_dir).absolute() / "run")

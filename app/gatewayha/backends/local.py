@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from gatewayha.backends.base import (
@@ -59,7 +60,9 @@ _BLOCKED_ENV_PREFIXES = ("DASK_GATEWAY", "DASK_DISTRIBUTED__COMM", "DASK_INTERNA
 _BLOCKED_ENV_NAMES = {"DASK_DISTRIBUTED", "DASK_CONFIG", "DASK_ROOT_CONFIG"}
 
 _HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
-_SCHEDULER_ADDRESS_RE = re.compile(r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z")
+_SCHEDULER_ADDRESS_RE = re.compile(
+    r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z"
+)
 _API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
 _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
 
@@ -104,7 +107,7 @@ def _check_pem(what: str, value: object) -> str:
 
 def _write_secret(path: Path, content: str) -> None:
     """Write ``content`` to ``path`` (mode 0600) atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
@@ -122,7 +125,11 @@ class LocalBackend(Backend):
         self.launcher = launcher if launcher is not None else make_launcher(settings)
         self.host = _check(_HOST_RE, "node.host", settings.node.host)
         self.root = Path(settings.node.state_dir).absolute() / "clusters"
-        self.python = settings.node.python or sys.executable
+        python = settings.node.python or sys.executable
+        # Absolute, not resolved: a venv's bin/python is a symlink and its bin dir matters.
+        self.python = python if os.path.isabs(python) else (shutil.which(python) or python)
+        if not os.path.isabs(self.python):
+            raise ValueError(f"node.python: {python!r} not found")
 
     # -------------------------------------------------------------------- paths
     def cluster_dir(self, cluster_name: str) -> Path:
@@ -148,8 +155,11 @@ class LocalBackend(Backend):
     def _base_env(self, d: Path) -> dict[str, str]:
         # Built from scratch: gatewayha-worker's own environment carries the database
         # DSN and the server secret, which user code must never see.
+        path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         return {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            # The interpreter's bin dir first, as in an activated venv: user code that
+            # runs `python` or `pip` gets the cluster's environment.
+            "PATH": f"{Path(self.python).parent}{os.pathsep}{path}",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(d),
             "TMPDIR": str(d),
@@ -293,4 +303,3 @@ class LocalBackend(Backend):
                 if entry.is_dir(follow_symlinks=False) and CLUSTER_NAME_RE.match(entry.name):
                     out.add(entry.name)
         return out
-
