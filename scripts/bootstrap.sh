@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in postgresql:/usr/lib/postgresql/15/bin/initdb haproxy:/usr/sbin/haproxy \
             python3-venv:/usr/lib/python3/dist-packages/ensurepip runuser:/usr/sbin/runuser \
-            procps:/usr/bin/pgrep iproute2:/usr/sbin/ss curl:/usr/bin/curl; do
+            procps:/usr/bin/pgrep iproute2:/usr/bin/ss curl:/usr/bin/curl; do
     pkg=${pair%%:*}; path=${pair#*:}
     [ -e "$path" ] || need+=("$pkg")
 done

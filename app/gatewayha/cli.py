@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--template", help="template path (default: the repo's haproxy/haproxy.cfg.j2)")
     r.add_argument("--abns-name")
     r.add_argument("--pidfile")
-    r.add_argument("--maxconn", type=int, default=20000)
+    r.add_argument("--maxconn", type=int, default=4096)
     return p
 
 
