@@ -61,13 +61,22 @@ class Worker:
         if not self.settings.haproxy.admin_socket:
             return None
         from gatewayha.routes.desired import desired_routes
+        from gatewayha.routes.runtime import RuntimeAPIError
         from gatewayha.routes.sync import sync_maps
 
         with self._routes_lock:
             self.routes_dirty.clear()
             with self.pool.connection() as conn:
                 sni, dash = desired_routes(conn)
-            stats = sync_maps(self.runtime, self.settings.haproxy.map_dir, sni, dash)
+            try:
+                stats = sync_maps(self.runtime, self.settings.haproxy.map_dir, sni, dash)
+            except RuntimeAPIError as exc:
+                # HAProxy not (yet) up or reloading: the map files are what it loads
+                # at start; the live maps are retried on the next tick.
+                sync_maps(None, self.settings.haproxy.map_dir, sni, dash)
+                self.routes_dirty.set()
+                log.warning("HAProxy runtime API unavailable, map files written, will retry: %s", exc)
+                return None
             if any(stats.get(k) for k in ("added", "changed", "removed")):
                 log.info("routes synced: %s", stats)
             return stats
