@@ -1,0 +1,197 @@
+"""gatewayha-worker processes against a real Postgres: leases, periodic ticks, timeouts, dead nodes, orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from conftest import SECRET, make_settings
+from gatewayha import clusters
+from gatewayha.auth import users
+from gatewayha.jobs import queue
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate, timeout, what, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Workers:
+    def __init__(self, dsn, tmp):
+        self.dsn = dsn
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self, node, **extra):
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")
+        }
+        env.update(
+            GATEWAYHA_DATABASE__DSN=self.dsn,
+            GATEWAYHA_SERVER__SECRET=SECRET,
+            GATEWAYHA_NODE__NAME=node,
+            GATEWAYHA_NODE__STATE_DIR=str(self.tmp / node),
+            GATEWAYHA_NODE__LAUNCHER="process",
+            GATEWAYHA_WORKER__LEASE_SECONDS="2",
+            GATEWAYHA_WORKER__POLL_INTERVAL="0.5",
+            GATEWAYHA_WORKER__NODE_HEARTBEAT_INTERVAL="0.5",
+            GATEWAYHA_WORKER__NODE_TIMEOUT="4",
+            GATEWAYHA_CLUSTER__HEARTBEAT_PERIOD="1",
+            GATEWAYHA_CLUSTER__HEARTBEAT_TIMEOUT="3",
+            GATEWAYHA_CLUSTER__START_TIMEOUT="30",
+        )
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, node, **extra):
+        log = open(self.tmp / f"{node}.log", "ab")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "gatewayha.jobs.worker"], env=self.env(node, **extra),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs[node] = p
+        return p
+
+    def kill9(self, node):
+        p = self.procs.pop(node)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+    def stop_all(self):
+        for p in self.procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        self.procs.clear()
+
+
+@pytest.fixture
+def db(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes;"
+                     " DELETE FROM clusters")
+        users.ensure_user(conn, "carol")
+        yield conn
+
+
+@pytest.fixture
+def workers(db_dsn, tmp_path):
+    w = Workers(db_dsn, tmp_path)
+    yield w
+    w.stop_all()
+
+
+def test_killed_workers_leased_job_completes_exactly_once_on_the_other_worker(db, workers):
+    workers.start("node-a", GATEWAYHA_WORKER__CONCURRENCY=1)
+    jid = queue.enqueue(db, "probe", {"seconds": 3})
+    owner = wait_until(
+        lambda: (db.execute("SELECT lease_owner FROM jobs WHERE id = %s", (jid,)).fetchone() or {}).get("lease_owner"),
+        15, "node-a to claim the probe",
+    )
+    assert owner.startswith("node-a/")
+    workers.kill9("node-a")
+    workers.start("node-b")
+    done = wait_until(
+        lambda: db.execute("SELECT * FROM job_log WHERE id = %s", (jid,)).fetchall(), 30, "the probe to finish"
+    )
+    assert len(done) == 1
+    assert done[0]["outcome"] == "done"
+    assert done[0]["finished_by"].startswith("node-b/")
+    assert done[0]["attempts"] == 2
+    assert db.execute("SELECT count(*) AS n FROM jobs WHERE id = %s", (jid,)).fetchone()["n"] == 0
+
+
+def test_periodic_task_runs_once_per_tick_across_two_workers(db, workers):
+    workers.start("node-a")
+    workers.start("node-b")
+    wait_until(lambda: db.execute("SELECT count(*) AS n FROM nodes").fetchone()["n"] == 2, 15, "both nodes")
+    t0 = time.monotonic()
+    time.sleep(6)
+    elapsed = time.monotonic() - t0
+    ran = db.execute(
+        "SELECT count(*) AS n FROM job_log WHERE kind = 'check_clusters' AND finished_at > now() - make_interval(secs => %s)",
+        (elapsed,),
+    ).fetchone()["n"]
+    # Interval 1 s: about one run a second in all, not one per worker per second.
+    assert 3 <= ran <= elapsed + 2, ran
+
+
+def _running_cluster(db, node, heartbeat_age_s=0.0):
+    settings = make_settings("postgresql://unused/x", Path("/tmp"))
+    settings.server.secret = SECRET
+    name = clusters.create_cluster(db, settings, "carol", {})
+    db.execute("DELETE FROM jobs WHERE cluster = %s", (name,))  # nothing to start: we play the scheduler
+    db.execute(
+        "UPDATE clusters SET node = %s, status = 'RUNNING', scheduler_address = 'tls://127.0.0.1:1',"
+        " last_heartbeat = now() - make_interval(secs => %s) WHERE name = %s",
+        (node, heartbeat_age_s, name),
+    )
+    return name
+
+
+def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, workers):
+    workers.start("node-a")
+    fresh = _running_cluster(db, "node-a", heartbeat_age_s=-3600)  # heard from "in the future": stays up
+    silent = _running_cluster(db, "node-a", heartbeat_age_s=60)
+    row = wait_until(
+        lambda: db.execute("SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'",
+                           (silent,)).fetchone(),
+        20, "the silent cluster to fail",
+    )
+    assert "no heartbeat" in row["reason"]
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (fresh,)).fetchone()["status"] == "RUNNING"
+
+
+def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers):
+    db.execute("INSERT INTO nodes (name, host, last_seen) VALUES ('ghost', '10.9.9.9', now() - interval '1 hour')")
+    name = _running_cluster(db, "ghost")
+    db.execute("UPDATE clusters SET last_heartbeat = now() + interval '1 hour' WHERE name = %s", (name,))
+    jid = queue.enqueue(db, "stop_worker", {"cluster": name, "worker": name + "-abc"}, queue="node:ghost")
+    workers.start("node-a")
+    row = wait_until(
+        lambda: db.execute("SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'",
+                           (name,)).fetchone(),
+        20, "the dead node's cluster to fail",
+    )
+    assert "node ghost lost" in row["reason"]
+    log = db.execute("SELECT outcome FROM job_log WHERE id = %s", (jid,)).fetchone()
+    assert log == {"outcome": "cancelled"}
+
+
+def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):
+    from gatewayha import tls
+    from gatewayha.auth import secrets as sec
+    from gatewayha.backends import get_backend
+    from gatewayha.backends.base import SchedulerSpec
+    from gatewayha.options import cluster_config
+
+    settings = make_settings("postgresql://unused/x", tmp_path / "node-a" / "..",
+                             node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"})
+    backend = get_backend(settings)
+    orphan = "ab" * 16
+    cert, key = tls.new_keypair(orphan)
+    backend.start_scheduler(SchedulerSpec(orphan, sec.cluster_token(SECRET, orphan), "http://127.0.0.1:9/api",
+                                          cert, key, cluster_config(settings, {})))
+    assert backend.scheduler_running(orphan)
+    workers.start("node-a")
+    wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")
+    assert orphan not in backend.local_clusters()
