@@ -128,7 +128,7 @@ up() {
     for p in $API_PORTS; do
         api_args+=(--api "127.0.0.1:$p")
         if ! alive "$RUN/api-$p.pid"; then
-            setsid gunicorn -c "$ROOT/app/gatewayha/api/gunicorn_conf.py" --bind "127.0.0.1:$p" \
+            setsid gunicorn -c python:gatewayha.api.gunicorn_conf --bind "127.0.0.1:$p" \
                 --pid "$RUN/api-$p.pid" gatewayha.api.wsgi:app >>"$LOG/api-$p.log" 2>&1 < /dev/null &
         fi
     done

@@ -44,6 +44,23 @@ def cmd_users(settings, args) -> int:
                 return 1
             print(f"{'created' if created else 'updated'} user {args.name}")
         elif args.action == "remove":
+            from gatewayha import clusters
+
+            active = [
+                r["name"]
+                for r in conn.execute(
+                    "SELECT name FROM clusters WHERE owner = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+                    (args.name,),
+                ).fetchall()
+            ]
+            if active and not args.force:
+                print(
+                    f"error: {args.name} has {len(active)} active clusters; stop them first or pass --force",
+                    file=sys.stderr,
+                )
+                return 1
+            for name in active:
+                clusters.stop_cluster(conn, name, f"owner {args.name} removed by an administrator")
             if not users.remove_user(conn, args.name):
                 print(f"error: no user {args.name}", file=sys.stderr)
                 return 1
@@ -55,8 +72,10 @@ def cmd_users(settings, args) -> int:
             else:
                 print(f"{'NAME':<24} {'PASSWORD':<9} {'ACTIVE':>6}  CREATED")
                 for r in rows:
-                    print(f"{r['name']:<24} {'yes' if r['has_password'] else 'no':<9} "
-                          f"{r['active_clusters']:>6}  {r['created_at']:%Y-%m-%d %H:%M}")
+                    print(
+                        f"{r['name']:<24} {'yes' if r['has_password'] else 'no':<9} "
+                        f"{r['active_clusters']:>6}  {r['created_at']:%Y-%m-%d %H:%M}"
+                    )
     return 0
 
 
@@ -84,8 +103,10 @@ def cmd_nodes(settings, args) -> int:
         ).fetchall()
     print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'CLUSTERS':>8}  LAST SEEN")
     for r in rows:
-        print(f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {r['clusters']:>8}  "
-              f"{r['last_seen']:%Y-%m-%d %H:%M:%S}")
+        print(
+            f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {r['clusters']:>8}  "
+            f"{r['last_seen']:%Y-%m-%d %H:%M:%S}"
+        )
     return 0
 
 
@@ -107,8 +128,10 @@ def cmd_clusters(settings, args) -> int:
         ).fetchall()
     print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>7}  REASON")
     for r in rows:
-        print(f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {r['node'] or '-':<12} {r['workers']:>7}  "
-              f"{r['reason'] or ''}")
+        print(
+            f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {r['node'] or '-':<12} {r['workers']:>7}  "
+            f"{r['reason'] or ''}"
+        )
     return 0
 
 
@@ -154,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     ul.add_argument("--json", action="store_true")
     ur = us.add_parser("remove", help="remove a user")
     ur.add_argument("name")
+    ur.add_argument("--force", action="store_true", help="stop the user's active clusters first")
 
     t = sub.add_parser("tokens", help="API tokens")
     ts = t.add_subparsers(dest="action", required=True)

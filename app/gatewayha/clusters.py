@@ -105,7 +105,11 @@ def _lock_user(conn: psycopg.Connection, user: str) -> None:
 
 
 def create_cluster(
-    conn: psycopg.Connection, settings: Settings, user: str, options: object, idempotency_key: str | None = None
+    conn: psycopg.Connection,
+    settings: Settings,
+    user: str,
+    options: object,
+    idempotency_key: str | None = None,
 ) -> str:
     """Insert a PENDING cluster and enqueue its start, within the user's limits."""
     opts = validate_options(settings.cluster_options, options)
@@ -118,7 +122,8 @@ def create_cluster(
         _lock_user(conn, user)
         if idempotency_key is not None:
             row = conn.execute(
-                "SELECT cluster FROM idempotency_keys WHERE user_name = %s AND key = %s", (user, idempotency_key)
+                "SELECT cluster FROM idempotency_keys WHERE user_name = %s AND key = %s",
+                (user, idempotency_key),
             ).fetchone()
             if row:
                 return row["cluster"]
@@ -198,9 +203,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
     """
     final = "FAILED" if failed else "STOPPED"
     with conn.transaction():
-        row = conn.execute(
-            "SELECT status, node FROM clusters WHERE name = %s FOR UPDATE", (name,)
-        ).fetchone()
+        row = conn.execute("SELECT status, node FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None or row["status"] not in ACTIVE:
             return False
         if row["status"] == "STOPPING" and not failed:
@@ -248,9 +251,7 @@ def worker_allowance(conn: psycopg.Connection, settings: Settings, row: dict, wa
         if limits.max_cores:
             bounds.append((limits.max_cores - usage.cores - cfg.scheduler_cores) / cfg.worker_cores)
         if limits.max_memory_gib:
-            bounds.append(
-                (limits.max_memory_gib - usage.memory_gib - cfg.scheduler_memory_gib) / cfg.worker_memory_gib
-            )
+            bounds.append((limits.max_memory_gib - usage.memory_gib - cfg.scheduler_memory_gib) / cfg.worker_memory_gib)
         cap = max(0, math.floor(min(bounds) + 1e-9))
         if cap < allowed:
             allowed = cap
@@ -265,9 +266,7 @@ def _worker_name(cluster: str) -> str:
 def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, msg: dict) -> None:
     """Apply a scheduler heartbeat: RUNNING + routes on the first, then reconcile workers."""
     with conn.transaction():
-        row = conn.execute(
-            f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)
-        ).fetchone()
+        row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
         if row["status"] not in ("PENDING", "RUNNING"):
@@ -320,11 +319,13 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
     for wname in pending[: max(0, excess)]:
         to_stop.append(wname)
     for wname in to_stop:
-        conn.execute(
-            "UPDATE workers SET status = 'STOPPING' WHERE cluster = %s AND name = %s", (name, wname)
-        )
+        conn.execute("UPDATE workers SET status = 'STOPPING' WHERE cluster = %s AND name = %s", (name, wname))
         queue.enqueue(
-            conn, "stop_worker", {"cluster": name, "worker": wname}, queue=node_q, cluster=name,
+            conn,
+            "stop_worker",
+            {"cluster": name, "worker": wname},
+            queue=node_q,
+            cluster=name,
             dedupe_key=f"stop_worker:{name}:{wname}",
         )
     n_live = len(workers) - len(to_stop)
@@ -336,10 +337,12 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
     need = min(need, allowed - n_live)
     for _ in range(max(0, need)):
         wname = _worker_name(name)
-        conn.execute(
-            "INSERT INTO workers (cluster, name, node) VALUES (%s, %s, %s)", (name, wname, row["node"])
-        )
+        conn.execute("INSERT INTO workers (cluster, name, node) VALUES (%s, %s, %s)", (name, wname, row["node"]))
         queue.enqueue(
-            conn, "start_worker", {"cluster": name, "worker": wname}, queue=node_q, cluster=name,
+            conn,
+            "start_worker",
+            {"cluster": name, "worker": wname},
+            queue=node_q,
+            cluster=name,
             dedupe_key=f"start_worker:{name}:{wname}",
         )

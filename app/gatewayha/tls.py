@@ -25,7 +25,7 @@ def new_keypair(cluster_name: str, days: int = 3650) -> tuple[str, str]:
     """Return (cert_pem, key_pem) for one cluster, SAN ``dask-internal``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -31,7 +31,11 @@ class Stack:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(ROOT / "scripts" / "stack.sh"), *args], env=self.env, check=check, capture_output=True, text=True
+            [str(ROOT / "scripts" / "stack.sh"), *args],
+            env=self.env,
+            check=check,
+            capture_output=True,
+            text=True,
         )
 
     def pid(self, name: str) -> int:
@@ -64,6 +68,8 @@ def stack(tmp_path_factory):
         "GATEWAYHA_PORT": str(ports[0]),
         "GATEWAYHA_API_PORTS": f"{ports[1]} {ports[2]}",
         "GATEWAYHA_EXAMPLE": "0",
+        # Faster full route resync, so drift repair is observable in a test.
+        "GATEWAYHA_HAPROXY__RESYNC_INTERVAL": "2",
     }
     s = Stack(state, ports[0], ports[1:], env)
     up = s.run("up", check=False)

@@ -144,9 +144,7 @@ def test_idle_timeout_stops_an_idle_cluster(gateway):
     cluster = gateway.new_cluster(opts, shutdown_on_close=False)
     name = cluster.name
     cluster.close()
-    wait_until(
-        lambda: gateway.get_cluster(name).status == ClusterStatus.STOPPED, 60, "idle cluster to stop itself"
-    )
+    wait_until(lambda: gateway.get_cluster(name).status == ClusterStatus.STOPPED, 60, "idle cluster to stop itself")
 
 
 def test_killing_one_api_instance_fails_no_read_through_haproxy(stack, gateway):
@@ -189,3 +187,39 @@ def test_killing_one_api_instance_fails_no_read_through_haproxy(stack, gateway):
             t.join(15)
         stack.run("up")  # restart the killed instance (idempotent)
     assert errors == []
+
+
+def test_route_drift_in_haproxy_is_repaired_by_the_periodic_resync(stack, gateway):
+    with gateway.new_cluster() as cluster:
+        key = f"daskgateway-{cluster.name}"
+        target = sni_map(stack)[key]
+        mapfile = f"{stack.state}/haproxy/maps/sni.map"
+        stack.haproxy(f"del map {mapfile} {key}")
+        stack.haproxy(f"add map {mapfile} daskgateway-{'0' * 32} 127.0.0.1:9")
+        assert key not in sni_map(stack)
+        wait_until(lambda: sni_map(stack).get(key) == target, 30, "drift repair")
+        wait_until(lambda: f"daskgateway-{'0' * 32}" not in sni_map(stack), 30, "stray route removal")
+        # The repaired route carries the scheduler connection again.
+        assert cluster.get_client().scheduler_info()["address"].startswith("tls://")
+
+
+def test_make_up_again_is_harmless(stack, gateway):
+    before = {name: stack.pid(name) for name in ("haproxy", "worker-1", "worker-2")}
+    with gateway.new_cluster() as cluster:
+        stack.run("up")
+        assert {name: stack.pid(name) for name in before} == before
+        assert cluster.get_client().scheduler_info()["address"].startswith("tls://")
+        assert [c.name for c in gateway.list_clusters()] == [cluster.name]
+
+
+def test_unknown_sni_is_refused_and_plain_https_to_api_fails_cleanly(stack):
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            with ctx.wrap_socket(raw, server_hostname=f"daskgateway-{'0' * 32}") as s:
+                s.recv(1)

@@ -63,7 +63,16 @@ type = "mapping"
 default = {{}}
 """
 
-CLUSTER_KEYS = {"name", "dashboard_route", "status", "start_time", "stop_time", "options", "tls_cert", "tls_key"}
+CLUSTER_KEYS = {
+    "name",
+    "dashboard_route",
+    "status",
+    "start_time",
+    "stop_time",
+    "options",
+    "tls_cert",
+    "tls_key",
+}
 
 
 @pytest.fixture(scope="module")
@@ -396,14 +405,16 @@ def test_heartbeat_count_reconciles_workers_within_max_workers(client, db):
     names = [w["name"] for w in workers]
     # Two join, one leaves: RUNNING, STOPPING, and one replacement is started.
     heartbeat(client, name, count=3, active_workers=names[:2], closed_workers=[names[2]])
-    states = {w["name"]: w["status"] for w in db.execute("SELECT name, status FROM workers WHERE cluster = %s",
-                                                        (name,))}
+    states = {
+        w["name"]: w["status"] for w in db.execute("SELECT name, status FROM workers WHERE cluster = %s", (name,))
+    }
     assert [states[n] for n in names] == ["RUNNING", "RUNNING", "STOPPING"]
     assert sum(1 for s in states.values() if s == "PENDING") == 1
     # A scheduler asking for 10**9 workers gets max_workers (5), not a runaway.
     heartbeat(client, name, count=10**9, active_workers=names[:2])
-    live = db.execute("SELECT count(*) AS n FROM workers WHERE cluster = %s AND status IN ('PENDING','RUNNING')",
-                      (name,)).fetchone()["n"]
+    live = db.execute(
+        "SELECT count(*) AS n FROM workers WHERE cluster = %s AND status IN ('PENDING','RUNNING')", (name,)
+    ).fetchone()["n"]
     assert live == 5
 
 
@@ -448,7 +459,12 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            got.append((self.headers["Authorization"], json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            got.append(
+                (
+                    self.headers["Authorization"],
+                    json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                )
+            )
             self.send_response(200)
             self.end_headers()
 
@@ -467,8 +483,11 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
         assert got[-1] == (f"token {sec.cluster_token(SECRET, name)}", {"op": "scale", "count": 5})
         r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 2})
         assert r.json == {"ok": True, "msg": None}
-        r = client.simulate_post(f"/api/v1/clusters/{name}/adapt", headers=ALICE,
-                                 json={"minimum": 1, "maximum": 100, "active": True})
+        r = client.simulate_post(
+            f"/api/v1/clusters/{name}/adapt",
+            headers=ALICE,
+            json={"minimum": 1, "maximum": 100, "active": True},
+        )
         assert r.json["ok"] is False
         assert got[-1][1] == {"op": "adapt", "minimum": 1, "maximum": 5, "active": True}
     finally:
@@ -583,3 +602,43 @@ def test_database_down_gives_503_json_quickly_and_recovers(env, pg_server):
         assert time.monotonic() < deadline, "the API did not recover by itself"
         time.sleep(0.2)
     assert client.simulate_get("/api/v1/clusters/", headers=ALICE).status_code == 200
+
+
+def test_shared_password_mode_accepts_any_user_name_with_that_password(env, db):
+    import dataclasses
+
+    settings, pool, _ = env
+    simple = dataclasses.replace(
+        settings, auth=dataclasses.replace(settings.auth, type="simple", simple_password="s3cret")
+    )
+    client = falcon.testing.TestClient(create_app(simple, pool))
+    assert client.simulate_get("/api/v1/clusters/", headers=basic("newcomer", "s3cret")).status_code == 200
+    assert client.simulate_get("/api/v1/clusters/", headers=basic("newcomer", "wrong")).status_code == 401
+    assert db.execute("SELECT 1 FROM users WHERE name = 'newcomer'").fetchone() is not None
+
+
+def test_core_and_memory_limits_cap_workers_across_a_users_clusters(env, db):
+    import dataclasses
+
+    settings, pool, _ = env
+    limited = dataclasses.replace(
+        settings, limits=dataclasses.replace(settings.limits, max_clusters=0, max_cores=4, max_memory_gib=100)
+    )
+    client = falcon.testing.TestClient(create_app(limited, pool))
+    stop_all(db)
+    a = create(client)
+    db.execute("UPDATE clusters SET node = 'n1' WHERE name = %s", (a,))
+    # 4 cores: 1 for the scheduler, 3 for workers of 1 core.
+    assert heartbeat(client, a, count=5).status_code == 200
+    live = "SELECT count(*) AS n FROM workers WHERE cluster = %s AND status IN ('PENDING','RUNNING')"
+    assert db.execute(live, (a,)).fetchone()["n"] == 3
+    # A second cluster's scheduler does not fit in what is left.
+    r = client.simulate_post("/api/v1/clusters/", headers=ALICE, json={})
+    assert r.status_code == 409 and "Core limit" in r.json["error"]
+    # Two worker cores each: only one more fits after freeing the first cluster's workers.
+    db.execute("UPDATE workers SET status = 'STOPPED' WHERE cluster = %s", (a,))
+    db.execute("UPDATE clusters SET status = 'STOPPED' WHERE name = %s", (a,))
+    b = create(client, options={"worker_cores": 2})
+    db.execute("UPDATE clusters SET node = 'n1' WHERE name = %s", (b,))
+    heartbeat(client, b, count=4)
+    assert db.execute(live, (b,)).fetchone()["n"] == 1

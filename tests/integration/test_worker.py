@@ -39,9 +39,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self, node, **extra):
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")}
         env.update(
             GATEWAYHA_DATABASE__DSN=self.dsn,
             GATEWAYHA_SERVER__SECRET=SECRET,
@@ -62,8 +60,11 @@ class Workers:
     def start(self, node, **extra):
         log = open(self.tmp / f"{node}.log", "ab")
         p = subprocess.Popen(
-            [sys.executable, "-m", "gatewayha.jobs.worker"], env=self.env(node, **extra),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "gatewayha.jobs.worker"],
+            env=self.env(node, **extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs[node] = p
         return p
@@ -87,8 +88,9 @@ class Workers:
 @pytest.fixture
 def db(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute("DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes;"
-                     " DELETE FROM clusters")
+        conn.execute(
+            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes; DELETE FROM clusters"
+        )
         users.ensure_user(conn, "carol")
         yield conn
 
@@ -105,13 +107,16 @@ def test_killed_workers_leased_job_completes_exactly_once_on_the_other_worker(db
     jid = queue.enqueue(db, "probe", {"seconds": 3})
     owner = wait_until(
         lambda: (db.execute("SELECT lease_owner FROM jobs WHERE id = %s", (jid,)).fetchone() or {}).get("lease_owner"),
-        15, "node-a to claim the probe",
+        15,
+        "node-a to claim the probe",
     )
     assert owner.startswith("node-a/")
     workers.kill9("node-a")
     workers.start("node-b")
     done = wait_until(
-        lambda: db.execute("SELECT * FROM job_log WHERE id = %s", (jid,)).fetchall(), 30, "the probe to finish"
+        lambda: db.execute("SELECT * FROM job_log WHERE id = %s", (jid,)).fetchall(),
+        30,
+        "the probe to finish",
     )
     assert len(done) == 1
     assert done[0]["outcome"] == "done"
@@ -128,7 +133,8 @@ def test_periodic_task_runs_once_per_tick_across_two_workers(db, workers):
     time.sleep(6)
     elapsed = time.monotonic() - t0
     ran = db.execute(
-        "SELECT count(*) AS n FROM job_log WHERE kind = 'check_clusters' AND finished_at > now() - make_interval(secs => %s)",
+        "SELECT count(*) AS n FROM job_log"
+        " WHERE kind = 'check_clusters' AND finished_at > now() - make_interval(secs => %s)",
         (elapsed,),
     ).fetchone()["n"]
     # Interval 1 s: about one run a second in all, not one per worker per second.
@@ -153,9 +159,11 @@ def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, work
     fresh = _running_cluster(db, "node-a", heartbeat_age_s=-3600)  # heard from "in the future": stays up
     silent = _running_cluster(db, "node-a", heartbeat_age_s=60)
     row = wait_until(
-        lambda: db.execute("SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'",
-                           (silent,)).fetchone(),
-        20, "the silent cluster to fail",
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (silent,)
+        ).fetchone(),
+        20,
+        "the silent cluster to fail",
     )
     assert "no heartbeat" in row["reason"]
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (fresh,)).fetchone()["status"] == "RUNNING"
@@ -168,9 +176,11 @@ def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers)
     jid = queue.enqueue(db, "stop_worker", {"cluster": name, "worker": name + "-abc"}, queue="node:ghost")
     workers.start("node-a")
     row = wait_until(
-        lambda: db.execute("SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'",
-                           (name,)).fetchone(),
-        20, "the dead node's cluster to fail",
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (name,)
+        ).fetchone(),
+        20,
+        "the dead node's cluster to fail",
     )
     assert "node ghost lost" in row["reason"]
     log = db.execute("SELECT outcome FROM job_log WHERE id = %s", (jid,)).fetchone()
@@ -184,13 +194,24 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
     from gatewayha.backends.base import SchedulerSpec
     from gatewayha.options import cluster_config
 
-    settings = make_settings("postgresql://unused/x", tmp_path / "node-a" / "..",
-                             node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"})
+    settings = make_settings(
+        "postgresql://unused/x",
+        tmp_path / "node-a" / "..",
+        node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
+    )
     backend = get_backend(settings)
     orphan = "ab" * 16
     cert, key = tls.new_keypair(orphan)
-    backend.start_scheduler(SchedulerSpec(orphan, sec.cluster_token(SECRET, orphan), "http://127.0.0.1:9/api",
-                                          cert, key, cluster_config(settings, {})))
+    backend.start_scheduler(
+        SchedulerSpec(
+            orphan,
+            sec.cluster_token(SECRET, orphan),
+            "http://127.0.0.1:9/api",
+            cert,
+            key,
+            cluster_config(settings, {}),
+        )
+    )
     assert backend.scheduler_running(orphan)
     workers.start("node-a")
     wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")

@@ -83,9 +83,7 @@ def launcher(tmp_path):
 
 def start_sleeper(launcher: ProcessLauncher, unit: str, tmp_path: Path, *args: str) -> bool:
     argv = [sys.executable, "-c", "import time; time.sleep(600)", *args]
-    return launcher.start(
-        unit, argv, {"PATH": os.environ["PATH"]}, cwd=tmp_path, log_path=tmp_path / f"{unit}.log"
-    )
+    return launcher.start(unit, argv, {"PATH": os.environ["PATH"]}, cwd=tmp_path, log_path=tmp_path / f"{unit}.log")
 
 
 def config(**kw) -> ClusterConfig:

@@ -54,9 +54,7 @@ def params(tmp_path: Path, **overrides):
 def haproxy_check(tmp_path: Path, cfg: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "haproxy.cfg"
     path.write_text(cfg)
-    return subprocess.run(
-        [HAPROXY, "-c", "-f", str(path)], check=False, capture_output=True, text=True, timeout=30
-    )
+    return subprocess.run([HAPROXY, "-c", "-f", str(path)], check=False, capture_output=True, text=True, timeout=30)
 
 
 def test_default_template_path_is_the_repository_template():
@@ -201,9 +199,7 @@ def test_render_map_writes_sorted_key_value_lines():
     other = "f" * 32
     entries = {f"daskgateway-{other}": "10.0.0.2:40000", f"daskgateway-{NAME}": "10.0.0.1:40001"}
 
-    assert render_map(entries, "sni") == (
-        f"daskgateway-{NAME} 10.0.0.1:40001\ndaskgateway-{other} 10.0.0.2:40000\n"
-    )
+    assert render_map(entries, "sni") == (f"daskgateway-{NAME} 10.0.0.1:40001\ndaskgateway-{other} 10.0.0.2:40000\n")
     assert render_map({}, "dash") == ""
 
 

@@ -60,9 +60,7 @@ _BLOCKED_ENV_PREFIXES = ("DASK_GATEWAY", "DASK_DISTRIBUTED__COMM", "DASK_INTERNA
 _BLOCKED_ENV_NAMES = {"DASK_DISTRIBUTED", "DASK_CONFIG", "DASK_ROOT_CONFIG"}
 
 _HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
-_SCHEDULER_ADDRESS_RE = re.compile(
-    r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z"
-)
+_SCHEDULER_ADDRESS_RE = re.compile(r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z")
 _API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
 _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
 
@@ -276,9 +274,7 @@ class LocalBackend(Backend):
         (d / "work").mkdir(exist_ok=True, mode=0o700)
         argv, env = self.worker_command(spec, d)
         cfg: ClusterConfig = spec.config
-        resources = Resources(
-            float(cfg.worker_cores), int(float(cfg.worker_memory_gib) * GIB) + NANNY_HEADROOM_BYTES
-        )
+        resources = Resources(float(cfg.worker_cores), int(float(cfg.worker_memory_gib) * GIB) + NANNY_HEADROOM_BYTES)
         self.launcher.start(unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources)
 
     def stop_worker(self, cluster_name: str, worker_name: str) -> None:

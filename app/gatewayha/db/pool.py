@@ -50,6 +50,4 @@ def make_pool(db: DatabaseSettings, application_name: str, open_wait: bool = Fal
 
 def connect(db: DatabaseSettings, application_name: str, autocommit: bool = True) -> psycopg.Connection:
     """One dedicated connection (LISTEN, migrations)."""
-    return psycopg.connect(
-        db.dsn, autocommit=autocommit, row_factory=dict_row, **connect_kwargs(db, application_name)
-    )
+    return psycopg.connect(db.dsn, autocommit=autocommit, row_factory=dict_row, **connect_kwargs(db, application_name))

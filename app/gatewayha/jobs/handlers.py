@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from gatewayha import clusters, tls
 from gatewayha.auth import secrets as sec
@@ -76,9 +76,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
             log.warning("cluster %s: node %s is gone, starting here instead", name, row["node"])
         # Placement is committed before the launch, so a crash after the launch
         # leaves a record of where the scheduler may be running.
-        conn.execute(
-            "UPDATE clusters SET node = %s, generation = generation + 1 WHERE name = %s", (ctx.node, name)
-        )
+        conn.execute("UPDATE clusters SET node = %s, generation = generation + 1 WHERE name = %s", (ctx.node, name))
     spec = SchedulerSpec(
         cluster_name=name,
         token=sec.cluster_token(ctx.secret, name),
@@ -244,7 +242,11 @@ def route_resync(ctx: Context, job: Job) -> None:
             (ctx.settings.worker.node_timeout,),
         ).fetchall():
             queue.enqueue(
-                conn, "node_reconcile", {}, queue=queue.node_queue(r["name"]), dedupe_key=f"node_reconcile:{r['name']}"
+                conn,
+                "node_reconcile",
+                {},
+                queue=queue.node_queue(r["name"]),
+                dedupe_key=f"node_reconcile:{r['name']}",
             )
 
 

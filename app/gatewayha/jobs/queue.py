@@ -82,8 +82,7 @@ def claim(conn: psycopg.Connection, owner: str, queues: list[str], limit: int, l
         sql("claim_jobs"), {"owner": owner, "queues": queues, "limit": limit, "lease": lease}
     ).fetchall()
     return [
-        Job(r["id"], r["kind"], r["queue"], r["payload"], r["cluster"], r["attempts"], r["max_attempts"])
-        for r in rows
+        Job(r["id"], r["kind"], r["queue"], r["payload"], r["cluster"], r["attempts"], r["max_attempts"]) for r in rows
     ]
 
 

@@ -136,8 +136,12 @@ class Worker:
                 log.warning("job %s %s attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
                 with self.pool.connection() as conn:
                     outcome = queue.fail(
-                        conn, job, self.owner, f"{exc!r}\n{traceback.format_exc()[-1500:]}",
-                        w.retry_base_seconds, w.retry_max_seconds,
+                        conn,
+                        job,
+                        self.owner,
+                        f"{exc!r}\n{traceback.format_exc()[-1500:]}",
+                        w.retry_base_seconds,
+                        w.retry_max_seconds,
                     )
                 if outcome == "dead":
                     log.error("job %s %s gave up after %s attempts", job.id, job.kind, job.attempts)

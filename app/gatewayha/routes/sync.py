@@ -93,9 +93,7 @@ def _sync_live_map(runtime: HAProxyRuntime, path: str, desired: Mapping[str, str
         by_key.setdefault(entry.key, []).append(entry)
     to_add = [key for key in desired if key not in by_key]
     to_change = [
-        key
-        for key in desired
-        if key in by_key and (len(by_key[key]) > 1 or by_key[key][0].value != desired[key])
+        key for key in desired if key in by_key and (len(by_key[key]) > 1 or by_key[key][0].value != desired[key])
     ]
     to_remove = [key for key in by_key if key not in desired]
     counts = {"added": len(to_add), "changed": len(to_change), "removed": len(to_remove)}

@@ -1,0 +1,166 @@
+"""Settings, option validation, credentials and TLS: pure functions, no services."""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import pytest
+from cryptography import x509
+
+from gatewayha import tls
+from gatewayha.auth import secrets as sec
+from gatewayha.config import ConfigError, OptionSpec, load_settings
+from gatewayha.options import OptionError, cluster_config, options_spec, validate_options
+
+BASE = {"GATEWAYHA_SERVER__SECRET": "s" * 32}
+
+
+def settings_from(tmp_path, text, env=None):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return load_settings(p, {**BASE, **(env or {})})
+
+
+def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
+    s = settings_from(
+        tmp_path,
+        "[worker]\nconcurrency = 2\n",
+        {"GATEWAYHA_WORKER__CONCURRENCY": "7", "GATEWAYHA_NODE__NAME": "gw2"},
+    )
+    assert s.worker.concurrency == 7 and s.node.name == "gw2"
+
+
+@pytest.mark.parametrize(
+    "text,env,where",
+    [
+        ("[worker]\nconcurrency = 'x'\n", {}, "worker.concurrency"),
+        ("[worker]\nbogus = 1\n", {}, "worker.bogus"),
+        ("[nonsense]\n", {}, "nonsense"),
+        ("", {"GATEWAYHA_WORKER__LEASE_SECONDS": "soon"}, "worker.lease_seconds"),
+        ("", {"GATEWAYHA_SERVER__SECRET": "short"}, "server.secret"),
+        ("[auth]\ntype = 'ldap'\n", {}, "auth.type"),
+        ("[auth]\ntype = 'simple'\n", {}, "auth.simple_password"),
+        ("[node]\nhost = 'gw1.example'\n", {}, "node.host"),
+        ("[node]\nname = 'a b'\n", {}, "node.name"),
+        ("[[cluster_options]]\nfield = 'x'\ntype = 'complex'\ndefault = 1\n", {}, "cluster_options[0].type"),
+        (
+            "[[cluster_options]]\nfield = 'x'\ntype = 'int'\ndefault = 9\nmax = 4\n",
+            {},
+            "cluster_options[0].default",
+        ),
+        (
+            "[[cluster_options]]\nfield = 'q'\ntype = 'select'\ndefault = 'a'\n",
+            {},
+            "cluster_options[0].options",
+        ),
+        ("[cluster]\nheartbeat_period = 30\nheartbeat_timeout = 10\n", {}, "heartbeat_timeout"),
+        ("not toml = = =", {}, "c.toml"),
+    ],
+)
+def test_bad_settings_are_named_in_the_error(tmp_path, text, env, where):
+    with pytest.raises(ConfigError) as info:
+        settings_from(tmp_path, text, env)
+    assert where in str(info.value)
+
+
+SPECS = [
+    OptionSpec("worker_cores", "int", 1, min=1, max=4),
+    OptionSpec("worker_memory_gib", "float", 1.0, min=0.5, max=8),
+    OptionSpec("queue", "select", "a", options=["a", "b"]),
+    OptionSpec("environment", "mapping", {}),
+]
+
+
+def test_defaults_fill_in_and_values_are_checked():
+    assert validate_options(SPECS, {"worker_cores": 2}) == {
+        "worker_cores": 2,
+        "worker_memory_gib": 1.0,
+        "queue": "a",
+        "environment": {},
+    }
+    for bad in (
+        {"worker_cores": 0},
+        {"worker_memory_gib": float("nan")},
+        {"queue": "c"},
+        {"x": 1},
+        {"environment": {"a": object()}},
+    ):
+        with pytest.raises(OptionError):
+            validate_options(SPECS, bad)
+
+
+def test_spec_has_the_client_format():
+    spec = options_spec(SPECS)
+    assert spec[0] == {
+        "field": "worker_cores",
+        "label": "",
+        "default": 1,
+        "spec": {"type": "int", "min": 1, "max": 4},
+    }
+    assert spec[2]["spec"] == {"type": "select", "options": ["a", "b"]}
+
+
+def test_options_override_cluster_settings_but_not_the_worker_ceiling(tmp_path):
+    s = settings_from(tmp_path, "[cluster]\nmax_workers = 10\n")
+    cfg = cluster_config(s, {"worker_cores": 3, "max_workers": 1000, "environment": {"A": 1}})
+    assert cfg.worker_cores == 3.0 and cfg.threads == 3 and cfg.max_workers == 10
+    assert cfg.environment == {"A": "1"}
+
+
+def test_password_hash_verifies_only_the_right_password():
+    h = sec.hash_password("pw")
+    assert h.startswith("scrypt$") and "pw" not in h
+    assert sec.verify_password("pw", h)
+    assert not sec.verify_password("pW", h)
+    assert not sec.verify_password("pw", None)
+    assert not sec.verify_password("pw", "md5$garbage")
+
+
+def test_session_cookie_is_bound_to_secret_user_and_expiry():
+    c = sec.make_session_cookie("k" * 20, "ann", 60)
+    assert sec.check_session_cookie("k" * 20, c) == "ann"
+    assert sec.check_session_cookie("other-secret-xxxxx", c) is None
+    user, exp, mac = c.split("|")
+    assert sec.check_session_cookie("k" * 20, f"bob|{exp}|{mac}") is None
+    assert sec.check_session_cookie("k" * 20, f"ann|{int(exp) + 999}|{mac}") is None
+    assert sec.check_session_cookie("k" * 20, c, now=time.time() + 120) is None
+
+
+def test_cluster_tokens_are_per_cluster_and_per_secret():
+    t = sec.cluster_token("k" * 20, "a" * 32)
+    assert sec.check_cluster_token("k" * 20, "a" * 32, t)
+    assert not sec.check_cluster_token("k" * 20, "b" * 32, t)
+    assert not sec.check_cluster_token("j" * 20, "a" * 32, t)
+    assert "/" not in t  # the preload would read a token with "/" as a file path
+
+
+def test_api_tokens_parse_and_store_only_a_digest():
+    token, token_id, digest = sec.new_api_token()
+    assert sec.parse_api_token(token) == (token_id, digest)
+    assert sec.parse_api_token("gha__x") is None and sec.parse_api_token("abc") is None
+
+
+def test_cluster_keypair_is_ecdsa_with_dask_internal_san_and_works_for_mutual_tls(tmp_path):
+    cert_pem, key_pem = tls.new_keypair("c" * 32)
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["dask-internal"]
+    assert cert.public_key().curve.name == "secp256r1"
+    (tmp_path / "c.pem").write_text(cert_pem)
+    (tmp_path / "k.pem").write_text(key_pem)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "c.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))  # as the client does
+
+
+def test_key_encryption_round_trips_and_is_bound_to_the_cluster():
+    from cryptography.exceptions import InvalidTag
+
+    blob = tls.encrypt_key("k" * 20, "PEM", "a" * 32)
+    assert b"PEM" not in blob
+    assert tls.decrypt_key("k" * 20, blob, "a" * 32) == "PEM"
+    with pytest.raises(InvalidTag):
+        tls.decrypt_key("k" * 20, blob, "b" * 32)
+    with pytest.raises(InvalidTag):
+        tls.decrypt_key("j" * 20, blob, "a" * 32)
