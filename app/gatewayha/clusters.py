@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from gatewayha import tls
 from gatewayha.config import Settings
+from gatewayha.errors import Conflict, LimitExceeded, NotFound
 from gatewayha.jobs import queue
 from gatewayha.options import ClusterConfig, cluster_config, validate_options
 
@@ -33,31 +34,6 @@ class ClusterStatus(enum.Enum):
     STOPPING = 3
     STOPPED = 4
     FAILED = 5
-
-
-class ClusterError(Exception):
-    status = 400
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class NotFound(ClusterError):
-    status = 404
-
-
-class Invalid(ClusterError):
-    status = 422
-
-
-class Conflict(ClusterError):
-    status = 409
-
-
-class LimitExceeded(ClusterError):
-    # 409 makes the stock client raise GatewayClusterError with our message.
-    status = 409
 
 
 def valid_name(name: str) -> bool:

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gatewayha.config import ClusterSettings, OptionSpec, Settings
+from gatewayha.errors import Unprocessable
 
 
-class OptionError(ValueError):
-    """An option value is unknown or invalid (HTTP 422)."""
+class OptionError(Unprocessable, ValueError):
+    """An option value is unknown or invalid (422); a ValueError too, for config validation."""
 
 
 def validate_value(spec: OptionSpec, x: Any) -> Any:

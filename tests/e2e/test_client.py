@@ -5,23 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 import urllib.request
 
 import pytest
 from dask_gateway import BasicAuth, Gateway, GatewayCluster
 from dask_gateway.client import ClusterStatus
 
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from helpers import wait_until
 
 
 def n_workers(client) -> int:

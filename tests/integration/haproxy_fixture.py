@@ -6,10 +6,8 @@ Everything started here is stopped by its own PID or handle.
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import http.server
-import ipaddress
 import json
 import shutil
 import signal
@@ -17,17 +15,11 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from gatewayha import tls
 from gatewayha.routes import (
     HAProxyRuntime,
     RuntimeAPIError,
@@ -35,6 +27,7 @@ from gatewayha.routes import (
     ensure_map_files,
     render_haproxy_cfg,
 )
+from helpers import wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -43,18 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; its result is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class HAProxyProcess:
@@ -97,7 +78,7 @@ class HAProxyProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        wait_for(self._ready, what=f"HAProxy on port {self.port} (log: {self.log_path})")
+        wait_until(self._ready, 10, f"HAProxy on port {self.port} (log: {self.log_path})", interval=0.01)
         return self
 
     def _ready(self) -> bool:
@@ -132,7 +113,7 @@ class HAProxyProcess:
                 return None
             return pid if pid != old else None
 
-        return wait_for(new_worker, what="a new HAProxy worker after reload")
+        return wait_until(new_worker, 10, "a new HAProxy worker after reload", interval=0.01)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -146,32 +127,12 @@ class HAProxyProcess:
 
 
 def make_self_signed_cert(directory: Path, common_name: str) -> tuple[Path, Path]:
-    """An ECDSA P-256 self-signed certificate, like a cluster's, with SAN dask-internal."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("dask-internal"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    """A cluster's keypair (gatewayha.tls), written to ``<common_name>.crt`` / ``.key``."""
+    cert_pem, key_pem = tls.new_keypair(common_name)
     cert_path = directory / f"{common_name}.crt"
     key_path = directory / f"{common_name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_text(cert_pem)
+    key_path.write_text(key_pem)
     return cert_path, key_path
 
 

@@ -6,7 +6,6 @@ heartbeats and self-deletes, so these tests need no Postgres and no HAProxy.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import threading
@@ -17,46 +16,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from gatewayha import tls
 from gatewayha.backends import get_backend
 from gatewayha.backends.base import SchedulerSpec, WorkerSpec
 from gatewayha.backends.launcher import MARKER_VAR, ProcessLauncher, scheduler_unit
 from gatewayha.backends.local import LocalBackend
 from gatewayha.config import NodeSettings, Settings
 from gatewayha.options import ClusterConfig
+from helpers import wait_until
 
 GIB = 2**30
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_keypair() -> tuple[str, str]:
-    """A self-signed ECDSA P-256 cert with SAN DNS:dask-internal, as dask-gateway makes."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
 
 
 class Recorder:
@@ -116,17 +89,6 @@ class Recorder:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def wait_until(condition, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def heartbeat_of(name: str, token: str):
@@ -198,7 +160,7 @@ def config(**overrides) -> ClusterConfig:
 
 @pytest.fixture(scope="module")
 def keypair():
-    return make_keypair()
+    return tls.new_keypair("dask-internal")
 
 
 @pytest.fixture
@@ -283,7 +245,7 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
         assert info.get("nanny")
 
     # Mutual TLS: a client holding another cluster's keypair is refused.
-    other_cert, other_key = make_keypair()
+    other_cert, other_key = tls.new_keypair("dask-internal")
     (tmp_path / "other.crt").write_text(other_cert)
     (tmp_path / "other.key").write_text(other_key)
     stranger = Security(
@@ -323,7 +285,7 @@ def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, ke
     post_comm(hb["api_address"], token, {"op": "scale", "count": 0})
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["closing_workers"])
     # Retiring closes the worker *and* its nanny (no restart): the unit ends by itself.
-    wait_until(lambda: not backend.worker_running(name, worker_name), timeout=30)
+    wait_until(lambda: not backend.worker_running(name, worker_name), 30, "the worker to exit", interval=0.05)
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["closed_workers"])
     assert backend.scheduler_running(name)
     backend.stop_cluster(name)

@@ -17,19 +17,9 @@ from conftest import SECRET, make_settings
 from gatewayha import clusters
 from gatewayha.auth import users
 from gatewayha.jobs import queue
+from helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate, timeout, what, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Workers:
@@ -215,4 +205,5 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
     assert backend.scheduler_running(orphan)
     workers.start("node-a")
     wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")
-    assert orphan not in backend.local_clusters()
+    # Its files go once its processes are gone (the stop finishes after the process exits).
+    wait_until(lambda: orphan not in backend.local_clusters(), 10, "the orphan's files to be removed")

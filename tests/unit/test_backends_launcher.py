@@ -26,6 +26,7 @@ from gatewayha.backends.launcher import (
 from gatewayha.backends.local import LocalBackend, filter_user_environment
 from gatewayha.config import NodeSettings, Settings
 from gatewayha.options import ClusterConfig
+from helpers import wait_until
 
 CLUSTER = "0123456789abcdef0123456789abcdef"
 UNIT = f"{CLUSTER}-scheduler"
@@ -42,14 +43,6 @@ if pid == 0:
     os._exit(0)
 time.sleep(600)
 """
-
-
-def wait_until(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -124,8 +117,8 @@ def test_stop_kills_whole_process_group(launcher, tmp_path):
     child_file = tmp_path / "child.pid"
     argv = [sys.executable, "-c", FAMILY, "stubborn", str(child_file)]
     launcher.start(UNIT, argv, {}, cwd=tmp_path, log_path=tmp_path / "family.log")
-    wait_until(child_file.exists)
-    wait_until(lambda: child_file.read_text().strip() != "")
+    wait_until(child_file.exists, 10, "the child's pid file", interval=0.02)
+    wait_until(lambda: child_file.read_text().strip() != "", 10, "the child's pid", interval=0.02)
     child = int(child_file.read_text())
     (leader,) = [p for p in marked(UNIT) if p != child]
     assert os.getpgid(child) == leader == os.getsid(leader)  # own session and group
@@ -143,7 +136,9 @@ def test_stop_waits_for_a_graceful_exit(launcher, tmp_path):
     child_file = tmp_path / "child.pid"
     argv = [sys.executable, "-c", FAMILY, "polite", str(child_file)]
     launcher.start(UNIT, argv, {}, cwd=tmp_path, log_path=tmp_path / "family.log")
-    wait_until(lambda: child_file.exists() and child_file.read_text().strip() != "")
+    wait_until(
+        lambda: child_file.exists() and child_file.read_text().strip() != "", 10, "the child's pid", interval=0.02
+    )
     t0 = time.monotonic()
     launcher.stop(UNIT, timeout=10)
     assert time.monotonic() - t0 < 2  # SIGTERM sufficed; no wait for the timeout
@@ -175,7 +170,7 @@ def test_unit_spawned_just_before_a_crash_is_found_by_its_marker(launcher, tmp_p
         start_new_session=True,
     )
     try:
-        wait_until(lambda: marked(UNIT) == [orphan.pid])
+        wait_until(lambda: marked(UNIT) == [orphan.pid], 10, "the orphan's marker", interval=0.02)
         assert launcher.is_running(UNIT)
         assert start_sleeper(launcher, UNIT, tmp_path) is False  # no second copy
         launcher.stop(UNIT, timeout=2)
@@ -189,7 +184,7 @@ def test_unit_spawned_just_before_a_crash_is_found_by_its_marker(launcher, tmp_p
 def test_a_unit_that_exits_by_itself_is_not_running_and_is_reaped(launcher, tmp_path):
     argv = [sys.executable, "-c", "pass"]
     launcher.start(UNIT, argv, {}, cwd=tmp_path, log_path=tmp_path / "x.log")
-    wait_until(lambda: not launcher.is_running(UNIT))
+    wait_until(lambda: not launcher.is_running(UNIT), 10, "the unit to exit", interval=0.02)
     assert launcher._children == {}  # waited for: no zombie left behind
     assert start_sleeper(launcher, UNIT, tmp_path) is True  # can be started again
 
@@ -199,7 +194,7 @@ def test_launched_process_gets_only_the_given_environment(launcher, tmp_path, mo
     out = tmp_path / "env.txt"
     code = f"import os; open({str(out)!r}, 'w').write(repr(sorted(os.environ)))"
     launcher.start(UNIT, [sys.executable, "-c", code], {"A": "1"}, cwd=tmp_path, log_path=tmp_path / "l.log")
-    wait_until(lambda: out.exists() and out.read_text())
+    wait_until(lambda: out.exists() and out.read_text(), 10, "the environment dump", interval=0.02)
     assert set(eval(out.read_text())) - {"LC_CTYPE"} == {"A", MARKER_VAR}
 
 

@@ -10,10 +10,10 @@ import uuid
 
 import falcon
 
-from gatewayha.api.errors import Forbidden, Unauthorized
 from gatewayha.auth import secrets as sec
 from gatewayha.auth import users
 from gatewayha.config import Settings
+from gatewayha.errors import Forbidden, Unauthorized
 
 log = logging.getLogger("gatewayha.api")
 

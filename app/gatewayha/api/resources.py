@@ -11,10 +11,10 @@ import urllib.request
 import falcon
 
 from gatewayha import __version__, clusters
-from gatewayha.api.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable
 from gatewayha.api.middleware import require_cluster_token
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
+from gatewayha.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable
 from gatewayha.options import options_spec
 
 STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
