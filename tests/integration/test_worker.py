@@ -207,3 +207,8 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
     wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")
     # Its files go once its processes are gone (the stop finishes after the process exits).
     wait_until(lambda: orphan not in backend.local_clusters(), 10, "the orphan's files to be removed")
+    # Its logs are kept for post-mortems, then pruned after the retention.
+    kept = tmp_path / "node-a" / "logs" / orphan
+    assert any(p.name.endswith("-scheduler.log") for p in kept.iterdir())
+    assert backend.prune_logs(3600) == 0 and kept.is_dir()
+    assert backend.prune_logs(0) == 1 and not kept.exists()

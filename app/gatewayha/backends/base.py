@@ -106,3 +106,7 @@ class Backend(ABC):
         Used to reap orphans: a cluster listed here that Postgres says is not this
         node's, or not active, gets ``stop_cluster``.
         """
+
+    def prune_logs(self, max_age_s: float) -> int:
+        """Delete logs of clusters stopped longer ago than max_age_s; returns how many (optional)."""
+        return 0

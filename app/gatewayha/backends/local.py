@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gatewayha.backends.base import (
@@ -123,6 +124,7 @@ class LocalBackend(Backend):
         self.launcher = launcher if launcher is not None else make_launcher(settings)
         self.host = _check(_HOST_RE, "node.host", settings.node.host)
         self.root = Path(settings.node.state_dir).absolute() / "clusters"
+        self.logs_root = Path(settings.node.state_dir).absolute() / "logs"
         python = settings.node.python or sys.executable
         # Absolute, not resolved: a venv's bin/python is a symlink and its bin dir matters.
         self.python = python if os.path.isabs(python) else (shutil.which(python) or python)
@@ -289,8 +291,26 @@ class LocalBackend(Backend):
         units.update(u for u in self.launcher.units() if unit_cluster(u) == cluster_name)
         # All at once: the scheduler and its workers stop in parallel.
         self.launcher.stop_many(sorted(units))
+        # Keep the logs for post-mortems (pruned after cluster.stopped_retention); drop keys and work dirs.
+        logs = self.cluster_dir(cluster_name) / "logs"
+        if logs.is_dir():
+            kept = self.logs_root / cluster_name
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.move(str(logs), str(kept))
+            os.utime(kept)
         shutil.rmtree(self.cluster_dir(cluster_name), ignore_errors=True)
         log.info("stopped cluster %s (%d units) and removed its files", cluster_name, len(units))
+
+    def prune_logs(self, max_age_s: float) -> int:
+        cutoff = time.time() - max_age_s
+        pruned = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.logs_root):
+                if CLUSTER_NAME_RE.match(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    pruned += 1
+        return pruned
 
     def local_clusters(self) -> set[str]:
         out = {unit_cluster(u) for u in self.launcher.units()}

@@ -255,6 +255,7 @@ def node_reconcile(ctx: Context, job: Job) -> None:
     if ctx.sync_routes is not None:
         ctx.sync_routes()
     reap_orphans(ctx)
+    ctx.backend.prune_logs(ctx.settings.cluster.stopped_retention)
 
 
 def reap_orphans(ctx: Context) -> list[str]:
