@@ -104,8 +104,9 @@ elif ! ours_alive; then
     say "starting dockerd${extra[*]:+ ${extra[*]}} (log $LOG)"
     start=$(date +%s.%N)
     # setsid + no stdin: the daemon survives this script, its shell and a CI step.
-    # (no job control in a script, so setsid execs dockerd in place and $! is its pid)
-    setsid dockerd --pidfile "$PIDFILE" "${extra[@]}" </dev/null >>"$LOG" 2>&1 &
+    # (no job control in a script, so setsid execs dockerd in place and $! is its pid;
+    # 9>&- : the daemon must not inherit, and so hold forever, our lock)
+    setsid dockerd --pidfile "$PIDFILE" "${extra[@]}" </dev/null >>"$LOG" 2>&1 9>&- &
     pid=$!
 else
     pid=$(cat "$PIDFILE")
