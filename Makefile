@@ -7,7 +7,8 @@ help:
 	@echo "make down    stop everything make up started"
 	@echo "make status  show the local stack's processes"
 	@echo "make test    lint + unit + integration + e2e (real dask-gateway client)"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff, ansible-lint (production profile), yamllint"
+	@echo "make molecule  the appliance in Docker (installs/starts dockerd, builds the image)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -21,11 +22,24 @@ down:
 status:
 	@scripts/stack.sh status
 
-lint: bootstrap
-	@.venv/bin/ruff check app tests scripts
-	@.venv/bin/ruff format --check app tests scripts
+bootstrap-ops:
+	@scripts/bootstrap-ops.sh
+
+wheelhouse: bootstrap
+	@scripts/wheelhouse.sh
+
+lint: bootstrap bootstrap-ops
+	@.venv/bin/ruff check app tests scripts molecule
+	@.venv/bin/ruff format --check app tests scripts molecule
+	@.venv-ops/bin/yamllint -s .
+	@PATH=$(CURDIR)/.venv-ops/bin:$$PATH ansible-lint --profile production site.yml playbooks roles
+
+molecule: bootstrap bootstrap-ops wheelhouse
+	@scripts/docker-setup.sh
+	@scripts/build-base-image.sh
+	@scripts/molecule.sh
 
 test: bootstrap
 	@scripts/test.sh
 
-.PHONY: help bootstrap up down status lint test
+.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test
