@@ -39,7 +39,7 @@ molecule: bootstrap bootstrap-ops wheelhouse
 	@scripts/build-base-image.sh
 	@scripts/molecule.sh
 
-test: bootstrap
+test: bootstrap bootstrap-ops
 	@scripts/test.sh
 
 .PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test
