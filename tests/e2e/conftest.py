@@ -13,6 +13,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie is gone
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line or environment names this stack's state dir."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if (text in cmd or text in env) and _alive(int(d.name)):
+            out.append(f"{d.name}: {cmd[:120]}")
+    return out
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -79,7 +104,11 @@ def stack(tmp_path_factory):
     try:
         yield s
     finally:
+        started = [int(p.read_text()) for p in (state / "run").glob("*.pid") if p.read_text().strip().isdigit()]
         down = s.run("down", check=False)
+        # make down stops everything make up started (schedulers and workers included).
+        alive = [pid for pid in started if _alive(pid)]
+        leftovers = _processes_mentioning(str(state))
         logs = state / "log"
         if down.returncode != 0:
             print(down.stdout, down.stderr)
@@ -87,6 +116,9 @@ def stack(tmp_path_factory):
             text = f.read_text(errors="replace")
             if "Traceback" in text:
                 print(f"--- {f.name} contains a traceback:\n{text[-4000:]}")
+        assert down.returncode == 0, down.stderr
+        assert alive == [], f"still running after stack.sh down: {alive}"
+        assert leftovers == [], f"processes of this stack still running after down: {leftovers}"
 
 
 @pytest.fixture
