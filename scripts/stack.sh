@@ -18,13 +18,13 @@ CONFIG=$STATE/gatewayha.toml
 export GATEWAYHA_CONFIG=$CONFIG
 export PATH=$VENV/bin:$PATH
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [ -f "$1" ] && kill -0 "$(awk '{print $1; exit}' "$1")" 2>/dev/null; }
 
 stop_pidfile() {  # TERM the process group, wait, then KILL
     local f=$1 pid
     [ -f "$f" ] || return 0
-    pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    pid=$(awk '{print $1; exit}' "$f")  # launcher pidfiles hold "<pid> <start time>"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true

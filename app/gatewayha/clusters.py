@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gatewayha import tls
+from gatewayha import tls, warm_pool
 from gatewayha.config import Settings
 from gatewayha.errors import Conflict, LimitExceeded, NotFound
 from gatewayha.jobs import queue
@@ -110,19 +110,46 @@ def create_cluster(
             raise LimitExceeded(f"Core limit reached: {limits.max_cores:g} cores per user")
         if limits.max_memory_gib and usage.memory_gib + cfg.scheduler_memory_gib > limits.max_memory_gib + 1e-9:
             raise LimitExceeded(f"Memory limit reached: {limits.max_memory_gib:g} GiB per user")
-        conn.execute(
-            """
-            INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc)
-            VALUES (%s, %s, %s, %s, %s, %s)
-            """,
-            (name, user, Jsonb(opts), Jsonb(cfg.to_json()), cert, key_enc),
-        )
+        pooled = warm_pool.claim(conn, settings, cfg)
+        if pooled is not None:
+            # A pre-started scheduler for these options: RUNNING at once, routes published now.
+            name = pooled["name"]
+            conn.execute(
+                """
+                INSERT INTO clusters (name, owner, status, options, config, tls_cert, tls_key_enc, node,
+                                      scheduler_address, dashboard_address, api_address, started_at, last_heartbeat)
+                VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, now(), now())
+                """,
+                (
+                    name,
+                    user,
+                    Jsonb(opts),
+                    Jsonb(pooled["config"]),
+                    pooled["tls_cert"],
+                    pooled["tls_key_enc"],
+                    pooled["node"],
+                    pooled["scheduler_address"],
+                    pooled["dashboard_address"],
+                    pooled["api_address"],
+                ),
+            )
+            notify_routes(conn, name)
+            warm_pool.request_refill(conn, pooled["node"])
+        else:
+            conn.execute(
+                """
+                INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                """,
+                (name, user, Jsonb(opts), Jsonb(cfg.to_json()), cert, key_enc),
+            )
         if idempotency_key is not None:
             conn.execute(
                 "INSERT INTO idempotency_keys (user_name, key, cluster) VALUES (%s, %s, %s)",
                 (user, idempotency_key, name),
             )
-        queue.enqueue(conn, "start_cluster", {"cluster": name}, cluster=name, dedupe_key=f"start_cluster:{name}")
+        if pooled is None:
+            queue.enqueue(conn, "start_cluster", {"cluster": name}, cluster=name, dedupe_key=f"start_cluster:{name}")
     return name
 
 
@@ -244,6 +271,8 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
     with conn.transaction():
         row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None:
+            if warm_pool.record_heartbeat(conn, name, msg):
+                return
             raise NotFound(f"Cluster {name} does not exist")
         if row["status"] not in ("PENDING", "RUNNING"):
             raise Conflict(f"Cluster {name} is {row['status']}")

@@ -103,6 +103,7 @@ class ClusterSettings:
     start_timeout: float = 120.0
     max_lifetime: float = 0.0  # seconds; 0 disables
     stopped_retention: float = 86_400.0  # stopped records kept this long
+    warm_pool_size: int = 0  # pre-started schedulers per node for the default options
 
 
 @dataclass
@@ -291,6 +292,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("worker.lease_seconds: must be >= 2")
     if s.cluster.worker_cores <= 0 or s.cluster.worker_memory_gib <= 0:
         raise ConfigError("cluster.worker_cores and cluster.worker_memory_gib must be > 0")
+    if s.cluster.warm_pool_size < 0:
+        raise ConfigError("cluster.warm_pool_size: must be >= 0")
     if s.cluster.max_workers < 0:
         raise ConfigError("cluster.max_workers: must be >= 0")
     if s.cluster.heartbeat_timeout <= s.cluster.heartbeat_period:

@@ -66,6 +66,15 @@ class Stack:
     def pid(self, name: str) -> int:
         return int((self.state / "run" / f"{name}.pid").read_text())
 
+    def db(self):
+        import tomllib
+
+        import psycopg
+        from psycopg.rows import dict_row
+
+        dsn = tomllib.loads((self.state / "gatewayha.toml").read_text())["database"]["dsn"]
+        return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+
     def credentials(self) -> tuple[str, str]:
         return "demo", (self.state / "demo-password").read_text().strip()
 
@@ -95,6 +104,9 @@ def stack(tmp_path_factory):
         "GATEWAYHA_EXAMPLE": "0",
         # Faster full route resync, so drift repair is observable in a test.
         "GATEWAYHA_HAPROXY__RESYNC_INTERVAL": "2",
+        # One pre-started scheduler per node: creates with default options take it,
+        # others (custom options) start a scheduler; the e2e tests cover both paths.
+        "GATEWAYHA_CLUSTER__WARM_POOL_SIZE": "1",
     }
     s = Stack(state, ports[0], ports[1:], env)
     up = s.run("up", check=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -215,3 +216,31 @@ def test_unknown_sni_is_refused_and_plain_https_to_api_fails_cleanly(stack):
         with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
             with ctx.wrap_socket(raw, server_hostname=f"daskgateway-{'0' * 32}") as s:
                 s.recv(1)
+
+
+def test_default_create_claims_a_warm_scheduler_running_on_the_first_poll(stack, gateway):
+    def ready_pool():
+        with stack.db() as conn:
+            return conn.execute("SELECT name, node FROM warm_pool WHERE ready_at IS NOT NULL").fetchall()
+
+    pool = wait_until(lambda: len(ready_pool()) == 2 and ready_pool(), 60, "a ready pooled scheduler per node")
+    pooled = {r["name"] for r in pool}
+    assert gateway.list_clusters() == []  # pooled schedulers are never visible to users
+    t0 = time.monotonic()
+    name = gateway.submit()
+    report = gateway.get_cluster(name)  # one poll, no wait
+    assert report.status == ClusterStatus.RUNNING, report.status
+    assert name in pooled
+    cluster = gateway.connect(name)
+    try:
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=90)
+        assert client.submit(lambda: 7 * 6).result() == 42
+        print(f"WARM create->computed in {time.monotonic() - t0:.2f}s")
+        client.close()
+    finally:
+        cluster.shutdown()
+    # The pool is topped up again, with a new scheduler.
+    refilled = wait_until(lambda: len(ready_pool()) == 2 and ready_pool(), 60, "the pool to refill")
+    assert name not in {r["name"] for r in refilled}

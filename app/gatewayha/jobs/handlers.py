@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gatewayha import clusters, tls
+from gatewayha import clusters, tls, warm_pool
 from gatewayha.auth import secrets as sec
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
@@ -215,6 +215,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                         (r["name"],),
                     )
                     clusters.notify_routes(conn, r["name"])
+                conn.execute("DELETE FROM warm_pool WHERE node = %s", (node,))
                 for j in conn.execute(
                     "SELECT id FROM jobs WHERE queue = %s FOR UPDATE SKIP LOCKED", (queue.node_queue(node),)
                 ).fetchall():
@@ -234,20 +235,48 @@ def cleanup(ctx: Context, job: Job) -> None:
         conn.execute("DELETE FROM job_log WHERE finished_at < now() - make_interval(secs => %s)", (keep,))
 
 
-def route_resync(ctx: Context, job: Job) -> None:
-    """Fan out a full reconcile to every live node (each keeps its own HAProxy and processes)."""
+def _fan_out(ctx: Context, kind: str) -> None:
+    """Enqueue `kind` once on every live node's own queue (node-local work: HAProxy, processes)."""
     with ctx.pool.connection() as conn:
         for r in conn.execute(
             "SELECT name FROM nodes WHERE last_seen > now() - make_interval(secs => %s)",
             (ctx.settings.worker.node_timeout,),
         ).fetchall():
-            queue.enqueue(
-                conn,
-                "node_reconcile",
-                {},
-                queue=queue.node_queue(r["name"]),
-                dedupe_key=f"node_reconcile:{r['name']}",
+            queue.enqueue(conn, kind, {}, queue=queue.node_queue(r["name"]), dedupe_key=f"{kind}:{r['name']}")
+
+
+def route_resync(ctx: Context, job: Job) -> None:
+    """Full reconcile on every node: each keeps its own HAProxy and its own processes."""
+    _fan_out(ctx, "node_reconcile")
+
+
+def warm_pool_tick(ctx: Context, job: Job) -> None:
+    """Every node tops up (or trims) its own warm pool."""
+    if ctx.settings.cluster.warm_pool_size <= 0:
+        with ctx.pool.connection() as conn:
+            if conn.execute("SELECT 1 FROM warm_pool LIMIT 1").fetchone() is None:
+                return  # no pool configured and none left to drain
+    _fan_out(ctx, "refill_pool")
+
+
+def refill_pool(ctx: Context, job: Job) -> None:
+    with ctx.pool.connection() as conn:
+        to_start, to_stop = warm_pool.plan_refill(conn, ctx.settings, ctx.node)
+    for name in to_stop:
+        ctx.backend.stop_cluster(name)
+    for entry in to_start:
+        ctx.backend.start_scheduler(
+            SchedulerSpec(
+                cluster_name=entry["name"],
+                token=sec.cluster_token(ctx.secret, entry["name"]),
+                api_url=ctx.settings.server.api_url,
+                tls_cert=entry["cert"],
+                tls_key=entry["key"],
+                config=entry["config"],
             )
+        )
+    if to_start or to_stop:
+        log.info("warm pool on %s: started %d, stopped %d", ctx.node, len(to_start), len(to_stop))
 
 
 def node_reconcile(ctx: Context, job: Job) -> None:
@@ -270,7 +299,7 @@ def reap_orphans(ctx: Context) -> list[str]:
                 " AND name = ANY(%s)",
                 (ctx.node, list(local)),
             ).fetchall()
-        }
+        } | warm_pool.node_names(conn, ctx.node)
     orphans = sorted(set(local) - ours)
     for name in orphans:
         log.warning("cluster %s: processes on %s that no active cluster owns; stopping them", name, ctx.node)
@@ -298,6 +327,8 @@ HANDLERS: dict[str, Callable[[Context, Job], None]] = {
     "route_resync": route_resync,
     "node_reconcile": node_reconcile,
     "probe": probe,
+    "warm_pool": warm_pool_tick,
+    "refill_pool": refill_pool,
 }
 
 
@@ -307,4 +338,5 @@ def periodic_tasks(settings: Settings) -> dict[str, float]:
         "sweep_nodes": max(1.0, settings.worker.node_timeout / 3),
         "cleanup": 300.0,
         "route_resync": settings.haproxy.resync_interval,
+        "warm_pool": max(2.0, settings.cluster.heartbeat_period),
     }

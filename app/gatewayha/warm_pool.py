@@ -1,0 +1,141 @@
+"""Warm pool (JupyterHub's user-placeholder idea): pre-started schedulers for the default options.
+
+Each pooled scheduler already holds its cluster name, cert, token and dashboard
+prefix, and heartbeats like any scheduler. A create whose options give the same
+cluster config claims one with FOR UPDATE SKIP LOCKED and the cluster is RUNNING
+at once. Every node keeps ``cluster.warm_pool_size`` of its own; pooled
+schedulers are never visible to users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from gatewayha import tls
+from gatewayha.config import Settings
+from gatewayha.jobs import queue
+from gatewayha.options import ClusterConfig, cluster_config, validate_options
+
+log = logging.getLogger("gatewayha.warm_pool")
+
+
+def config_key(cfg: ClusterConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def default_config(settings: Settings) -> tuple[dict, ClusterConfig]:
+    options = validate_options(settings.cluster_options, {})
+    return options, cluster_config(settings, options)
+
+
+def _fresh_clause(settings: Settings) -> tuple[str, dict]:
+    """A pooled scheduler's idle clock runs from its start: hand out only those with at
+    least half of the idle timeout left, and only those still heartbeating."""
+    c = settings.cluster
+    clause = "ready_at IS NOT NULL AND last_heartbeat > now() - make_interval(secs => %(hb)s)"
+    params: dict = {"hb": c.heartbeat_timeout}
+    if c.idle_timeout > 0:
+        clause += " AND created_at > now() - make_interval(secs => %(half_idle)s)"
+        params["half_idle"] = c.idle_timeout / 2
+    return clause, params
+
+
+def claim(conn: psycopg.Connection, settings: Settings, cfg: ClusterConfig) -> dict | None:
+    """Take one ready pooled scheduler for this config (inside the caller's transaction)."""
+    if settings.cluster.warm_pool_size <= 0:
+        return None
+    fresh, params = _fresh_clause(settings)
+    return conn.execute(
+        f"""
+        DELETE FROM warm_pool WHERE name = (
+            SELECT name FROM warm_pool
+            WHERE config_key = %(key)s AND {fresh}
+            ORDER BY created_at
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING name, node, options, config, tls_cert, tls_key_enc,
+                  scheduler_address, dashboard_address, api_address
+        """,
+        {"key": config_key(cfg), **params},
+    ).fetchone()
+
+
+def record_heartbeat(conn: psycopg.Connection, name: str, msg: dict) -> bool:
+    """A pooled scheduler's heartbeat: it is ready once its addresses are known."""
+    row = conn.execute(
+        "UPDATE warm_pool SET scheduler_address = %s, dashboard_address = %s, api_address = %s,"
+        " ready_at = coalesce(ready_at, now()), last_heartbeat = now() WHERE name = %s RETURNING name",
+        (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"], name),
+    ).fetchone()
+    return row is not None
+
+
+def request_refill(conn: psycopg.Connection, node: str) -> None:
+    queue.enqueue(conn, "refill_pool", {}, queue=queue.node_queue(node), dedupe_key=f"refill_pool:{node}")
+
+
+def node_names(conn: psycopg.Connection, node: str) -> set[str]:
+    return {r["name"] for r in conn.execute("SELECT name FROM warm_pool WHERE node = %s", (node,)).fetchall()}
+
+
+def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tuple[list[dict], list[str]]:
+    """Decide this node's pool changes: (entries to start, names to stop).
+
+    Stale entries (silent, never ready within start_timeout, too old for the idle
+    timeout, or of a config that is no longer the default) are dropped; the pool is
+    then topped up to warm_pool_size, or trimmed when the size shrank.
+    """
+    c = settings.cluster
+    options, cfg = default_config(settings)
+    key = config_key(cfg)
+    fresh, params = _fresh_clause(settings)
+    with conn.transaction():
+        stale = [
+            r["name"]
+            for r in conn.execute(
+                f"""
+                DELETE FROM warm_pool
+                WHERE node = %(node)s AND (
+                    config_key <> %(key)s
+                    OR (ready_at IS NULL AND created_at < now() - make_interval(secs => %(start)s))
+                    OR (ready_at IS NOT NULL AND NOT ({fresh}))
+                )
+                RETURNING name
+                """,
+                {"node": node, "key": key, "start": c.start_timeout, **params},
+            ).fetchall()
+        ]
+        rows = conn.execute(
+            "SELECT name FROM warm_pool WHERE node = %s ORDER BY ready_at IS NULL DESC, created_at DESC FOR UPDATE",
+            (node,),
+        ).fetchall()
+        extra = len(rows) - c.warm_pool_size
+        trimmed = [r["name"] for r in rows[: max(0, extra)]]
+        if trimmed:
+            conn.execute("DELETE FROM warm_pool WHERE name = ANY(%s)", (trimmed,))
+        to_start = []
+        for _ in range(max(0, -extra)):
+            name = secrets.token_hex(16)
+            cert, key_pem = tls.new_keypair(name)
+            conn.execute(
+                "INSERT INTO warm_pool (name, node, config_key, options, config, tls_cert, tls_key_enc)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    name,
+                    node,
+                    key,
+                    Jsonb(options),
+                    Jsonb(cfg.to_json()),
+                    cert,
+                    tls.encrypt_key(settings.server.secret, key_pem, name),
+                ),
+            )
+            to_start.append({"name": name, "cert": cert, "key": key_pem, "config": cfg})
+    return to_start, stale + trimmed
