@@ -72,6 +72,7 @@ max_workers = 8
 heartbeat_period = 2
 heartbeat_timeout = 20
 idle_timeout = 0
+warm_pool_size = 1
 
 [limits]
 max_clusters = 10
