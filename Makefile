@@ -42,4 +42,7 @@ molecule: bootstrap bootstrap-ops wheelhouse
 test: bootstrap bootstrap-ops
 	@scripts/test.sh
 
-.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test
+bench: bootstrap
+	@bench/run.sh
+
+.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test bench

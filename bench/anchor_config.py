@@ -1,0 +1,27 @@
+# dask-gateway-server 2026.3.0 configuration for the benchmark anchor (written for bench/run.sh).
+# Local processes as the service's user (UnsafeLocalBackend: gatewayha's local stack also runs every
+# cluster as its own user), one public port for the API and the scheduler TLS (like gatewayha),
+# SimpleAuthenticator with a shared password. Settings that change timings are set equal to
+# gatewayha's local stack: 1 core / 1 GiB workers, scheduler heartbeat every 2 s.
+import os
+
+c = get_config()  # noqa: F821 (injected by traitlets)
+
+venv_bin = os.environ["BENCH_ANCHOR_BIN"]  # the bench venv's bin/, holding `dask`
+c.DaskGateway.address = os.environ.get("BENCH_ANCHOR_API", "127.0.0.1:19201")  # private API
+c.Proxy.address = os.environ.get("BENCH_ANCHOR_ADDRESS", "127.0.0.1:19200")  # public HTTP + TLS
+c.Proxy.log_level = "warn"
+c.DaskGateway.log_level = "WARN"
+c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
+c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+c.SimpleAuthenticator.password = os.environ["BENCH_ANCHOR_PASSWORD"]
+c.UnsafeLocalBackend.clusters_directory = os.environ["BENCH_ANCHOR_DIR"]
+c.UnsafeLocalBackend.cluster_heartbeat_period = 2
+# `dask-scheduler` / `dask-worker` (the defaults) are gone from distributed >= 2026.6.
+c.ClusterConfig.scheduler_cmd = [os.path.join(venv_bin, "dask"), "scheduler"]
+c.ClusterConfig.worker_cmd = [os.path.join(venv_bin, "dask"), "worker"]
+c.ClusterConfig.worker_cores = 1
+c.ClusterConfig.worker_memory = "1 G"
+c.ClusterConfig.scheduler_cores = 1
+c.ClusterConfig.scheduler_memory = "1 G"
+c.ClusterConfig.idle_timeout = 0

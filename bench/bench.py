@@ -1,0 +1,772 @@
+"""The benchmark driver: gatewayha and dask-gateway-server 2026.3.0 side by side, same client code.
+
+Run by bench/run.sh with the bench venv (dask-gateway 2026.3.0 client), which starts both
+servers and describes them in the environment (see common.targets_from_env). Every phase
+alternates the two sides (anchor first on even repetitions, gatewayha first on odd ones)
+and each side's ratio is computed per repetition, then the median of the ratios is reported.
+
+  bench.py --out results.json [--phases a,sentinel,d,b20,b100,c,e,f,g,scale] [--tag warm]
+
+Phases:
+  a     sequential create -> RUNNING (new_cluster returns; then shutdown), N per repetition
+  d     authenticated GET /api/v1/clusters/{name}: throughput and p99 at fixed concurrency
+  b20   20 concurrent creates;  b100: 100 concurrent creates, with /api/health and GET-cluster
+        probes (idle vs storm) and service memory sampled during the storm
+  c     20 concurrent create + scale(1) + a small compute
+  e     task round trip and 1000-task batches: through the gateway's proxy vs direct to the scheduler
+  f     route publish latency (gatewayha): HAProxy's sni.map polled every 2 ms vs clusters.started_at
+  g     job queue claims/s (gatewayha.jobs.queue against the stack's Postgres, app venv)
+  scale scale(10**12) on a running cluster: /api/health p99 right after, on each side (last:
+        the anchor is killed after it, if it no longer answers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import traceback
+from contextlib import contextmanager
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import (  # noqa: E402
+    Target,
+    dask_procs,
+    median,
+    memory,
+    pct,
+    pidfile,
+    rss_kib,
+    summary,
+    targets_from_env,
+    tree,
+    wait_gone,
+    write_json,
+)
+
+PY = sys.executable
+APP_PY = os.environ.get("BENCH_APP_PYTHON", "/work/main/.venv/bin/python")
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+REPS_B100 = int(os.environ.get("BENCH_REPS_B100", "1"))
+REPS_C = int(os.environ.get("BENCH_REPS_C", "1"))
+REPS_B20 = int(os.environ.get("BENCH_REPS_B20", "2"))
+N_SEQ = int(os.environ.get("BENCH_N_SEQ", "10"))
+N_ROUTES = int(os.environ.get("BENCH_N_ROUTES", "20"))
+STORM_TIMEOUT = float(os.environ.get("BENCH_STORM_TIMEOUT", "240"))
+MIN_AVAILABLE_MIB = int(os.environ.get("BENCH_MIN_AVAILABLE_MIB", "2048"))
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def order(rep: int, targets: dict[str, Target]) -> list[Target]:
+    return [targets["anchor"], targets["gatewayha"]] if rep % 2 == 0 else [targets["gatewayha"], targets["anchor"]]
+
+
+def err(exc: BaseException) -> str:
+    """A short description of a client error (aiohttp's repr carries every header)."""
+    status = getattr(exc, "status", None)
+    if status is not None:
+        url = str(getattr(getattr(exc, "request_info", None), "real_url", ""))
+        return f"{type(exc).__name__}: HTTP {status} {getattr(exc, 'message', '')} {url}"[:300]
+    return err(exc)
+
+
+def ratio(a, b):
+    return None if a in (None, 0) or b is None else b / a
+
+
+def mem_available_mib() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+async def stop_strays(t: Target, keep: set[str]) -> list[str]:
+    """Stop every PENDING/RUNNING cluster of this side except `keep` (e.g. after client timeouts)."""
+    gw = t.gateway(asynchronous=True)
+    names = []
+    try:
+        for rep in await gw.list_clusters():
+            if rep.name not in keep:
+                await gw.stop_cluster(rep.name)
+                names.append(rep.name)
+    finally:
+        await gw.close()
+    return names
+
+
+def ensure_sentinels(targets, sentinels: dict) -> None:
+    """One RUNNING cluster per side, for the GET measurements (re-created if it died, e.g. in a storm)."""
+    for t in targets.values():
+        gw = t.gateway()
+        try:
+            name = sentinels.get(t.key)
+            ok = False
+            if name:
+                try:
+                    ok = gw.get_cluster(name).status.name == "RUNNING"
+                except Exception:  # noqa: BLE001
+                    ok = False
+            if not ok:
+                c = gw.new_cluster()
+                sentinels[t.key] = c.name
+                c.close(shutdown=False)
+                if name:
+                    log(f"{t.key}: sentinel {name} was gone, now {c.name}")
+        finally:
+            gw.close()
+
+
+# ---------------------------------------------------------------- probes and samplers
+
+
+class Prober:
+    """load.py probe in its own process: /api/health and GET cluster at a fixed interval."""
+
+    def __init__(self, t: Target, cluster: str | None, interval=0.05, timeout=5.0, seconds=600.0, health_only=False):
+        urls = ["--url", f"{t.address}/api/health"]
+        if cluster and not health_only:
+            urls += ["--url", f"{t.address}/api/v1/clusters/{cluster}"]
+        self.urls = {"health": f"{t.address}/api/health", "get": f"{t.address}/api/v1/clusters/{cluster}"}
+        self.p = subprocess.Popen(
+            [
+                PY,
+                os.path.join(HERE, "load.py"),
+                "probe",
+                *urls,
+                "--user",
+                t.user,
+                "--password",
+                t.password,
+                "--interval",
+                str(interval),
+                "--timeout",
+                str(timeout),
+                "--seconds",
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.p.stderr.readline()  # "ready"
+
+    def stop(self) -> dict:
+        self.p.send_signal(signal.SIGTERM)
+        out, errout = self.p.communicate(timeout=60)
+        if not out.strip():
+            log(f"prober printed nothing (rc {self.p.returncode}): {errout[-1500:]}")
+        res = json.loads(out) if out.strip() else {}
+        return {k: res.get(u) for k, u in self.urls.items() if u in res}
+
+
+class MemSampler(threading.Thread):
+    """Peak RSS per service component, the side's Dask processes, and the machine's MemAvailable."""
+
+    def __init__(self, t: Target, period=0.5, guard=None):
+        super().__init__(daemon=True)
+        self.t, self.period, self.guard = t, period, guard
+        self.stop_ev = threading.Event()
+        self.peak: dict = {}
+        self.dask_peak = {"procs": 0, "rss_mib": 0.0}
+        self.min_available = mem_available_mib()
+
+    def run(self):
+        while not self.stop_ev.wait(self.period):
+            for comp, m in memory(self.t).items():
+                cur = self.peak.setdefault(comp, dict(m))
+                for k in ("rss_mib", "pss_mib", "procs"):
+                    cur[k] = max(cur[k], m[k])
+            procs = dask_procs(self.t.marker)
+            pids = procs["scheduler"] + procs["worker"]
+            rss = sum(rss_kib(p) for p in pids) / 1024
+            if rss > self.dask_peak["rss_mib"]:
+                self.dask_peak = {"procs": len(pids), "schedulers": len(procs["scheduler"]), "rss_mib": rss}
+            avail = mem_available_mib()
+            self.min_available = min(self.min_available, avail)
+            if self.guard and avail < MIN_AVAILABLE_MIB:
+                self.guard.set()
+
+    def stop(self) -> dict:
+        self.stop_ev.set()
+        self.join(timeout=10)
+        return {"peak": self.peak, "dask_peak": self.dask_peak, "min_mem_available_mib": self.min_available}
+
+
+# ---------------------------------------------------------------- (a) sequential creates
+
+
+async def seq_creates(t: Target, n: int, warmup: bool) -> dict:
+    times, errors = [], []
+    for i in range(n + (1 if warmup else 0)):
+        gw = t.gateway(asynchronous=True)
+        t0 = time.perf_counter()
+        try:
+            cluster = await asyncio.wait_for(gw.new_cluster(), 120)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(err(exc))
+            await gw.close()
+            continue
+        dt = time.perf_counter() - t0
+        name = cluster.name
+        await cluster.shutdown()
+        await gw.close()
+        await asyncio.to_thread(wait_gone, t, [name], 30)
+        if i > 0 or not warmup:
+            times.append(dt)
+    await stop_strays(t, set())
+    return {"times": times, "errors": errors, **summary(times)}
+
+
+def phase_a(targets, results, tag=""):
+    key = "a" + tag
+    runs = {k: [] for k in targets}
+    ratios = []
+    for rep in range(REPS):
+        per = {}
+        for t in order(rep, targets):
+            r = asyncio.run(seq_creates(t, N_SEQ, warmup=(rep < 2)))
+            log(f"(a{tag}) rep {rep} {t.key}: median {r['median']} p95 {r['p95']} errors {len(r['errors'])}")
+            runs[t.key].append(r)
+            per[t.key] = r["median"]
+        ratios.append(ratio(per["anchor"], per["gatewayha"]))
+    out = {k: pooled(v) for k, v in runs.items()}
+    out["ratio_median"] = median([x for x in ratios if x is not None])
+    out["ratios"] = ratios
+    results[key] = out
+
+
+def pooled(runs: list[dict]) -> dict:
+    times = [x for r in runs for x in r["times"]]
+    return {
+        **summary(times),
+        "run_medians": [r["median"] for r in runs],
+        "errors": sum(len(r["errors"]) for r in runs),
+        "error_samples": [e for r in runs for e in r["errors"]][:3],
+    }
+
+
+# ---------------------------------------------------------------- (b)/(c) concurrent creates
+
+
+async def storm(t: Target, n: int, work: bool, keep: set[str], guard: threading.Event | None = None) -> dict:
+    start = time.perf_counter()
+    clusters, clients = [], []
+
+    async def one(i):
+        gw = t.gateway(asynchronous=True)
+        try:
+            cluster = await asyncio.wait_for(gw.new_cluster(), STORM_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            await gw.close()
+            return None, None, err(exc)
+        created = time.perf_counter() - start
+        clusters.append(cluster)
+        await gw.close()
+        if not work:
+            return created, None, None
+        try:
+
+            async def compute():
+                await cluster.scale(1)
+                client = await cluster.get_client(set_as_default=False)
+                clients.append(client)
+                await client.wait_for_workers(1)
+                assert await client.submit(sum, [1, 2, 3]) == 6
+
+            await asyncio.wait_for(compute(), STORM_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            return created, None, "compute: " + err(exc)
+        return created, time.perf_counter() - start, None
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+    if guard is not None:
+
+        async def watch():
+            while not all(x.done() for x in tasks):
+                if guard.is_set():
+                    log(f"memory guard: MemAvailable < {MIN_AVAILABLE_MIB} MiB, cancelling the storm")
+                    for x in tasks:
+                        x.cancel()
+                    return
+                await asyncio.sleep(0.2)
+
+        asyncio.ensure_future(watch())
+    outs = await asyncio.gather(*tasks, return_exceptions=True)
+    total = time.perf_counter() - start
+    created = [o[0] for o in outs if isinstance(o, tuple) and o[0] is not None]
+    done = [o[1] for o in outs if isinstance(o, tuple) and o[1] is not None]
+    errors = [o[2] if isinstance(o, tuple) else err(o) for o in outs if not isinstance(o, tuple) or o[2]]
+    # clean up: every client, every cluster; wait until the processes are gone
+    for c in clients:
+        try:
+            await asyncio.wait_for(c.close(), 30)
+        except Exception:  # noqa: BLE001
+            pass
+    t_stop = time.perf_counter()
+    names = [c.name for c in clusters]
+    await asyncio.gather(*(asyncio.wait_for(c.shutdown(), 60) for c in clusters), return_exceptions=True)
+    names += await stop_strays(t, keep)
+    left = await asyncio.to_thread(wait_gone, t, names, 180)
+    return {
+        "n": n,
+        "create": summary(created),
+        "done": summary(done) if work else None,
+        "total_s": total,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "stop_all_s": time.perf_counter() - t_stop,
+        "procs_left": left,
+    }
+
+
+def phase_storm(targets, results, n: int, work: bool, reps: int, sentinels: dict, probes=False):
+    key = f"c{n}" if work else f"b{n}"
+    runs = {k: [] for k in targets}
+    ratios = []
+    for rep in range(reps):
+        per = {}
+        for t in order(rep, targets):
+            extra = {}
+            if probes:
+                time.sleep(2)
+                pr = Prober(t, sentinels.get(t.key))
+                time.sleep(10)
+                extra["idle"] = pr.stop()
+                extra["mem_rest"] = memory(t)
+                pr = Prober(t, sentinels.get(t.key))
+            guard = threading.Event()
+            sampler = MemSampler(t, guard=guard)
+            sampler.start()
+            r = asyncio.run(storm(t, n, work, keep={sentinels.get(t.key)}, guard=guard))
+            mem = sampler.stop()
+            if probes:
+                extra["storm"] = pr.stop()  # covers the storm and its clean-up
+            r.update(extra, mem=mem)
+            runs[t.key].append(r)
+            per[t.key] = r["create"]["median"]
+            log(
+                f"({key}) rep {rep} {t.key}: create median {r['create']['median']} max {r['create']['max']} "
+                f"total {r['total_s']:.1f}s errors {r['errors']} {r['error_samples'][:1]}"
+            )
+        ratios.append(ratio(per["anchor"], per["gatewayha"]))
+    results[key] = {"runs": runs, "ratio_median": median([x for x in ratios if x is not None]), "ratios": ratios}
+
+
+# ---------------------------------------------------------------- (d) GET throughput
+
+
+def phase_d(targets, results, sentinels, seconds=5.0):
+    runs = {k: [] for k in targets}
+    ratios = []
+    for rep in range(REPS):
+        per = {}
+        for t in order(rep, targets):
+            out = subprocess.run(
+                [
+                    PY,
+                    os.path.join(HERE, "load.py"),
+                    "throughput",
+                    "--url",
+                    f"{t.address}/api/v1/clusters/{sentinels[t.key]}",
+                    "--user",
+                    t.user,
+                    "--password",
+                    t.password,
+                    "--procs",
+                    "2",
+                    "--threads",
+                    "8",
+                    "--seconds",
+                    str(seconds),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 120,
+            )
+            if not out.stdout.strip():
+                raise RuntimeError(f"load.py printed nothing (rc {out.returncode}): {out.stderr[-1500:]}")
+            r = json.loads(out.stdout)
+            runs[t.key].append(r)
+            per[t.key] = r["rps"]
+            log(f"(d) rep {rep} {t.key}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+        ratios.append(ratio(per["anchor"], per["gatewayha"]))
+    results["d"] = {
+        k: {
+            "rps": median([r["rps"] for r in v]),
+            "p50_ms": median([r["p50_ms"] for r in v]),
+            "p99_ms": median([r["p99_ms"] for r in v]),
+            "errors": sum(r["errors"] for r in v),
+            "runs": v,
+        }
+        for k, v in runs.items()
+    }
+    results["d"]["ratio_median"] = median([x for x in ratios if x is not None])
+    results["d"]["ratios"] = ratios
+
+
+# ---------------------------------------------------------------- (e) task round trips
+
+
+@contextmanager
+def direct_client(addr: str, security):
+    from distributed import Client
+    from distributed.security import Security
+
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+        with open(cert, "w") as f:
+            f.write(security.tls_cert)
+        with open(key, "w") as f:
+            f.write(security.tls_key)
+        sec = Security(tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+        client = Client(addr, security=sec, set_as_default=False, timeout=30)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def task_rtt(client, n=200) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        client.submit(operator.add, i, 1, pure=False).result()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def task_batch(client, n=1000) -> float:
+    t0 = time.perf_counter()
+    futs = client.map(operator.add, range(n), [1] * n, pure=False)
+    client.gather(futs)
+    dt = time.perf_counter() - t0
+    del futs
+    return dt
+
+
+def phase_e(targets, results, sentinels):
+    out = {}
+    for t in targets.values():
+        gw = t.gateway()
+        cluster = gw.new_cluster()
+        cluster.scale(1)
+        proxied = cluster.get_client(set_as_default=False)
+        proxied.wait_for_workers(1, timeout=120)
+        addr = proxied.scheduler_info()["address"]
+        rtt = {"proxy": [], "direct": []}
+        batch = {"proxy": [], "direct": []}
+        with direct_client(addr, cluster.security) as direct:
+            clients = {"proxy": proxied, "direct": direct}
+            for c in clients.values():  # warm up
+                task_rtt(c, 20)
+                task_batch(c, 200)
+            for rep in range(2):
+                for via in ("proxy", "direct") if rep % 2 == 0 else ("direct", "proxy"):
+                    rtt[via].extend(task_rtt(clients[via], 100))
+                    batch[via].append(task_batch(clients[via], 1000))
+        proxied.close()
+        name = cluster.name
+        cluster.shutdown()
+        gw.close()
+        wait_gone(t, [name], 60)
+        r = {}
+        for via in ("proxy", "direct"):
+            r[via] = {
+                "rtt_median_ms": median(rtt[via]) * 1000,
+                "rtt_p99_ms": pct(rtt[via], 99) * 1000,
+                "batch_median_s": median(batch[via]),
+                "batch_tasks_per_s": 1000 / median(batch[via]),
+            }
+        r["rtt_overhead"] = r["proxy"]["rtt_median_ms"] / r["direct"]["rtt_median_ms"] - 1
+        r["batch_overhead"] = r["proxy"]["batch_median_s"] / r["direct"]["batch_median_s"] - 1
+        r["scheduler_address"] = addr
+        out[t.key] = r
+        log(
+            f"(e) {t.key}: rtt proxy {r['proxy']['rtt_median_ms']:.2f} ms direct {r['direct']['rtt_median_ms']:.2f} ms"
+            f" ({r['rtt_overhead']:+.1%}); batch proxy {r['proxy']['batch_median_s']:.3f}s direct "
+            f"{r['direct']['batch_median_s']:.3f}s ({r['batch_overhead']:+.1%})"
+        )
+    results["e"] = out
+
+
+# ---------------------------------------------------------------- (f) route publish latency
+
+
+def show_map_keys(sock_path: str, map_path: str) -> set[str]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    s.connect(sock_path)
+    s.sendall(f"show map {map_path}\n".encode())
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    keys = set()
+    for line in buf.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith("0x"):
+            keys.add(parts[1])
+    return keys
+
+
+def phase_f(targets, results):
+    t = targets["gatewayha"]
+    state = os.environ["BENCH_GHA_STATE"]
+    sock = os.path.join(state, "run", "haproxy.sock")
+    sni = os.path.join(state, "haproxy", "maps", "sni.map")
+    first_seen: dict[str, float] = {}
+    stop = threading.Event()
+    polls = [0]
+
+    def poll():
+        end = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                keys = show_map_keys(sock, sni)
+            except OSError:
+                keys = set()
+            now = time.time()
+            polls[0] += 1
+            for k in keys:
+                first_seen.setdefault(k, now)
+            time.sleep(0.002)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    time.sleep(0.5)
+    names = []
+
+    async def run():
+        for _ in range(N_ROUTES):
+            gw = t.gateway(asynchronous=True)
+            try:
+                cluster = await asyncio.wait_for(gw.new_cluster(), 120)
+            except Exception as exc:  # noqa: BLE001
+                log(f"(f) create failed: {exc!r}")
+                await gw.close()
+                continue
+            names.append(cluster.name)
+            await asyncio.sleep(0.2)
+            await cluster.shutdown()
+            await gw.close()
+            await asyncio.to_thread(wait_gone, t, [cluster.name], 30)
+
+    t_start = time.monotonic()
+    asyncio.run(run())
+    stop.set()
+    th.join(timeout=5)
+    poll_hz = polls[0] / (time.monotonic() - t_start)
+    started = db_started_at(state, names)
+    lat = []
+    for name in names:
+        k = f"daskgateway-{name}"
+        if k in first_seen and started.get(name):
+            lat.append((first_seen[k] - started[name]) * 1000)
+    results["f"] = {"gatewayha": {**summary(lat), "samples_ms": lat, "poll_hz": poll_hz, "clusters": len(names)}}
+    log(f"(f) route latency ms: p50 {pct(lat, 50)} p99 {pct(lat, 99)} over {len(lat)} (polls {poll_hz:.0f}/s)")
+
+
+def db_dsn(state: str) -> str:
+    with open(os.path.join(state, "gatewayha.toml"), "rb") as f:
+        return tomllib.load(f)["database"]["dsn"]
+
+
+def db_started_at(state: str, names: list[str]) -> dict[str, float]:
+    if not names:
+        return {}
+    q = f"SELECT name, extract(epoch from started_at) FROM clusters WHERE name = ANY('{{{','.join(names)}}}')"
+    out = subprocess.run(["psql", db_dsn(state), "-AtF,", "-c", q], capture_output=True, text=True, timeout=30)
+    res = {}
+    for line in out.stdout.splitlines():
+        name, _, ts = line.partition(",")
+        if ts:
+            res[name] = float(ts)
+    return res
+
+
+# ---------------------------------------------------------------- (g) job queue
+
+
+def phase_g(targets, results):
+    state = os.environ["BENCH_GHA_STATE"]
+    out = subprocess.run(
+        [APP_PY, os.path.join(HERE, "queue_bench.py"), "--dsn", db_dsn(state)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        log(f"(g) failed: {out.stderr[-2000:]}")
+        results["g"] = {"error": out.stderr[-2000:]}
+        return
+    results["g"] = json.loads(out.stdout)
+    for r in results["g"]["configs"]:
+        log(f"(g) {r['threads']} threads, batch {r['batch']}: {r['claims_per_s']:.0f} claims/s")
+
+
+# ---------------------------------------------------------------- scale(10**12)
+
+
+def phase_scale(targets, results):
+    out = {}
+    for t in (targets["gatewayha"], targets["anchor"]):
+        gw = t.gateway()
+        cluster = gw.new_cluster()
+        name = cluster.name
+        cluster.close(shutdown=False)
+        pr = Prober(t, None, interval=0.05, timeout=2.0, health_only=True)
+        time.sleep(5)
+        idle = pr.stop().get("health")
+        pr = Prober(t, None, interval=0.05, timeout=2.0, health_only=True)
+        ret = {}
+
+        def do_scale(gw=gw, name=name, ret=ret):
+            t0 = time.perf_counter()
+            try:
+                gw.scale_cluster(name, 10**12)
+                ret["outcome"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                ret["outcome"] = err(exc)
+            ret["seconds"] = time.perf_counter() - t0
+
+        th = threading.Thread(target=do_scale, daemon=True)
+        th.start()
+        peak_rss = 0.0
+        server_pids = [p for fn in t.service_pids.values() for p in fn()]
+        end = time.monotonic() + 15
+        killed = False
+        while time.monotonic() < end:
+            rss = sum(rss_kib(p) for p in server_pids) / 1024
+            peak_rss = max(peak_rss, rss)
+            if rss > 4096 or mem_available_mib() < MIN_AVAILABLE_MIB:
+                log(f"(scale) {t.key}: server RSS {rss:.0f} MiB, stopping early")
+                break
+            time.sleep(0.25)
+        after = pr.stop().get("health")
+        th.join(timeout=1)
+        r = {
+            "idle": idle,
+            "after_scale": after,
+            "scale_call": dict(ret) or {"outcome": "no answer"},
+            "server_peak_rss_mib": peak_rss,
+            "dask_procs": len(sum(dask_procs(t.marker).values(), [])),
+        }
+        if t.key == "anchor":
+            killed = kill_anchor(t)
+            r["anchor_killed_after"] = killed
+        else:
+            gw.stop_cluster(name)
+            wait_gone(t, [name], 60)
+        gw.close()
+        out[t.key] = r
+        log(
+            f"(scale) {t.key}: health p99 idle {fmt(idle, 'p99_ms')} ms, after scale {fmt(after, 'p99_ms')} ms, "
+            f"errors {after and after['errors']}/{after and after['n']}, call {r['scale_call']}, "
+            f"peak RSS {peak_rss:.0f} MiB"
+        )
+    results["scale"] = out
+
+
+def fmt(d, k):
+    return "n/a" if not d or d.get(k) is None else f"{d[k]:.1f}"
+
+
+def kill_anchor(t: Target) -> bool:
+    """End the anchor (our own process, by its pid) and the Dask processes it started."""
+    pid = pidfile(os.environ["BENCH_ANCHOR_STATE"] + "/anchor.pid")
+    victims = (tree(pid) if pid else []) + sum(dask_procs(t.marker).values(), [])
+    for p in set(victims):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return bool(pid)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--phases", default="a,sentinel,d,b20,b100,c,e,f,g")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    targets = targets_from_env()
+    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    results.setdefault("timings", {})
+    phases = args.phases.split(",")
+    sentinels: dict[str, str] = {}
+    for ph in phases:
+        t0 = time.monotonic()
+        log(f"phase {ph}{args.tag}")
+        try:
+            if ph == "a":
+                phase_a(targets, results, args.tag)
+            elif ph == "sentinel":
+                ensure_sentinels(targets, sentinels)
+                time.sleep(3)
+                results["mem_rest"] = {t.key: memory(t) for t in targets.values()}
+                results["sched_rss_mib"] = {
+                    t.key: median([rss_kib(p) / 1024 for p in dask_procs(t.marker)["scheduler"]])
+                    for t in targets.values()
+                }
+            elif ph == "d":
+                ensure_sentinels(targets, sentinels)
+                phase_d(targets, results, sentinels)
+            elif ph == "b20":
+                phase_storm(targets, results, 20, False, REPS_B20, sentinels)
+            elif ph == "b100":
+                ensure_sentinels(targets, sentinels)
+                phase_storm(targets, results, 100, False, REPS_B100, sentinels, probes=True)
+            elif ph == "c":
+                phase_storm(targets, results, 20, True, REPS_C, sentinels)
+            elif ph == "e":
+                for t in targets.values():  # the sentinels are not needed any more
+                    wait_gone(t, asyncio.run(stop_strays(t, set())), 60)
+                phase_e(targets, results, sentinels)
+            elif ph == "f":
+                phase_f(targets, results)
+            elif ph == "g":
+                phase_g(targets, results)
+            elif ph == "scale":
+                phase_scale(targets, results)
+        except Exception as exc:  # noqa: BLE001  (one phase failing must not lose the others)
+            log(f"phase {ph}{args.tag} failed: {exc!r}")
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            results.setdefault("failed_phases", {})[ph + args.tag] = repr(exc)[:500]
+            for t in targets.values():
+                if not (t.key == "anchor" and ph == "scale"):
+                    try:
+                        wait_gone(t, asyncio.run(stop_strays(t, set(sentinels.values()))), 60)
+                    except Exception:  # noqa: BLE001
+                        pass
+        results["timings"][ph + args.tag] = time.monotonic() - t0
+        write_json(args.out, results)
+    for t in targets.values():
+        if t.key == "anchor" and "scale" in phases:
+            continue
+        asyncio.run(stop_strays(t, set()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# make bench: gatewayha's local stack and dask-gateway-server 2026.3.0 (the anchor) side by side,
+# measured with the same stock dask-gateway 2026.3.0 client; writes docs/benchmarks.md.
+#
+# Everything it starts listens on 127.0.0.1, ports 19000-19999:
+#   gatewayha: HAProxy :19000, API :19101 :19102, Postgres :19050 (state .state/bench-stack)
+#   anchor:    proxy (API + scheduler TLS) :19200, private API :19201 (state .state/bench-anchor)
+# The bench venv (.state/bench-venv) holds dask-gateway-server==2026.3.0 and dask-gateway==2026.3.0.
+#
+# Environment:
+#   GATEWAYHA_BENCH_WARM_POOL=N   also measure (a) with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=N
+#                                 (skipped, and said so, when the stack refuses the setting)
+#   BENCH_REPS (3), BENCH_REPS_B100 (1), BENCH_REPS_C (2), BENCH_N_SEQ (10), BENCH_N_ROUTES (20)
+#   BENCH_PHASES (a,sentinel,d,b20,b100,c,e,f,g)  BENCH_SCALE=0 skips the scale(10**12) phase
+#   BENCH_REPORT (docs/benchmarks.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BVENV=$ROOT/.state/bench-venv
+GHA_STATE=$ROOT/.state/bench-stack
+ANCHOR_STATE=$ROOT/.state/bench-anchor
+GHA_PORT=19000
+GHA_API_PORTS="19101 19102"
+PG_PORT=19050
+ANCHOR_PORT=19200
+ANCHOR_API_PORT=19201
+OUT=$ROOT/.state/bench-results.json
+LOG=$ROOT/.state/bench.log
+REPORT=${BENCH_REPORT:-$ROOT/docs/benchmarks.md}
+STARTED=$(date +%s)
+
+say() { echo "[bench] $*" >&2; }
+
+# ------------------------------------------------------------------ the bench venv
+stamp=$BVENV/.bench-installed
+# The anchor's schedulers run from this venv: give them the same distributed and bokeh (dashboards)
+# as gatewayha's schedulers, or the anchor would start lighter schedulers (no dashboard without bokeh).
+same() { "$ROOT/.venv/bin/python" -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
+want="dask-gateway-server==2026.3.0 dask-gateway==2026.3.0 $(same distributed) $(same dask) $(same bokeh)"
+if [ ! -x "$BVENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "building $BVENV ($want)"
+    python3 -m venv "$BVENV"
+    # shellcheck disable=SC2086
+    { "$BVENV/bin/pip" install -q --upgrade pip && "$BVENV/bin/pip" install -q $want; } > "$BVENV.pip.log" 2>&1 \
+        || { tail -20 "$BVENV.pip.log"; say "pip install failed"; exit 1; }
+    echo "$want" > "$stamp"
+fi
+
+# ------------------------------------------------------------------ start / stop
+# The local stack keeps a warm pool by default: "without warm pool" must say so (size 0), unless the
+# stack predates the setting (then it has no pool anyway).
+POOL_ENV=(GATEWAYHA_CLUSTER__WARM_POOL_SIZE=0)
+gha_env() {
+    env GATEWAYHA_STATE="$GHA_STATE" GATEWAYHA_PORT=$GHA_PORT GATEWAYHA_API_PORTS="$GHA_API_PORTS" \
+        GATEWAYHA_EXAMPLE=0 GATEWAYHA_LIMITS__MAX_CLUSTERS=1000 GATEWAYHA_LIMITS__MAX_CORES=0 \
+        GATEWAYHA_LIMITS__MAX_MEMORY_GIB=0 "${POOL_ENV[@]}" "$@"
+}
+
+kill_leftovers() {  # Dask processes started under one of our state dirs (found by that path), by pid
+    local marker=$1 p
+    for p in /proc/[0-9]*; do
+        { grep -qs "$marker" "$p/environ" || tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -q "$marker"; } \
+            && tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -Eq 'dask (scheduler|worker)' \
+            && kill -KILL "${p#/proc/}" 2>/dev/null
+    done
+    return 0
+}
+
+gha_down() {
+    [ -d "$GHA_STATE" ] && gha_env scripts/stack.sh down >/dev/null 2>&1
+    kill_leftovers "$GHA_STATE/"
+}
+
+anchor_down() {
+    local f=$ANCHOR_STATE/anchor.pid pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q dask-gateway-server; then
+        kill -TERM "$pid" 2>/dev/null || true   # stops its clusters and its proxy
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+    # Dask processes the anchor left (e.g. after the scale(10**12) phase killed it), by their TLS path.
+    kill_leftovers "$ANCHOR_STATE/clusters/"
+}
+
+cleanup() {
+    set +e
+    trap '' INT TERM  # finish cleaning up even if interrupted again
+    say "stopping the anchor and the gatewayha bench stack"
+    anchor_down
+    gha_down
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+gha_up() {  # extra env (e.g. the warm pool) as arguments
+    scripts/pg.sh start "$GHA_STATE/pg" $PG_PORT >/dev/null
+    gha_env "$@" scripts/stack.sh up > "$GHA_STATE/up.log" 2>&1
+}
+
+anchor_up() {
+    mkdir -p "$ANCHOR_STATE/clusters"
+    [ -f "$ANCHOR_STATE/password" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(12))' > "$ANCHOR_STATE/password")
+    (
+        cd "$ANCHOR_STATE"
+        export BENCH_ANCHOR_BIN=$BVENV/bin BENCH_ANCHOR_DIR=$ANCHOR_STATE/clusters \
+            BENCH_ANCHOR_ADDRESS=127.0.0.1:$ANCHOR_PORT BENCH_ANCHOR_API=127.0.0.1:$ANCHOR_API_PORT
+        BENCH_ANCHOR_PASSWORD=$(cat "$ANCHOR_STATE/password") \
+            setsid "$BVENV/bin/dask-gateway-server" -f "$ROOT/bench/anchor_config.py" \
+            >> "$ANCHOR_STATE/anchor.log" 2>&1 < /dev/null &
+        echo $! > "$ANCHOR_STATE/anchor.pid"
+    )
+    for _ in $(seq 1 150); do
+        curl -sf "http://127.0.0.1:$ANCHOR_PORT/api/health" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    say "the anchor did not answer on :$ANCHOR_PORT (log: $ANCHOR_STATE/anchor.log)"; tail -20 "$ANCHOR_STATE/anchor.log"
+    return 1
+}
+
+# A previous run's leftovers (ours only: the bench state dirs), then a fresh start.
+anchor_down
+gha_down
+for p in $GHA_PORT $GHA_API_PORTS $PG_PORT $ANCHOR_PORT $ANCHOR_API_PORT; do
+    port_free "$p" || { say "port $p is in use by something else; not starting"; exit 1; }
+done
+rm -rf "$GHA_STATE" "$ANCHOR_STATE" "$OUT"
+mkdir -p "$GHA_STATE" "$ANCHOR_STATE"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "starting gatewayha's local stack on :$GHA_PORT and dask-gateway-server 2026.3.0 on :$ANCHOR_PORT"
+if ! gha_up; then
+    if grep -q 'warm_pool_size: unknown setting' "$GHA_STATE/up.log"; then
+        POOL_ENV=()
+        gha_up || { tail -30 "$GHA_STATE/up.log"; exit 1; }
+    else
+        tail -30 "$GHA_STATE/up.log"; exit 1
+    fi
+fi
+anchor_up
+
+export BENCH_GHA_STATE=$GHA_STATE BENCH_GHA_PORT=$GHA_PORT BENCH_GHA_API_PORTS="$GHA_API_PORTS" \
+    BENCH_ANCHOR_STATE=$ANCHOR_STATE BENCH_ANCHOR_PORT=$ANCHOR_PORT BENCH_APP_PYTHON=$ROOT/.venv/bin/python
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+bench() {  # the driver's progress lines on the terminal, everything it prints in the log
+    "$BVENV/bin/python" -u bench/bench.py --out "$OUT" "$@" 2> >(tee -a "$LOG" | grep -a --line-buffered '^\[bench' >&2)
+}
+: > "$LOG"
+bench --phases "${BENCH_PHASES:-a,sentinel,d,b20,b100,c,e,f,g}"
+
+# ------------------------------------------------------------------ warm pool (optional)
+if [ -n "${GATEWAYHA_BENCH_WARM_POOL:-}" ]; then
+    n=$GATEWAYHA_BENCH_WARM_POOL
+    say "restarting the stack with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=$n"
+    gha_down
+    if gha_up GATEWAYHA_CLUSTER__WARM_POOL_SIZE="$n"; then
+        # wait (bounded: 120 s) until the pool is filled: at least n schedulers, unchanged for 5 s
+        "$BVENV/bin/python" - "$n" <<'PY'
+import os, sys, time
+sys.path.insert(0, "bench")
+from common import dask_procs
+n, end = int(sys.argv[1]), time.monotonic() + 120
+last, since = -1, time.monotonic()
+while time.monotonic() < end:
+    cur = len(dask_procs(os.environ["BENCH_GHA_STATE"] + "/")["scheduler"])
+    if cur != last:
+        last, since = cur, time.monotonic()
+    elif cur >= n and time.monotonic() - since >= 5:
+        break
+    time.sleep(0.5)
+print(f"[bench] warm pool: {last} schedulers running", file=sys.stderr)
+PY
+        bench --phases a --tag _warm
+    else
+        reason=$(grep -a -m1 -i 'error\|warm_pool' "$GHA_STATE/up.log" || tail -1 "$GHA_STATE/up.log")
+        say "the stack refused GATEWAYHA_CLUSTER__WARM_POOL_SIZE=$n: $reason"
+        "$BVENV/bin/python" - "$OUT" "$n" "$reason" <<'PY'
+import json, sys
+p, n, reason = sys.argv[1], sys.argv[2], sys.argv[3]
+r = json.load(open(p))
+r["a_warm_skipped"] = f"GATEWAYHA_CLUSTER__WARM_POOL_SIZE={n} refused by the stack: {reason}"
+json.dump(r, open(p, "w"), indent=1)
+PY
+    fi
+    # a fresh stack (new database) for what follows, with no trace of the pool
+    gha_down
+    rm -rf "$GHA_STATE"
+    mkdir -p "$GHA_STATE"
+    gha_up || { tail -30 "$GHA_STATE/up.log"; exit 1; }
+fi
+
+# ------------------------------------------------------------------ scale(10**12), last: it may end the anchor
+if [ "${BENCH_SCALE:-1}" != 0 ]; then
+    bench --phases scale
+fi
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+ENDED=$(date +%s)
+"$BVENV/bin/python" bench/report.py --results "$OUT" --out "$REPORT" --started "$STARTED" --ended "$ENDED" \
+    --load-start "$LOAD_START" --load-end "$LOAD_END" --warm-pool "${GATEWAYHA_BENCH_WARM_POOL:-}"
+say "done in $((ENDED - STARTED)) s; wrote ${REPORT#$ROOT/} (raw results: ${OUT#$ROOT/}, log: ${LOG#$ROOT/})"

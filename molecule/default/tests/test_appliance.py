@@ -1,0 +1,111 @@
+"""The converged appliance: services, ports, HAProxy config, VIPs, health, pg_hba."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+import gwtest  # noqa: E402
+
+GATEWAY_SERVICES = ["haproxy", "keepalived", "gatewayha-worker", "gatewayha-api@8101", "gatewayha-api@8102"]
+
+
+@pytest.mark.parametrize("name", GATEWAY_SERVICES)
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_gateway_service_active_and_enabled(gw, name):
+    service = gwtest.node(gw).service(name)
+    assert service.is_running, f"{name} is not active on {gw}"
+    assert service.is_enabled, f"{name} is not enabled on {gw}"
+
+
+def test_postgresql_active_and_enabled():
+    service = gwtest.node("db1").service("postgresql@15-main")
+    assert service.is_running
+    assert service.is_enabled
+
+
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_gateway_ports_listening(gw):
+    host = gwtest.node(gw)
+    ip = gwtest.NODE_IP[gw]
+    assert host.socket("tcp://0.0.0.0:8000").is_listening, "HAProxy's public port"
+    for port in (8101, 8102):
+        assert host.socket(f"tcp://{ip}:{port}").is_listening, f"gatewayha-api@{port} on {ip}"
+
+
+def test_postgresql_port_listening():
+    assert gwtest.node("db1").socket("tcp://0.0.0.0:5432").is_listening
+
+
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_haproxy_config_valid(gw):
+    out = gwtest.node(gw).run("haproxy -c -f /etc/haproxy/haproxy.cfg")
+    assert out.rc == 0, out.stdout + out.stderr
+
+
+def test_exactly_one_vip_per_gateway_node():
+    held = {gw: gwtest.vips_on(gw) for gw in gwtest.GATEWAYS}
+    gwtest.log(f"VIPs: {json.dumps({gw: sorted(v) for gw, v in held.items()})}")
+    for gw, vips in held.items():
+        assert len(vips) == 1, f"{gw} holds {sorted(vips)}: each node must hold exactly one VIP"
+    assert held["gw1"] | held["gw2"] == {gwtest.VIP_A, gwtest.VIP_B}, "each VIP is held by exactly one node"
+    # The preferred masters (VIP a on gw1, b on gw2) win the first election after a converge.
+    assert held == {"gw1": {gwtest.VIP_A}, "gw2": {gwtest.VIP_B}}
+
+
+@pytest.mark.parametrize("vip", [gwtest.VIP_A, gwtest.VIP_B])
+def test_api_healthy_through_each_vip(vip):
+    status, body = gwtest.http_get(f"http://{vip}:{gwtest.PORT}/api/health")
+    assert (status, body) == (200, {"status": "pass"})
+
+
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_api_instances_healthy_on_each_node(gw):
+    for port in (8101, 8102):
+        status, body = gwtest.http_get(f"http://{gwtest.NODE_IP[gw]}:{port}/api/health")
+        assert (status, body) == (200, {"status": "pass"}), f"gatewayha-api@{port} on {gw}"
+
+
+def _db_password() -> str:
+    return gwtest.node("db1").ansible.get_variables()["postgresql_db_password"]
+
+
+def test_pg_hba_refuses_the_test_host():
+    """The host (172.30.0.1, not a gateway node) is refused by pg_hba, even with the right password."""
+    proc = subprocess.run(
+        [
+            str(gwtest.APP_PYTHON),
+            str(gwtest.SHARED / "pgconnect.py"),
+            gwtest.NODE_IP["db1"],
+            "5432",
+            "gatewayha",
+            "gatewayha",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PGPASSWORD": _db_password(), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    gwtest.log(f"pg from the host: {result}")
+    assert result["connected"] is False
+    assert "no pg_hba.conf entry" in result["error"], "refused by pg_hba, not by a network or password error"
+
+
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_pg_hba_admits_the_gateway_nodes(gw):
+    host = gwtest.node(gw)
+    host.run("mkdir -p /tmp/molecule-probe")
+    script = (gwtest.SHARED / "pgconnect.py").read_text()
+    out = host.run(
+        f"cat > /tmp/molecule-probe/pgconnect.py <<'EOF'\n{script}EOF\n"
+        f"PGPASSWORD={shlex.quote(_db_password())} /opt/gatewayha/venv/bin/python /tmp/molecule-probe/pgconnect.py "
+        f"{gwtest.NODE_IP['db1']} 5432 gatewayha gatewayha"
+    )
+    assert out.rc == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"connected": True, "select": 1}

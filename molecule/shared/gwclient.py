@@ -1,0 +1,339 @@
+"""The stock dask-gateway client against the molecule appliance, one step per call.
+
+Run with the app venv (it has dask-gateway; .venv-ops does not):
+
+    .venv/bin/python molecule/shared/gwclient.py [--address URL] COMMAND ...
+
+Every command prints exactly one JSON object on the last line of stdout (logs go to
+stderr) and exits 0 on success, 1 on a failed check. The verifiers call it as a
+subprocess and assert on that JSON. Every wait is bounded.
+
+Commands
+    create   [--options JSON] [--workers N]   new cluster, scale, compute; leaves it running
+    compute  NAME [--workers N]               connect by name, wait for N workers, compute
+    scale    NAME N
+    dashboard NAME                            GET the dashboard link through the gateway
+    status   NAME                             the cluster report's status
+    stop     NAME                             gateway.stop_cluster, wait until STOPPED
+    hold     NAME --seconds S [--stop-file F]  one connected Client computing (until F exists)
+    apiloop  --stop-file F --out F            GET /api/health + /api/v1/clusters/ until F exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.cookiejar
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+DEFAULT_ADDRESS = os.environ.get("GWHA_ADDRESS", "http://172.30.0.100:8000")
+USER = os.environ.get("GWHA_USER", "demo")
+PASSWORD = os.environ.get("GWHA_PASSWORD", "demo-password")
+
+log = logging.getLogger("gwclient")
+
+
+def out(obj: dict, ok: bool = True) -> int:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+    return 0 if ok else 1
+
+
+def gateway(address: str):
+    from dask_gateway import BasicAuth, Gateway
+
+    return Gateway(address=address, auth=BasicAuth(USER, PASSWORD))
+
+
+def square_sum(client, n: int = 50) -> int:
+    futures = client.map(lambda x: x * x, range(n), pure=False)
+    return client.submit(sum, futures).result(timeout=60)
+
+
+def expected(n: int = 50) -> int:
+    return sum(x * x for x in range(n))
+
+
+def wait_workers(client, n: int, timeout: float = 120) -> int:
+    if n > 0:
+        client.wait_for_workers(n, timeout=timeout)
+    return len(client.scheduler_info()["workers"])
+
+
+def cmd_create(args) -> int:
+    t0 = time.monotonic()
+    gw = gateway(args.address)
+    options = json.loads(args.options) if args.options else {}
+    cluster = gw.new_cluster(shutdown_on_close=False, **options)
+    created = time.monotonic() - t0
+    result = {"name": cluster.name, "created_s": round(created, 2), "dashboard_link": cluster.dashboard_link}
+    if args.workers:
+        cluster.scale(args.workers)
+        client = cluster.get_client(set_as_default=False)
+        result["workers"] = wait_workers(client, args.workers)
+        result["result"] = square_sum(client)
+        client.close()
+    cluster.close(shutdown=False)
+    result["elapsed_s"] = round(time.monotonic() - t0, 2)
+    return out(result, result.get("result", expected()) == expected())
+
+
+def cmd_compute(args) -> int:
+    t0 = time.monotonic()
+    gw = gateway(args.address)
+    cluster = gw.connect(args.name)
+    client = cluster.get_client(set_as_default=False)
+    workers = wait_workers(client, args.workers)
+    value = square_sum(client)
+    client.close()
+    cluster.close(shutdown=False)
+    ok = value == expected()
+    return out(
+        {"name": args.name, "workers": workers, "result": value, "elapsed_s": round(time.monotonic() - t0, 2)}, ok
+    )
+
+
+def cmd_scale(args) -> int:
+    gw = gateway(args.address)
+    gw.scale_cluster(args.name, args.count)
+    return out({"name": args.name, "scaled": args.count})
+
+
+def cmd_dashboard(args) -> int:
+    gw = gateway(args.address)
+    cluster = gw.connect(args.name)
+    link = cluster.dashboard_link
+    cluster.close(shutdown=False)
+    status, length, error = None, 0, None
+    try:
+        with urllib.request.urlopen(link, timeout=20) as r:
+            status, length = r.status, len(r.read())
+    except urllib.error.HTTPError as e:
+        status, error = e.code, str(e)
+    except OSError as e:
+        error = repr(e)
+    return out({"name": args.name, "link": link, "status": status, "bytes": length, "error": error}, status == 200)
+
+
+def cmd_status(args) -> int:
+    gw = gateway(args.address)
+    report = gw.get_cluster(args.name)
+    return out({"name": args.name, "status": report.status.name})
+
+
+def cmd_stop(args) -> int:
+    gw = gateway(args.address)
+    gw.stop_cluster(args.name)
+    deadline = time.monotonic() + args.timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = gw.get_cluster(args.name).status.name
+        if status in ("STOPPED", "FAILED"):
+            break
+        time.sleep(0.5)
+    return out({"name": args.name, "status": status}, status == "STOPPED")
+
+
+def cmd_hold(args) -> int:
+    """One connected Client (one TCP/TLS connection through the VIP) computing in a loop."""
+    gw = gateway(args.address)
+    cluster = gw.connect(args.name)
+    client = cluster.get_client(set_as_default=False)
+    wait_workers(client, 1)
+    rounds, failures, errors = 0, 0, []
+    ready = args.ready_file
+    if ready:
+        with open(ready, "w") as f:
+            f.write("ready\n")
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline and not (args.stop_file and os.path.exists(args.stop_file)):
+        rounds += 1
+        try:
+            if square_sum(client, 20) != expected(20):
+                raise RuntimeError("wrong result")
+        except Exception as e:  # noqa: BLE001 - every failure counts, whatever it is
+            failures += 1
+            errors.append(repr(e)[:200])
+            if failures >= 3:
+                break
+        time.sleep(0.3)
+    client.close()
+    cluster.close(shutdown=False)
+    return out({"name": args.name, "rounds": rounds, "failures": failures, "errors": errors[:3]}, failures == 0)
+
+
+class ApiLoop:
+    """GET /api/health and GET /api/v1/clusters/ (Basic auth once, then the session cookie)."""
+
+    def __init__(self, address: str, timeout: float):
+        self.address = address.rstrip("/")
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.count = 0
+        self.by_path: dict[str, int] = {}
+        self.failures: list[dict] = []
+        self.latencies: list[float] = []
+        self.logins = 0
+
+    def record(self, path: str, ok: bool, detail: dict | None, latency: float) -> None:
+        with self.lock:
+            self.count += 1
+            self.latencies.append(latency)
+            self.by_path[path] = self.by_path.get(path, 0) + 1
+            if not ok:
+                self.failures.append({"path": path, "t": round(time.time(), 3), **(detail or {})})
+
+    def opener(self):
+        jar = http.cookiejar.CookieJar()
+        return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)), jar
+
+    def login(self, opener) -> None:
+        """Challenge first, as the stock client: 401 + WWW-Authenticate, then Basic."""
+        url = self.address + "/api/v1/clusters/"
+        try:
+            opener.open(url, timeout=self.timeout)
+            raise RuntimeError("anonymous request was not challenged")
+        except urllib.error.HTTPError as e:
+            if e.code != 401 or "WWW-Authenticate" not in e.headers:
+                raise
+        basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})
+        with opener.open(req, timeout=self.timeout) as r:
+            json.load(r)
+        with self.lock:
+            self.logins += 1
+
+    def one(self, opener, path: str, check) -> None:
+        detail = None
+        t = time.monotonic()
+        try:
+            with opener.open(self.address + path, timeout=self.timeout) as r:
+                body = json.load(r)
+                ok = r.status == 200 and check(body)
+                if not ok:
+                    detail = {"status": r.status, "body": str(body)[:200]}
+        except urllib.error.HTTPError as e:
+            ok, detail = False, {"status": e.code, "body": e.read()[:200].decode(errors="replace")}
+        except Exception as e:  # noqa: BLE001 - connection errors, timeouts, bad JSON: all failures
+            ok, detail = False, {"error": repr(e)[:200]}
+        latency = time.monotonic() - t
+        if detail is not None:
+            detail["elapsed_s"] = round(latency, 3)
+        self.record(path, ok, detail, latency)
+
+    def run(self, stop, max_seconds: float, pause: float) -> None:
+        opener, jar = self.opener()
+        self.login(opener)
+        deadline = time.monotonic() + max_seconds
+        while not stop() and time.monotonic() < deadline:
+            self.one(opener, "/api/health", lambda b: b == {"status": "pass"})
+            # Only the cookie authenticates these: a 401 here is a failure.
+            self.one(opener, "/api/v1/clusters/", lambda b: isinstance(b, dict))
+            time.sleep(pause)
+
+
+def cmd_apiloop(args) -> int:
+    loop = ApiLoop(args.address, args.request_timeout)
+    t0 = time.monotonic()
+
+    def stop() -> bool:
+        return os.path.exists(args.stop_file)
+
+    threads, errors = [], []
+
+    def runner() -> None:
+        try:
+            loop.run(stop, args.max_seconds, args.pause)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    for _ in range(args.threads):
+        th = threading.Thread(target=runner, daemon=True)
+        th.start()
+        threads.append(th)
+    if args.ready_file:
+        with open(args.ready_file, "w") as f:
+            f.write("ready\n")
+    for th in threads:
+        th.join(args.max_seconds + 60)
+    lat = sorted(loop.latencies) or [0.0]
+    result = {
+        "requests": loop.count,
+        "latency_s": {
+            "median": round(lat[len(lat) // 2], 3),
+            "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
+            "max": round(lat[-1], 3),
+        },
+        "by_path": loop.by_path,
+        "failed": len(loop.failures),
+        "failures": loop.failures[:20],
+        "logins": loop.logins,
+        "thread_errors": errors,
+        "stopped_by_file": stop(),
+        "duration_s": round(time.monotonic() - t0, 1),
+    }
+    text = json.dumps(result, sort_keys=True)
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(args.out + ".tmp", args.out)
+    ok = not loop.failures and not errors and loop.count > 0 and result["stopped_by_file"]
+    return out(result, ok)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default=DEFAULT_ADDRESS)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("create")
+    c.add_argument("--options", default="")
+    c.add_argument("--workers", type=int, default=0)
+    c = sub.add_parser("compute")
+    c.add_argument("name")
+    c.add_argument("--workers", type=int, default=1)
+    c = sub.add_parser("scale")
+    c.add_argument("name")
+    c.add_argument("count", type=int)
+    c = sub.add_parser("dashboard")
+    c.add_argument("name")
+    c = sub.add_parser("status")
+    c.add_argument("name")
+    c = sub.add_parser("stop")
+    c.add_argument("name")
+    c.add_argument("--timeout", type=float, default=60)
+    c = sub.add_parser("hold")
+    c.add_argument("name")
+    c.add_argument("--seconds", type=float, required=True, help="at most this long")
+    c.add_argument("--ready-file", default="")
+    c.add_argument("--stop-file", default="", help="stop early when this file exists")
+    c = sub.add_parser("apiloop")
+    c.add_argument("--stop-file", required=True)
+    c.add_argument("--out", default="")
+    c.add_argument("--ready-file", default="")
+    c.add_argument("--max-seconds", type=float, default=900)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--pause", type=float, default=0.05)
+    # HAProxy's own "timeout server" is 1m (then it answers 504): wait as long as it does.
+    c.add_argument("--request-timeout", type=float, default=65)
+    args = p.parse_args(argv)
+    return {
+        "create": cmd_create,
+        "compute": cmd_compute,
+        "scale": cmd_scale,
+        "dashboard": cmd_dashboard,
+        "status": cmd_status,
+        "stop": cmd_stop,
+        "hold": cmd_hold,
+        "apiloop": cmd_apiloop,
+    }[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

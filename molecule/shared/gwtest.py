@@ -1,0 +1,246 @@
+"""Helpers shared by the molecule verifiers (testinfra, run by molecule with .venv-ops).
+
+The dask-gateway client is not in .venv-ops: client steps run molecule/shared/gwclient.py
+with the app venv (.venv/bin/python) as a subprocess and return its JSON. Nodes are
+reached through testinfra hosts of the molecule inventory; docker itself (stop/start a
+node, precise timing of VIP moves) through the docker CLI. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import testinfra
+
+SHARED = Path(__file__).resolve().parent
+REPO = SHARED.parents[1]
+APP_PYTHON = REPO / ".venv" / "bin" / "python"
+GWCLIENT = SHARED / "gwclient.py"
+
+# The molecule scenario's fixed addresses (molecule/default/molecule.yml).
+VIP_A = "172.30.0.100"
+VIP_B = "172.30.0.101"
+PORT = 8000
+NODE_IP = {"gw1": "172.30.0.11", "gw2": "172.30.0.12", "db1": "172.30.0.20"}
+GATEWAYS = ("gw1", "gw2")
+ADDRESS_A = f"http://{VIP_A}:{PORT}"
+ADDRESS_B = f"http://{VIP_B}:{PORT}"
+ADMIN = "GATEWAYHA_CONFIG=/etc/gatewayha/gatewayha.toml /opt/gatewayha/venv/bin/gatewayha-admin"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def measured(msg: str) -> None:
+    """A measured number for the summary of scripts/molecule.sh (it collects "MEASURED ..." lines)."""
+    print(f"\nMEASURED {msg}", flush=True)
+
+
+def inventory() -> str:
+    """The molecule inventory: from molecule's environment, else the last converge's."""
+    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if eph:
+        return str(Path(eph) / "inventory")
+    found = sorted(glob.glob(os.path.expanduser("~/.ansible/tmp/molecule.*.default/inventory")))
+    if not found:
+        raise RuntimeError("no molecule inventory: run under molecule, or converge the default scenario first")
+    return found[-1]
+
+
+def ansible_env() -> dict[str, str]:
+    """The environment for ansible-playbook runs from a verifier: molecule's (its ansible.cfg)."""
+    env = dict(os.environ)
+    cfg = Path(inventory()).parent / "ansible.cfg"
+    if "ANSIBLE_CONFIG" not in env and cfg.exists():
+        env["ANSIBLE_CONFIG"] = str(cfg)
+    # molecule (ansible-compat) puts the project's roles/ on ANSIBLE_ROLES_PATH; by hand, do the same.
+    roles = str(REPO / "roles")
+    paths = [p for p in env.get("ANSIBLE_ROLES_PATH", "").split(":") if p]
+    if roles not in paths:
+        env["ANSIBLE_ROLES_PATH"] = ":".join([roles, *paths])
+    env.setdefault("ANSIBLE_NOCOLOR", "1")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    return env
+
+
+_hosts: dict[str, Any] = {}
+
+
+def node(name: str):
+    """The testinfra host of one inventory node (cached)."""
+    if name not in _hosts:
+        _hosts[name] = testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory())
+    return _hosts[name]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``predicate`` until it returns something truthy (bounded), and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def gwclient(*args: str, address: str = ADDRESS_A, timeout: float = 240, check: bool = True) -> dict:
+    """Run one gwclient.py command with the app venv; return its JSON (last stdout line)."""
+    cmd = [str(APP_PYTHON), str(GWCLIENT), "--address", address, *args]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
+    elapsed = time.monotonic() - t0
+    if check and (proc.returncode != 0 or not lines):
+        stderr = "\n".join(line for line in proc.stderr.splitlines() if "VersionMismatch" not in line)
+        raise AssertionError(
+            f"gwclient {' '.join(args)} via {address} failed (rc {proc.returncode}, {elapsed:.1f}s):\n"
+            f"stdout: {proc.stdout[-2000:]}\nstderr: {stderr[-4000:]}"
+        )
+    result["_rc"] = proc.returncode
+    return result
+
+
+def gwclient_popen(*args: str, address: str = ADDRESS_A) -> subprocess.Popen:
+    """Start a long-running gwclient.py command (hold, apiloop); the caller bounds it."""
+    cmd = [str(APP_PYTHON), str(GWCLIENT), "--address", address, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> dict:
+    """Wait (bounded) for a gwclient.py process started by gwclient_popen; its JSON."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate(timeout=10)
+        raise AssertionError(f"client process did not finish within {timeout:g}s: {stderr[-2000:]}") from None
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise AssertionError(f"client process printed no result (rc {proc.returncode}): {stderr[-3000:]}")
+    result = json.loads(lines[-1])
+    result["_rc"] = proc.returncode
+    result["_stderr"] = stderr[-3000:]
+    return result
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, Any]:
+    """(status, parsed JSON or text); status None when no HTTP answer came."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read().decode()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        body, status = e.read().decode(errors="replace"), e.code
+    except OSError as e:
+        return None, repr(e)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def health(address: str, timeout: float = 5.0) -> bool:
+    return http_get(f"{address}/api/health", timeout) == (200, {"status": "pass"})
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def admin(host, args: str) -> str:
+    out = host.run(f"{ADMIN} {args}")
+    assert out.rc == 0, f"gatewayha-admin {args} failed on {host.backend.get_hostname()}: {out.stderr}"
+    return out.stdout
+
+
+def clusters(host, all_: bool = True) -> dict[str, dict]:
+    """`gatewayha-admin clusters list [--all]` parsed: name -> {status, node, workers, reason}."""
+    rows = {}
+    for line in admin(host, "clusters list" + (" --all" if all_ else "")).splitlines()[1:]:
+        m = re.match(r"^([0-9a-f]{32})\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s*(.*)$", line)
+        if m:
+            name, owner, status, node_, workers, reason = m.groups()
+            rows[name] = {"owner": owner, "status": status, "node": node_, "workers": int(workers), "reason": reason}
+    return rows
+
+
+def nodes_alive(host) -> dict[str, bool]:
+    out = {}
+    for line in admin(host, "nodes").splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3:
+            out[parts[0]] = parts[2] == "yes"
+    return out
+
+
+def cluster_units(host, name: str) -> dict[str, dict]:
+    """The cluster's transient units on this host: unit -> selected `systemctl show` properties."""
+    listed = host.run(f"systemctl list-units --all --no-legend --plain 'gatewayha-{name}-*'").stdout
+    units = {}
+    for line in listed.splitlines():
+        unit = line.split()[0] if line.split() else ""
+        if not unit.endswith(".service"):
+            continue
+        props = host.run(
+            f"systemctl show {unit} -p MainPID -p ActiveState -p CPUQuotaPerSecUSec -p MemoryMax -p Slice"
+        ).stdout
+        units[unit] = dict(p.split("=", 1) for p in props.splitlines() if "=" in p)
+    return units
+
+
+def haproxy_servers(host) -> dict[str, str]:
+    """be_api server -> status as HAProxy's `show stat` reports it (UP, DOWN, DRAIN, MAINT ...)."""
+    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    assert out.rc == 0, out.stderr
+    servers = {}
+    for line in out.stdout.splitlines():
+        f = line.split(",")
+        if len(f) > 17 and f[0] == "be_api" and f[1] not in ("FRONTEND", "BACKEND"):
+            servers[f[1]] = f[17]
+    return servers
+
+
+# --------------------------------------------------------------------------- docker
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def vips_on(container: str) -> set[str]:
+    """The VIPs a container holds right now (empty when it is down): one docker exec, ~50 ms."""
+    proc = docker("exec", container, "ip", "-4", "-o", "addr", "show", timeout=10, check=False)
+    if proc.returncode != 0:
+        return set()
+    held = set(re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", proc.stdout))
+    return held & {VIP_A, VIP_B}
+
+
+def running(container: str) -> bool:
+    proc = docker("inspect", "-f", "{{.State.Running}}", container, check=False)
+    return proc.stdout.strip() == "true"
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual probe
+    log(json.dumps({g: sorted(vips_on(g)) for g in GATEWAYS}))
+    sys.exit(0)
