@@ -201,10 +201,13 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                 if not row or not row["dead"]:
                     continue
                 reason = f"node {node} lost (unseen for {timeout:g} s)"
+                # A cluster already stopping because it failed (e.g. no heartbeat) stays FAILED.
                 failed = conn.execute(
-                    "UPDATE clusters SET status = CASE WHEN status = 'STOPPING' THEN 'STOPPED' ELSE 'FAILED' END,"
-                    " reason = coalesce(reason, %s), stopped_at = now(), generation = generation + 1"
-                    " WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING name",
+                    "UPDATE clusters c SET status = CASE WHEN c.status = 'STOPPING' AND NOT EXISTS ("
+                    " SELECT 1 FROM jobs j WHERE j.kind = 'stop_cluster' AND j.cluster = c.name"
+                    " AND j.payload->>'final' = 'FAILED') THEN 'STOPPED' ELSE 'FAILED' END,"
+                    " reason = coalesce(c.reason, %s), stopped_at = now(), generation = c.generation + 1"
+                    " WHERE c.node = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING c.name AS name",
                     (reason, node),
                 ).fetchall()
                 for r in failed:
