@@ -17,6 +17,11 @@ c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticato
 c.SimpleAuthenticator.password = os.environ["BENCH_ANCHOR_PASSWORD"]
 c.UnsafeLocalBackend.clusters_directory = os.environ["BENCH_ANCHOR_DIR"]
 c.UnsafeLocalBackend.cluster_heartbeat_period = 2
+# Its default timeouts are 2 × the heartbeat period (4 s) and a 60 s start; gatewayha's local stack
+# allows 20 s without a heartbeat and 120 s to start. Same allowances here, or a loaded machine
+# makes the anchor fail clusters that gatewayha would keep.
+c.UnsafeLocalBackend.cluster_heartbeat_timeout = 20
+c.UnsafeLocalBackend.cluster_start_timeout = 120
 # `dask-scheduler` / `dask-worker` (the defaults) are gone from distributed >= 2026.6.
 c.ClusterConfig.scheduler_cmd = [os.path.join(venv_bin, "dask"), "scheduler"]
 c.ClusterConfig.worker_cmd = [os.path.join(venv_bin, "dask"), "worker"]

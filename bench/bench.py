@@ -82,7 +82,7 @@ def err(exc: BaseException) -> str:
     if status is not None:
         url = str(getattr(getattr(exc, "request_info", None), "real_url", ""))
         return f"{type(exc).__name__}: HTTP {status} {getattr(exc, 'message', '')} {url}"[:300]
-    return err(exc)
+    return repr(exc)[:300]
 
 
 def ratio(a, b):
@@ -149,10 +149,8 @@ class Prober:
                 os.path.join(HERE, "load.py"),
                 "probe",
                 *urls,
-                "--user",
-                t.user,
-                "--password",
-                t.password,
+                f"--user={t.user}",
+                f"--password={t.password}",
                 "--interval",
                 str(interval),
                 "--timeout",
@@ -384,10 +382,8 @@ def phase_d(targets, results, sentinels, seconds=5.0):
                     "throughput",
                     "--url",
                     f"{t.address}/api/v1/clusters/{sentinels[t.key]}",
-                    "--user",
-                    t.user,
-                    "--password",
-                    t.password,
+                    f"--user={t.user}",
+                    f"--password={t.password}",
                     "--procs",
                     "2",
                     "--threads",

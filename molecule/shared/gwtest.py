@@ -66,10 +66,10 @@ def ansible_env() -> dict[str, str]:
     if "ANSIBLE_CONFIG" not in env and cfg.exists():
         env["ANSIBLE_CONFIG"] = str(cfg)
     # molecule (ansible-compat) puts the project's roles/ on ANSIBLE_ROLES_PATH; by hand, do the same.
-    roles = str(REPO / "roles")
+    # GWTEST_ROLES=<dir> tries a changed copy of the roles instead (it goes first).
+    roles = os.environ.get("GWTEST_ROLES") or str(REPO / "roles")
     paths = [p for p in env.get("ANSIBLE_ROLES_PATH", "").split(":") if p]
-    if roles not in paths:
-        env["ANSIBLE_ROLES_PATH"] = ":".join([roles, *paths])
+    env["ANSIBLE_ROLES_PATH"] = ":".join([roles, *(p for p in paths if p != roles)])
     env.setdefault("ANSIBLE_NOCOLOR", "1")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     return env
