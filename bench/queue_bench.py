@@ -108,7 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--jobs", type=int, default=20_000)
-    ap.add_argument("--bound", type=float, default=20.0, help="seconds per configuration at most")
+    ap.add_argument("--bound", type=float, default=10.0, help="seconds per configuration at most")
     args = ap.parse_args()
     out = {"enqueue_per_s": enqueue_rate(args.dsn), "configs": []}
     for threads, batch in CONFIGS:
