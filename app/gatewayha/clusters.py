@@ -296,6 +296,17 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
         _reconcile_workers(conn, settings, row, msg)
 
 
+def _enqueue_worker_job(conn: psycopg.Connection, kind: str, cluster: str, worker: str, node_q: str) -> None:
+    queue.enqueue(
+        conn,
+        kind,
+        {"cluster": cluster, "worker": worker},
+        queue=node_q,
+        cluster=cluster,
+        dedupe_key=f"{kind}:{cluster}:{worker}",
+    )
+
+
 def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, msg: dict) -> None:
     name = row["name"]
     node_q = queue.node_queue(row["node"]) if row["node"] else "any"
@@ -325,14 +336,7 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
         to_stop.append(wname)
     for wname in to_stop:
         conn.execute("UPDATE workers SET status = 'STOPPING' WHERE cluster = %s AND name = %s", (name, wname))
-        queue.enqueue(
-            conn,
-            "stop_worker",
-            {"cluster": name, "worker": wname},
-            queue=node_q,
-            cluster=name,
-            dedupe_key=f"stop_worker:{name}:{wname}",
-        )
+        _enqueue_worker_job(conn, "stop_worker", name, wname, node_q)
     n_live = len(workers) - len(to_stop)
     need = msg["count"] - n_live
     if need <= 0:
@@ -343,11 +347,4 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
     for _ in range(max(0, need)):
         wname = _worker_name(name)
         conn.execute("INSERT INTO workers (cluster, name, node) VALUES (%s, %s, %s)", (name, wname, row["node"]))
-        queue.enqueue(
-            conn,
-            "start_worker",
-            {"cluster": name, "worker": wname},
-            queue=node_q,
-            cluster=name,
-            dedupe_key=f"start_worker:{name}:{wname}",
-        )
+        _enqueue_worker_job(conn, "start_worker", name, wname, node_q)

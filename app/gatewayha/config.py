@@ -47,6 +47,9 @@ class ServerSettings:
     max_body_bytes: int = 65_536
     wait_timeout: float = 20.0  # long-poll of GET /clusters/{name}?wait
     wait_poll_interval: float = 0.1
+    # How long a create may wait behind the same user's other creates in one API process
+    # (they serialise on the user's limits); then 503. Below HAProxy's 60 s server timeout.
+    create_queue_timeout: float = 45.0
 
 
 @dataclass
@@ -66,6 +69,9 @@ class NodeSettings:
     # "auto": systemd transient units when systemd is PID 1, processes otherwise.
     launcher: str = "auto"
     python: str = ""  # interpreter whose `dask` runs schedulers; default: ours
+    # Niceness of the Dask processes: in a start storm (each `dask scheduler` start is about
+    # a second of CPU) the API, HAProxy and Postgres on the node keep the CPU first.
+    dask_nice: int = 5
 
 
 @dataclass
@@ -215,21 +221,6 @@ def _apply_env(data: dict, environ: dict[str, str]) -> None:
         data.setdefault(section, {})[name] = value
 
 
-def _coerce_env(name: str, value: str, typ: Any) -> Any:
-    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    if typ == "int":
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{name}: expected int, got {value!r}") from None
-    if typ == "float":
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: expected float, got {value!r}") from None
-    return value
-
-
 def load_settings(path: str | os.PathLike | None = None, environ: dict | None = None) -> Settings:
     """Read the TOML file (``GATEWAYHA_CONFIG`` when no path), apply env overrides, validate."""
     environ = dict(os.environ if environ is None else environ)
@@ -254,7 +245,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
         for name, raw in values.items():
             if name not in known:
                 raise ConfigError(f"GATEWAYHA_{section.upper()}__{name.upper()}: unknown setting")
-            data.setdefault(section, {})[name] = _coerce_env(f"{section}.{name}", raw, known[name].type)
+            data.setdefault(section, {})[name] = raw  # a string: _build_section coerces it like a file value
     kwargs = {}
     for section in _SECTIONS:
         raw = data.get(section, {})
@@ -274,6 +265,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"auth.type: 'basic' or 'simple', got {s.auth.type!r}")
     if s.auth.type == "simple" and not s.auth.simple_password:
         raise ConfigError("auth.simple_password: required when auth.type = 'simple'")
+    if not 0 <= s.node.dask_nice <= 19:
+        raise ConfigError(f"node.dask_nice: 0 to 19, got {s.node.dask_nice}")
     if s.node.launcher not in ("auto", "process", "systemd"):
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):

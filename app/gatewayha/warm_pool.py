@@ -81,10 +81,6 @@ def request_refill(conn: psycopg.Connection, node: str) -> None:
     queue.enqueue(conn, "refill_pool", {}, queue=queue.node_queue(node), dedupe_key=f"refill_pool:{node}")
 
 
-def node_names(conn: psycopg.Connection, node: str) -> set[str]:
-    return {r["name"] for r in conn.execute("SELECT name FROM warm_pool WHERE node = %s", (node,)).fetchall()}
-
-
 def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tuple[list[dict], list[str]]:
     """Decide this node's pool changes: (entries to start, names to stop).
 

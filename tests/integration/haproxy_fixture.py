@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,10 +218,13 @@ class NamedHTTPServer:
     """A small HTTP server answering every GET with JSON naming itself, the path and headers.
 
     ``/api/health`` answers 200 ``{"status": "pass"}`` plus the name, like an API instance.
+    POSTs are answered the same way, after ``post_delay`` seconds (an instance that hangs).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, post_delay: float = 0.0) -> None:
         self.name = name
+        self.post_delay = post_delay
+        self.posts = 0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -237,6 +241,20 @@ class NamedHTTPServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.posts += 1
+                time.sleep(owner.post_delay)
+                data = json.dumps({"name": owner.name, "path": self.path}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # HAProxy gave up on us meanwhile
+                    pass
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
+import time
 
 import falcon.testing
 import psycopg
@@ -18,6 +20,7 @@ from gatewayha.auth import users
 from gatewayha.config import load_settings
 from gatewayha.db.migrate import migrate
 from gatewayha.db.pool import make_pool
+from helpers import wait_until
 
 CONFIG = """
 [server]
@@ -564,6 +567,54 @@ def test_cluster_limit_is_exact_under_concurrent_creates_on_two_instances(env, d
     assert sorted(codes) == [201] * 3 + [409] * 9
     n = db.execute("SELECT count(*) AS n FROM clusters WHERE owner = 'alice' AND status = 'PENDING'").fetchone()["n"]
     assert n == 3
+
+
+def test_a_burst_of_one_users_creates_leaves_the_pool_to_everyone_else(env, db):
+    """Creates of one user serialise on the user's row lock; behind the per-user gate only one
+    of them per API process waits in Postgres, so the rest of the pool (3 connections here)
+    still serves other requests. Without the gate the waiting creates fill the pool and the
+    GET below fails with 503 after pool_timeout."""
+    stop_all(db)
+    settings, _, dsn = env
+    small = dataclasses.replace(
+        settings,
+        database=dataclasses.replace(settings.database, pool_max=3, pool_timeout=1.0),
+        limits=dataclasses.replace(settings.limits, max_clusters=0),
+    )
+    pool = make_pool(small.database, "test-api-burst", open_wait=True)
+    app = falcon.testing.TestClient(create_app(small, pool))
+    codes = []
+    with psycopg.connect(dsn, row_factory=dict_row) as locker:
+        locker.execute("SELECT 1 FROM users WHERE name = 'bob' FOR UPDATE")  # a slow create elsewhere
+
+        def create():
+            codes.append(app.simulate_post("/api/v1/clusters/", headers=BOB).status_code)
+
+        threads = [threading.Thread(target=create) for _ in range(8)]
+        for t in threads:
+            t.start()
+
+        def lock_waiters():
+            return db.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity"
+                " WHERE application_name = 'test-api-burst' AND wait_event_type = 'Lock'"
+            ).fetchone()["n"]
+
+        wait_until(lock_waiters, timeout=20, what="a create waiting for bob's row lock")
+        time.sleep(0.5)  # the other creates have reached the gate by now
+        assert lock_waiters() == 1
+        for _ in range(3):
+            r = app.simulate_get("/api/v1/clusters/", headers=ALICE)
+            assert r.status_code == 200, r.text
+        assert app.simulate_get("/api/health").status_code == 200
+        assert codes == []  # still waiting, not refused
+        locker.rollback()
+    for t in threads:
+        t.join(60)
+    pool.close()
+    assert codes == [201] * 8
+    n = db.execute("SELECT count(*) AS n FROM clusters WHERE owner = 'bob' AND status = 'PENDING'").fetchone()["n"]
+    assert n == 8
 
 
 def test_idempotency_key_replay_returns_the_same_cluster(client, db):

@@ -58,6 +58,34 @@ def test_claim_takes_only_its_queues_and_ready_jobs(conn):
     assert [j.id for j in jobs] == [a]
 
 
+def test_claim_takes_the_oldest_ready_jobs_across_its_queues(conn):
+    ids = []
+    for i in range(6):  # interleaved over two queues, oldest first
+        ids.append(queue.enqueue(conn, "probe", {"i": i}, queue="node:a" if i % 2 else "any"))
+    conn.execute("UPDATE jobs SET run_at = timestamptz '2026-01-01' + make_interval(secs => id)")
+    first = queue.claim(conn, "x", ["node:a", "any"], 4, 30)
+    assert [j.id for j in first] == ids[:4]
+    rest = queue.claim(conn, "x", ["any", "node:a"], 4, 30)
+    assert [j.id for j in rest] == ids[4:]
+
+
+def test_claim_reads_the_ready_index_in_order_however_long_the_backlog(conn):
+    """One index scan per queue, no sort of the whole backlog (docs/benchmarks.md, queue)."""
+    conn.execute(
+        "INSERT INTO jobs (kind, queue, payload) SELECT 'probe', 'backlog', '{}' FROM generate_series(1, 20000)"
+    )
+    conn.execute("ANALYZE jobs")
+    plan = "\n".join(
+        r["QUERY PLAN"]
+        for r in conn.execute(
+            "EXPLAIN " + queue.sql("claim_jobs"),
+            {"owner": "x", "queues": ["backlog", "any"], "limit": 1, "lease": 30},
+        ).fetchall()
+    )
+    assert "jobs_ready" in plan, plan
+    assert "Seq Scan on jobs" not in plan, plan
+
+
 def test_dead_claimers_job_is_claimed_again_after_its_lease_and_completed_once(conn):
     jid = queue.enqueue(conn, "probe")
     [first] = queue.claim(conn, "dead-worker", ["any"], 1, lease=0.5)

@@ -4,8 +4,11 @@ time through the admin socket."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import ssl
+import time
 import uuid
 from pathlib import Path
 
@@ -176,6 +179,30 @@ def test_no_api_instance_gives_json_503(tmp_path: Path, instances: str):
     assert status == 503
     assert headers["content-type"] == "application/json"
     assert set(body) == {"error"}
+
+
+def test_a_heartbeat_held_by_a_hung_instance_is_retried_on_another(tmp_path: Path):
+    """An instance that lost its database (a partition) holds requests: HAProxy gives a
+    heartbeat 5 s, then sends it to another instance (heartbeats are safe to repeat)."""
+    hung, good = NamedHTTPServer("hung", post_delay=15), NamedHTTPServer("good")
+    proc = HAProxyProcess(tmp_path, [{"name": s.name, "address": s.address} for s in (hung, good)])
+    try:
+        proc.start()
+        for _ in range(2):  # leastconn: the first goes to either, so at least one meets "hung"
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
+            t0 = time.monotonic()
+            conn.request("POST", "/api/v1/clusters/" + new_name() + "/heartbeat", body=b"{}")
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            elapsed = time.monotonic() - t0
+            conn.close()
+            assert response.status == 200 and body["name"] == "good"
+            assert elapsed < 12
+    finally:
+        proc.stop()
+        hung.close()
+        good.close()
+    assert hung.posts >= 1  # it did get (and hold) one
 
 
 def test_drift_is_repaired(haproxy, scheduler):

@@ -79,7 +79,8 @@ class Workers:
 def db(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
         conn.execute(
-            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes; DELETE FROM clusters"
+            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes; DELETE FROM clusters;"
+            " DELETE FROM api_instances"
         )
         users.ensure_user(conn, "carol")
         yield conn
@@ -113,6 +114,28 @@ def test_killed_workers_leased_job_completes_exactly_once_on_the_other_worker(db
     assert done[0]["finished_by"].startswith("node-b/")
     assert done[0]["attempts"] == 2
     assert db.execute("SELECT count(*) AS n FROM jobs WHERE id = %s", (jid,)).fetchone()["n"] == 0
+
+
+def test_a_restarted_worker_takes_its_dead_predecessors_jobs_back_at_once(db, workers):
+    """kill -9 and restart (what systemd does) on the same node: the job leased by the dead
+    process is run again right away, not after its 60 s lease."""
+    slow_lease = {"GATEWAYHA_WORKER__LEASE_SECONDS": "60", "GATEWAYHA_WORKER__CONCURRENCY": "1"}
+    workers.start("node-a", **slow_lease)
+    jid = queue.enqueue(db, "probe", {"seconds": 2}, queue="node:node-a")
+    first = wait_until(
+        lambda: (db.execute("SELECT lease_owner FROM jobs WHERE id = %s", (jid,)).fetchone() or {}).get("lease_owner"),
+        15,
+        "node-a to claim the probe",
+    )
+    workers.kill9("node-a")
+    t0 = time.monotonic()
+    workers.start("node-a", **slow_lease)
+    done = wait_until(
+        lambda: db.execute("SELECT * FROM job_log WHERE id = %s", (jid,)).fetchone(), 30, "the probe to finish"
+    )
+    assert time.monotonic() - t0 < 30  # well inside the 60 s lease
+    assert done["outcome"] == "done" and done["attempts"] == 2
+    assert done["finished_by"].startswith("node-a/") and done["finished_by"] != first
 
 
 def test_periodic_task_runs_once_per_tick_across_two_workers(db, workers):
@@ -157,6 +180,55 @@ def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, work
     )
     assert "no heartbeat" in row["reason"]
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (fresh,)).fetchone()["status"] == "RUNNING"
+
+
+def _runs_since(db, kind: str, since) -> int:
+    return db.execute(
+        "SELECT count(*) AS n FROM job_log WHERE kind = %s AND outcome = 'done' AND finished_at > %s", (kind, since)
+    ).fetchone()["n"]
+
+
+def test_silence_while_every_api_instance_was_down_is_not_held_against_a_cluster(db, workers):
+    """No heartbeat can arrive while no API instance is up: the cluster is judged only once
+    an instance has been up, without a gap, for the heartbeat timeout (gatewayha.liveness)."""
+    db.execute(  # the only API instance stopped reporting an hour ago: the API tier is down
+        "INSERT INTO api_instances (name, up_since, last_seen) VALUES ('gw1:1', now() - interval '2 hours',"
+        " now() - interval '1 hour')"
+    )
+    silent = _running_cluster(db, "node-a", heartbeat_age_s=60)
+    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
+    workers.start("node-a")
+    wait_until(lambda: _runs_since(db, "check_clusters", t0) >= 3, 20, "three cluster checks")
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (silent,)).fetchone()["status"] == "RUNNING"
+    # The API is back, but only just: still no judgement.
+    db.execute("UPDATE api_instances SET up_since = now(), last_seen = now()")
+    t1 = db.execute("SELECT now() AS t").fetchone()["t"]
+    wait_until(lambda: _runs_since(db, "check_clusters", t1) >= 1, 20, "a cluster check")
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (silent,)).fetchone()["status"] == "RUNNING"
+    # Up for longer than the heartbeat timeout (3 s here) and the cluster is still silent: FAILED.
+    db.execute("UPDATE api_instances SET up_since = now() - interval '10 s', last_seen = now()")
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (silent,)
+        ).fetchone(),
+        20,
+        "the silent cluster to fail once heartbeats could have arrived",
+    )
+    assert "no heartbeat" in row["reason"]
+
+
+def test_a_freshly_started_worker_does_not_declare_the_others_lost(db, workers):
+    """After every worker was down (or the database was away), all nodes look unseen: the
+    first worker back must not fail the other node's clusters before that node can report."""
+    db.execute("INSERT INTO nodes (name, host, last_seen) VALUES ('node-b', '10.9.9.9', now() - interval '1 minute')")
+    name = _running_cluster(db, "node-b", heartbeat_age_s=-3600)
+    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
+    workers.start("node-a")
+    wait_until(lambda: _runs_since(db, "sweep_nodes", t0) >= 2, 20, "two node sweeps by node-a")
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
+    workers.start("node-b")  # comes back within node-a's first node_timeout (4 s)
+    wait_until(lambda: _runs_since(db, "sweep_nodes", t0) >= 6, 30, "more node sweeps")
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
 
 
 def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers):

@@ -132,6 +132,20 @@ def test_stop_kills_whole_process_group(launcher, tmp_path):
     launcher.stop(UNIT)  # stopping something gone is a no-op
 
 
+def test_processes_and_their_children_run_at_the_configured_niceness(tmp_path):
+    nice = ProcessLauncher(tmp_path / "run", nice=7)
+    child_file = tmp_path / "child.pid"
+    try:
+        nice.start(UNIT, [sys.executable, "-c", FAMILY, "polite", str(child_file)], {}, cwd=tmp_path,
+                   log_path=tmp_path / "family.log")  # fmt: skip
+        wait_until(lambda: child_file.exists() and child_file.read_text().strip(), 10, "the child's pid", interval=0.02)
+        pids = marked(UNIT)
+        assert len(pids) == 2
+        assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [7, 7]
+    finally:
+        nice.stop_many(nice.units(), timeout=2)
+
+
 def test_stop_waits_for_a_graceful_exit(launcher, tmp_path):
     child_file = tmp_path / "child.pid"
     argv = [sys.executable, "-c", FAMILY, "polite", str(child_file)]
@@ -301,6 +315,8 @@ def test_systemd_command_sets_limits_and_keeps_environment_out_of_the_unit(tmp_p
     assert "--collect" in cmd
     assert f"--property=MemoryMax={2 * 2**30}" in cmd
     assert "--property=CPUQuota=150%" in cmd
+    assert "--property=Nice=0" in cmd
+    assert "--property=Nice=5" in SystemdLauncher(nice=5).command(UNIT, argv, env, cwd=d)
     assert f"--property=EnvironmentFile={d / f'.{UNIT}.env'}" in cmd
     assert cmd[cmd.index("--") + 1 :] == argv
     # `systemctl show` prints a unit's Environment= to every local user: none in the

@@ -43,6 +43,8 @@ def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
         ("[auth]\ntype = 'simple'\n", {}, "auth.simple_password"),
         ("[node]\nhost = 'gw1.example'\n", {}, "node.host"),
         ("[node]\nname = 'a b'\n", {}, "node.name"),
+        ("[node]\ndask_nice = 20\n", {}, "node.dask_nice"),
+        ("", {"GATEWAYHA_NODE__DASK_NICE": "-1"}, "node.dask_nice"),
         ("[[cluster_options]]\nfield = 'x'\ntype = 'complex'\ndefault = 1\n", {}, "cluster_options[0].type"),
         (
             "[[cluster_options]]\nfield = 'x'\ntype = 'int'\ndefault = 9\nmax = 4\n",
@@ -109,12 +111,15 @@ def test_options_override_cluster_settings_but_not_the_worker_ceiling(tmp_path):
 
 
 def test_password_hash_verifies_only_the_right_password():
-    h = sec.hash_password("pw")
-    assert h.startswith("scrypt$") and "pw" not in h
-    assert sec.verify_password("pw", h)
-    assert not sec.verify_password("pW", h)
-    assert not sec.verify_password("pw", None)
-    assert not sec.verify_password("pw", "md5$garbage")
+    # spaces and "!" are not in the base64 alphabet: the plain text can never
+    # appear in the hash by chance
+    pw = "a pass phrase!"
+    h = sec.hash_password(pw)
+    assert h.startswith("scrypt$") and pw not in h
+    assert sec.verify_password(pw, h)
+    assert not sec.verify_password("a pass Phrase!", h)
+    assert not sec.verify_password(pw, None)
+    assert not sec.verify_password(pw, "md5$garbage")
 
 
 def test_session_cookie_is_bound_to_secret_user_and_expiry():

@@ -1,4 +1,10 @@
-"""create_app(settings, pool) -> falcon.App; the same factory serves gunicorn and tests."""
+"""create_app(settings, pool) -> falcon.App; the same factory serves gunicorn and tests.
+
+``heartbeat_pool`` serves scheduler heartbeats and ``health_pool`` /api/health, each apart from
+the main pool and from each other: in a start storm neither queues behind user requests, and
+HAProxy's health checks do not queue behind a hundred schedulers' heartbeats (which would
+take every instance out at once).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,20 @@ from gatewayha.api.middleware import Authenticate, RequestId
 from gatewayha.config import Settings
 
 
-def create_app(settings: Settings, pool) -> falcon.App:
+def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None) -> falcon.App:
+    heartbeat_pool = pool if heartbeat_pool is None else heartbeat_pool
+    health_pool = pool if health_pool is None else health_pool
     app = falcon.App(middleware=[RequestId(), Authenticate(settings, pool)])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     errors.install(app)
     r = resources
-    app.add_route("/api/health", r.Health(settings, pool))
+    app.add_route("/api/health", r.Health(settings, health_pool))
     app.add_route("/api/version", r.Version(settings, pool))
     app.add_route("/api/v1/options", r.Options(settings, pool))
     app.add_route("/api/v1/clusters", r.Clusters(settings, pool))
     app.add_route("/api/v1/clusters/{name}", r.Cluster(settings, pool))
     app.add_route("/api/v1/clusters/{name}/scale", r.Scale(settings, pool))
     app.add_route("/api/v1/clusters/{name}/adapt", r.Adapt(settings, pool))
-    app.add_route("/api/v1/clusters/{name}/heartbeat", r.Heartbeat(settings, pool))
+    app.add_route("/api/v1/clusters/{name}/heartbeat", r.Heartbeat(settings, heartbeat_pool))
     return app

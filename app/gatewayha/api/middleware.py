@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 
 import falcon
 
@@ -39,6 +41,43 @@ class RequestId:
         )
 
 
+class VerifiedPasswords:
+    """Recently verified Basic credentials, so a client that logs in again (every new
+    ``Gateway()`` does) does not pay scrypt's ~40 ms of CPU each time.
+
+    Only successes are kept, for ``ttl`` seconds, in this process's memory, keyed by an HMAC
+    (server secret) of user, password and the stored hash: a changed password or a removed
+    user (the stored hash is still read from the database on every login) misses the cache.
+    """
+
+    def __init__(self, secret: str, ttl: float = 300.0, size: int = 4096):
+        self.secret, self.ttl, self.size = secret.encode(), ttl, size
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def _key(self, name: str, password: str, stored: str) -> bytes:
+        msg = "\0".join((name, password, stored)).encode("utf-8", "surrogatepass")
+        return sec.hmac.new(self.secret, msg, "sha256").digest()
+
+    def verify(self, name: str, password: str, stored: str | None) -> bool:
+        if stored is None:
+            return sec.verify_password(password, stored)  # constant work for unknown users
+        key = self._key(name, password, stored)
+        now = time.monotonic()
+        with self._lock:
+            expiry = self._seen.get(key)
+            if expiry is not None and expiry > now:
+                return True
+        if not sec.verify_password(password, stored):
+            return False
+        with self._lock:
+            self._seen[key] = now + self.ttl
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+        return True
+
+
 class Authenticate:
     """Resolve the caller from a session cookie, Basic credentials or a token.
 
@@ -51,6 +90,7 @@ class Authenticate:
     def __init__(self, settings: Settings, pool):
         self.settings = settings
         self.pool = pool
+        self.verified = VerifiedPasswords(settings.server.secret)
         self.challenge = {"WWW-Authenticate": f'Basic realm="{settings.auth.realm}"'}
         self.secure_cookie = settings.server.public_url.startswith("https://")
 
@@ -116,7 +156,7 @@ class Authenticate:
             return name
         with self.pool.connection() as conn:
             stored = users.password_hash(conn, name)
-        if not sec.verify_password(password, stored):
+        if not self.verified.verify(name, password, stored):
             raise Unauthorized("Invalid user name or password", self.challenge)
         return name
 

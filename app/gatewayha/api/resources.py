@@ -11,6 +11,7 @@ import urllib.request
 import falcon
 
 from gatewayha import __version__, clusters
+from gatewayha.api.gate import KeyedGate
 from gatewayha.api.middleware import require_cluster_token
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
@@ -85,6 +86,12 @@ class Options(Base):
 
 
 class Clusters(Base):
+    def __init__(self, settings: Settings, pool):
+        super().__init__(settings, pool)
+        # One create per user at a time in this process (see gatewayha.api.gate). A create waits
+        # for its turn up to server.create_queue_timeout (below HAProxy's 60 s server timeout).
+        self.create_gate = KeyedGate(settings.server.create_queue_timeout)
+
     def on_get(self, req, resp):
         raw = req.get_param("status")
         statuses = DEFAULT_STATUSES
@@ -104,7 +111,7 @@ class Clusters(Base):
         key = req.get_header("Idempotency-Key")
         if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
             raise Unprocessable("Idempotency-Key must be 1-200 printable characters")
-        with self.pool.connection() as conn:
+        with self.create_gate.hold(req.context.user), self.pool.connection() as conn:
             name = clusters.create_cluster(conn, self.settings, req.context.user, options, key)
         resp.status = 201
         resp.media = {"name": name}
@@ -123,13 +130,19 @@ class Cluster(Base):
         if req.context.user is None:
             raise NotFound(f"Cluster {name} does not exist")
         wait = req.get_param("wait") is not None
-        deadline = time.monotonic() + self.settings.server.wait_timeout
+        started = time.monotonic()
+        deadline = started + self.settings.server.wait_timeout
+        interval = self.settings.server.wait_poll_interval
         while True:
             with self.pool.connection() as conn:
                 row = self._own(conn, req, name)
             if not wait or row["status"] != "PENDING" or time.monotonic() >= deadline:
                 break
-            time.sleep(self.settings.server.wait_poll_interval)
+            time.sleep(interval)
+            # A start that takes longer than a usual one (a storm) is polled less often, up
+            # to twice a second: a hundred waiters are then 200 queries/s, not 1,000.
+            if time.monotonic() - started > 2.0:
+                interval = max(interval, min(interval * 2, 0.5))
         resp.media = clusters.cluster_model(row, self.settings.server.secret)
 
     def on_delete(self, req, resp, name):

@@ -5,10 +5,15 @@ import logging
 from gatewayha.api.app import create_app
 from gatewayha.config import load_settings
 from gatewayha.db.pool import make_pool
+from gatewayha.liveness import ApiReporter
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 settings = load_settings()
 # The pool connects in the background: the instance starts (and answers 503)
 # even while the database is down, and recovers by itself.
 pool = make_pool(settings.database, "gatewayha-api")
-app = create_app(settings, pool)
+heartbeat_pool = make_pool(settings.database, "gatewayha-api-heartbeats", max_size=4)
+health_pool = make_pool(settings.database, "gatewayha-api-health", max_size=1)
+app = create_app(settings, pool, heartbeat_pool, health_pool)
+# Tells the job workers that scheduler heartbeats can arrive (gatewayha.liveness).
+reporter = ApiReporter(health_pool, settings.node.name).start()

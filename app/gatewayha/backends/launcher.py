@@ -172,8 +172,9 @@ class ProcessLauncher(Launcher):
     second copy.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, nice: int = 0):
         self.run_dir = Path(run_dir)
+        self.nice = nice
         # Processes this instance spawned, kept to wait() for them: no zombies.
         self._children: dict[str, subprocess.Popen] = {}
         self._children_lock = threading.Lock()
@@ -287,6 +288,10 @@ class ProcessLauncher(Launcher):
                     with contextlib.suppress(FileNotFoundError):
                         self._pidfile(unit).unlink()
                     raise
+            if self.nice:
+                # Right after the spawn (Python 3.11's Popen has no nice=); its children inherit it.
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, proc.pid, self.nice)
             st = _proc_stat(proc.pid)
             self._write_pidfile(unit, f"{proc.pid} {st[2] if st else 0}\n")
             with self._children_lock:
@@ -363,7 +368,9 @@ class SystemdLauncher(Launcher):
         systemctl: str = "systemctl",
         slice_name: str = "gatewayha.slice",
         stop_timeout: float = 10.0,
+        nice: int = 0,
     ):
+        self.nice = nice
         self.systemd_run = systemd_run
         self.systemctl = systemctl
         self.slice_name = slice_name
@@ -409,6 +416,7 @@ class SystemdLauncher(Launcher):
             "--property=Type=exec",  # exec failures fail systemd-run itself
             "--property=KillMode=control-group",
             f"--property=TimeoutStopSec={self.stop_timeout:g}",
+            f"--property=Nice={self.nice}",
         ]
         if resources is not None:
             cmd.append(f"--property=MemoryMax={int(resources.memory_bytes)}")
@@ -486,7 +494,7 @@ def make_launcher(settings: Settings) -> Launcher:
     """Systemd units when configured (or ``auto`` and systemd is PID 1), else processes."""
     kind = settings.node.launcher
     if kind == "systemd" or (kind == "auto" and systemd_is_init()):
-        return SystemdLauncher()
+        return SystemdLauncher(nice=settings.node.dask_nice)
     if kind not in ("auto", "process"):
         raise ValueError(f"node.launcher: 'auto', 'process' or 'systemd', got {kind!r}")
-    return ProcessLauncher(Path(settings.node.state_dir).absolute() / "run")
+    return ProcessLauncher(Path(settings.node.state_dir).absolute() / "run", nice=settings.node.dask_nice)

@@ -30,7 +30,7 @@ def available() -> list[tuple[int, str, str]]:
 
 
 def migrate(conn: psycopg.Connection) -> list[str]:
-    """Apply what is missing; return the names applied. `conn` must be autocommit."""
+    """Apply what is missing; return the names applied. `conn` must be autocommit, with dict rows."""
     applied: list[str] = []
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
     try:
@@ -38,10 +38,7 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            r["version"] if isinstance(r, dict) else r[0]
-            for r in conn.execute("SELECT version FROM schema_migrations").fetchall()
-        }
+        done = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
         for version, name, sql in available():
             if version in done:
                 continue
@@ -56,4 +53,4 @@ def migrate(conn: psycopg.Connection) -> list[str]:
 
 def current_version(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT coalesce(max(version), 0) AS v FROM schema_migrations").fetchone()
-    return row["v"] if isinstance(row, dict) else row[0]
+    return row["v"]

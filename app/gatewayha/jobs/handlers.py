@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gatewayha import clusters, tls, warm_pool
+from gatewayha import clusters, liveness, tls, warm_pool
 from gatewayha.auth import secrets as sec
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
@@ -157,11 +157,15 @@ def check_clusters(ctx: Context, job: Job) -> None:
     """Fail clusters whose scheduler went silent or never started; end overlong ones."""
     c = ctx.settings.cluster
     with ctx.pool.connection() as conn:
+        # After an outage of every API instance no heartbeat could arrive: wait until one
+        # has been back for a full heartbeat timeout before judging silence (gatewayha.liveness).
+        reliable = liveness.heartbeats_reliable(conn, c.heartbeat_timeout)
         rows = conn.execute(
             """
             SELECT name,
                    CASE
-                     WHEN status = 'RUNNING' AND last_heartbeat < now() - make_interval(secs => %(hb)s)
+                     WHEN status = 'RUNNING' AND %(reliable)s
+                          AND last_heartbeat < now() - make_interval(secs => %(hb)s)
                        THEN 'no heartbeat for ' || %(hb)s || ' s'
                      WHEN status = 'PENDING' AND created_at < now() - make_interval(secs => %(start)s)
                        THEN 'did not start within ' || %(start)s || ' s'
@@ -170,7 +174,7 @@ def check_clusters(ctx: Context, job: Job) -> None:
             FROM clusters
             WHERE status IN ('PENDING', 'RUNNING')
             """,
-            {"hb": c.heartbeat_timeout, "start": c.start_timeout, "life": c.max_lifetime},
+            {"hb": c.heartbeat_timeout, "start": c.start_timeout, "life": c.max_lifetime, "reliable": reliable},
         ).fetchall()
         for r in rows:
             if r["failure"]:
@@ -184,6 +188,12 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
     """A node unseen for node_timeout is dead: its clusters fail, its queued jobs are dropped."""
     timeout = ctx.settings.worker.node_timeout
     with ctx.pool.connection() as conn:
+        # Only a node that has itself reported without a gap for node_timeout judges the
+        # others: after a database outage or a restart of every worker, every node looks
+        # unseen until it reports again (gatewayha.liveness).
+        if not liveness.node_steady(conn, ctx.node, timeout):
+            log.info("sweep_nodes: %s has not been up for %g s without a gap; not judging others", ctx.node, timeout)
+            return
         dead = [
             r["name"]
             for r in conn.execute(
@@ -225,6 +235,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                     queue.cancel(conn, j["id"], reason)
         # Forget nodes gone for a day.
         conn.execute("DELETE FROM nodes WHERE last_seen < now() - interval '1 day'")
+        conn.execute("DELETE FROM api_instances WHERE last_seen < now() - interval '1 day'")
 
 
 def cleanup(ctx: Context, job: Job) -> None:
@@ -294,16 +305,22 @@ def reap_orphans(ctx: Context) -> list[str]:
     local = ctx.backend.local_clusters()
     if not local:
         return []
+    # One statement, one snapshot: a create that claims a pooled scheduler moves its name from
+    # warm_pool to clusters in one transaction; two separate reads could miss it in both.
     with ctx.pool.connection() as conn:
-        ours = {
+        orphans = [
             r["name"]
             for r in conn.execute(
-                "SELECT name FROM clusters WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
-                " AND name = ANY(%s)",
-                (ctx.node, list(local)),
+                """
+                SELECT l.name FROM unnest(%(local)s::text[]) AS l(name)
+                WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.name = l.name AND c.node = %(node)s
+                                  AND c.status IN ('PENDING', 'RUNNING', 'STOPPING'))
+                  AND NOT EXISTS (SELECT 1 FROM warm_pool w WHERE w.name = l.name AND w.node = %(node)s)
+                ORDER BY l.name
+                """,
+                {"local": sorted(local), "node": ctx.node},
             ).fetchall()
-        } | warm_pool.node_names(conn, ctx.node)
-    orphans = sorted(set(local) - ours)
+        ]
     for name in orphans:
         log.warning("cluster %s: processes on %s that no active cluster owns; stopping them", name, ctx.node)
         ctx.backend.stop_cluster(name)

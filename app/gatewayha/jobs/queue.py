@@ -12,7 +12,6 @@ import random
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -56,23 +55,23 @@ def enqueue(
     With a dedupe_key, a second job with the same key is not added while the
     first is pending; returns None then.
     """
+    # One round trip: the insert and the wake-up (NOTIFY is delivered on commit, and only
+    # when a row was inserted).
     row = conn.execute(
         """
-        INSERT INTO jobs (kind, queue, payload, cluster, dedupe_key, run_at, max_attempts)
-        VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)
-        ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
-        RETURNING id
+        WITH j AS (
+            INSERT INTO jobs (kind, queue, payload, cluster, dedupe_key, run_at, max_attempts)
+            VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)
+            ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+            RETURNING id
+        )
+        SELECT j.id, pg_notify(%s, %s) FROM j
         """,
-        (kind, queue, Jsonb(payload or {}), cluster, dedupe_key, delay, max_attempts),
+        (kind, queue, Jsonb(payload or {}), cluster, dedupe_key, delay, max_attempts, CHANNEL, queue),
     ).fetchone()
     if row is None:
         return None
-    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, queue))
-    return _get(row, "id")
-
-
-def _get(row: Any, key: str) -> Any:
-    return row[key] if isinstance(row, dict) else row[0]
+    return row["id"]
 
 
 def claim(conn: psycopg.Connection, owner: str, queues: list[str], limit: int, lease: float) -> list[Job]:

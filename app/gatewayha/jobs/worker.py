@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from gatewayha import clusters
+from gatewayha import clusters, liveness
 from gatewayha.backends import get_backend
 from gatewayha.config import Settings, load_settings
 from gatewayha.db.pool import UNAVAILABLE_ERRORS, connect, make_pool
@@ -90,6 +90,7 @@ class Worker:
                 with connect(self.settings.database, f"gatewayha-listen:{self.node}") as conn:
                     conn.execute(f"LISTEN {queue.CHANNEL}")
                     conn.execute(f"LISTEN {clusters.ROUTES_CHANNEL}")
+                    self._rescue_own_node(conn)
                     delay = 0.5
                     # Anything that happened while we were not listening: look now.
                     self.routes_dirty.set()
@@ -103,6 +104,23 @@ class Worker:
                 log.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10)
+
+    def _rescue_own_node(self, conn) -> None:
+        """Jobs leased by an earlier worker of this node (killed, restarted by systemd) are
+        claimable now rather than when their lease runs out. Only the node's one worker may
+        do this: it holds the node's advisory lock for the life of this session (a dead
+        process's session, and with it its lock, ends with its connection)."""
+        got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS got", (f"gatewayha-node:{self.node}",))
+        if not got.fetchone()["got"]:
+            log.warning("another gatewayha-worker of node %s is running: leases are left to run out", self.node)
+            return
+        rescued = conn.execute(
+            "UPDATE jobs SET lease_until = now() WHERE split_part(lease_owner, '/', 1) = %s"
+            " AND lease_owner <> %s AND lease_until > now() RETURNING id",
+            (self.node, self.owner),
+        ).fetchall()
+        if rescued:
+            log.warning("%d job(s) leased by an earlier worker of %s are claimable again", len(rescued), self.node)
 
     def _renew_leases(self) -> None:
         lease = self.settings.worker.lease_seconds
@@ -162,11 +180,7 @@ class Worker:
     # --- main loop ------------------------------------------------------------
 
     def _heartbeat_node(self, conn) -> None:
-        conn.execute(
-            "INSERT INTO nodes (name, host) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET last_seen = now(), host = excluded.host",
-            (self.node, self.settings.node.host),
-        )
+        liveness.report_node(conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval)
 
     def tick(self, now: float, state: dict) -> None:
         w = self.settings.worker

@@ -1,0 +1,63 @@
+"""Recently verified Basic credentials skip scrypt (gatewayha.api.middleware.VerifiedPasswords)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatewayha.api import middleware
+from gatewayha.auth import secrets as sec
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch):
+    calls = []
+    real = sec.verify_password
+
+    def counting(password, stored):
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(sec, "verify_password", counting)
+    return calls
+
+
+def test_a_repeated_login_skips_scrypt(scrypt_calls):
+    stored = sec.hash_password("right")
+    cache = middleware.VerifiedPasswords("s" * 32)
+    assert cache.verify("alice", "right", stored)
+    assert cache.verify("alice", "right", stored)
+    assert scrypt_calls == ["right"]
+
+
+def test_failures_are_never_cached(scrypt_calls):
+    stored = sec.hash_password("right")
+    cache = middleware.VerifiedPasswords("s" * 32)
+    assert not cache.verify("alice", "wrong", stored)
+    assert not cache.verify("alice", "wrong", stored)
+    assert len(scrypt_calls) == 2
+    assert not cache.verify("nobody", "right", None)  # unknown user: still the full work
+
+
+def test_a_changed_password_or_other_user_misses_the_cache(scrypt_calls):
+    old, new = sec.hash_password("right"), sec.hash_password("right")
+    cache = middleware.VerifiedPasswords("s" * 32)
+    assert cache.verify("alice", "right", old)
+    assert cache.verify("alice", "right", new)  # same password, new hash: verified again
+    assert not cache.verify("bob", "right", sec.hash_password("other"))
+    assert not cache.verify("alice", "wrong", new)
+    assert len(scrypt_calls) == 4
+
+
+def test_entries_expire_and_the_cache_is_bounded(scrypt_calls, monkeypatch):
+    stored = sec.hash_password("right")
+    cache = middleware.VerifiedPasswords("s" * 32, ttl=10, size=2)
+    now = [1000.0]
+    monkeypatch.setattr(middleware.time, "monotonic", lambda: now[0])
+    assert cache.verify("alice", "right", stored)
+    now[0] += 11
+    assert cache.verify("alice", "right", stored)  # expired: scrypt again
+    assert len(scrypt_calls) == 2
+    others = [sec.hash_password(p) for p in ("p1", "p2")]
+    cache.verify("u1", "p1", others[0])
+    cache.verify("u2", "p2", others[1])
+    assert len(cache._seen) == 2
