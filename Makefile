@@ -6,9 +6,10 @@ help:
 	@echo "make up      start the local stack (Postgres, 2 API instances, 2 job workers, HAProxy) on :8000"
 	@echo "make down    stop everything make up started"
 	@echo "make status  show the local stack's processes"
-	@echo "make test    lint + unit + integration + e2e (real dask-gateway client)"
+	@echo "make test    lint + unit + integration + e2e (real dask-gateway client) + molecule (the appliance in Docker)"
 	@echo "make lint    ruff, ansible-lint (production profile), yamllint"
 	@echo "make molecule  the appliance in Docker (installs/starts dockerd, builds the image)"
+	@echo "make test-ha the fault-injection tests (tests/ha) against the converged appliance"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -29,8 +30,8 @@ wheelhouse: bootstrap
 	@scripts/wheelhouse.sh
 
 lint: bootstrap bootstrap-ops
-	@.venv/bin/ruff check app tests scripts molecule
-	@.venv/bin/ruff format --check app tests scripts molecule
+	@.venv/bin/ruff check app tests scripts molecule contrib
+	@.venv/bin/ruff format --check app tests scripts molecule contrib
 	@.venv-ops/bin/yamllint -s .
 	@PATH=$(CURDIR)/.venv-ops/bin:$$PATH ansible-lint --profile production site.yml playbooks roles
 
@@ -39,10 +40,15 @@ molecule: bootstrap bootstrap-ops wheelhouse
 	@scripts/build-base-image.sh
 	@scripts/molecule.sh
 
+test-ha: bootstrap bootstrap-ops wheelhouse
+	@scripts/docker-setup.sh
+	@scripts/build-base-image.sh
+	@scripts/test-ha.sh
+
 test: bootstrap bootstrap-ops
 	@scripts/test.sh
 
 bench: bootstrap
 	@bench/run.sh
 
-.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test bench
+.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test test-ha bench

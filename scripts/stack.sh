@@ -18,15 +18,23 @@ CONFIG=$STATE/gatewayha.toml
 export GATEWAYHA_CONFIG=$CONFIG
 export PATH=$VENV/bin:$PATH
 
-alive() { [ -f "$1" ] && kill -0 "$(awk '{print $1; exit}' "$1")" 2>/dev/null; }
+# A process that exists and is not a zombie (a killed child of ours stays a zombie until
+# PID 1 reaps it, which here may take a while: kill -0 alone would call it alive).
+pid_alive() {
+    local state
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+alive() { [ -f "$1" ] && pid_alive "$(awk '{print $1; exit}' "$1")"; }
 
 stop_pidfile() {  # TERM the process group, wait, then KILL
     local f=$1 pid
     [ -f "$f" ] || return 0
     pid=$(awk '{print $1; exit}' "$f")  # launcher pidfiles hold "<pid> <start time>"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+    if pid_alive "$pid"; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$f"
@@ -129,7 +137,10 @@ up() {
     for p in $API_PORTS; do
         api_args+=(--api "127.0.0.1:$p")
         if ! alive "$RUN/api-$p.pid"; then
-            setsid gunicorn -c python:gatewayha.api.gunicorn_conf --bind "127.0.0.1:$p" \
+            # gunicorn refuses to start while its old pidfile names a live PID, and a killed,
+            # not yet reaped (zombie) master still counts as live for it.
+            rm -f "$RUN/api-$p.pid"
+            MALLOC_ARENA_MAX=2 setsid gunicorn -c python:gatewayha.api.gunicorn_conf --bind "127.0.0.1:$p" \
                 --pid "$RUN/api-$p.pid" gatewayha.api.wsgi:app >>"$LOG/api-$p.log" 2>&1 < /dev/null &
         fi
     done

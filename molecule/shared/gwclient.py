@@ -17,6 +17,9 @@ Commands
     stop     NAME                             gateway.stop_cluster, wait until STOPPED
     hold     NAME --seconds S [--stop-file F]  one connected Client computing (until F exists)
     apiloop  --stop-file F --out F            GET /api/health + /api/v1/clusters/ until F exists
+    reads    NAME --stop-file F                the stock client's reads (get_cluster, list_clusters)
+    storm    --count N [--users a,b] [--addresses u,v] [--retrying]
+                                              N concurrent creates until RUNNING (asyncio)
 """
 
 from __future__ import annotations
@@ -168,12 +171,24 @@ def cmd_hold(args) -> int:
     return out({"name": args.name, "rounds": rounds, "failures": failures, "errors": errors[:3]}, failures == 0)
 
 
+def _json_error(body: str) -> bool:
+    """A JSON object naming the failure: {"error": ...} or the health check's {"status": "fail"}."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and ("error" in obj or obj.get("status") == "fail")
+
+
 class ApiLoop:
     """GET /api/health and GET /api/v1/clusters/ (Basic auth once, then the session cookie)."""
 
-    def __init__(self, address: str, timeout: float):
+    def __init__(self, address: str, timeout: float, tolerate_503: bool = False):
         self.address = address.rstrip("/")
         self.timeout = timeout
+        # A database outage: 503 with a JSON body is the promised answer, counted apart.
+        self.tolerate_503 = tolerate_503
+        self.unavailable = 0
         self.lock = threading.Lock()
         self.count = 0
         self.by_path: dict[str, int] = {}
@@ -219,7 +234,12 @@ class ApiLoop:
                 if not ok:
                     detail = {"status": r.status, "body": str(body)[:200]}
         except urllib.error.HTTPError as e:
-            ok, detail = False, {"status": e.code, "body": e.read()[:200].decode(errors="replace")}
+            body = e.read()[:2000].decode(errors="replace")
+            ok, detail = False, {"status": e.code, "body": body[:200]}
+            if e.code == 503 and self.tolerate_503 and _json_error(body):
+                with self.lock:
+                    self.unavailable += 1
+                ok, detail = True, None
         except Exception as e:  # noqa: BLE001 - connection errors, timeouts, bad JSON: all failures
             ok, detail = False, {"error": repr(e)[:200]}
         latency = time.monotonic() - t
@@ -239,7 +259,7 @@ class ApiLoop:
 
 
 def cmd_apiloop(args) -> int:
-    loop = ApiLoop(args.address, args.request_timeout)
+    loop = ApiLoop(args.address, args.request_timeout, args.tolerate_503)
     t0 = time.monotonic()
 
     def stop() -> bool:
@@ -272,6 +292,7 @@ def cmd_apiloop(args) -> int:
         },
         "by_path": loop.by_path,
         "failed": len(loop.failures),
+        "unavailable_503": loop.unavailable,
         "failures": loop.failures[:20],
         "logins": loop.logins,
         "thread_errors": errors,
@@ -285,6 +306,88 @@ def cmd_apiloop(args) -> int:
         os.replace(args.out + ".tmp", args.out)
     ok = not loop.failures and not errors and loop.count > 0 and result["stopped_by_file"]
     return out(result, ok)
+
+
+def cmd_reads(args) -> int:
+    """The stock client's reads in a loop (threads x (get_cluster + list_clusters)) until the stop file."""
+    count, failures, lock = [0], [], threading.Lock()
+    deadline = time.monotonic() + args.max_seconds
+
+    def run() -> None:
+        gw = gateway(args.address)
+        try:
+            while time.monotonic() < deadline and not os.path.exists(args.stop_file):
+                for call in (lambda: gw.get_cluster(args.name), gw.list_clusters):
+                    try:
+                        call()
+                        ok, detail = True, None
+                    except Exception as e:  # noqa: BLE001 - every failure counts
+                        ok, detail = False, repr(e)[:200]
+                    with lock:
+                        count[0] += 1
+                        if not ok:
+                            failures.append({"t": round(time.time(), 3), "error": detail})
+                time.sleep(args.pause)
+        finally:
+            gw.close()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(args.threads)]
+    for th in threads:
+        th.start()
+    if args.ready_file:
+        with open(args.ready_file, "w") as f:
+            f.write("ready\n")
+    for th in threads:
+        th.join(args.max_seconds + 60)
+    result = {"requests": count[0], "failed": len(failures), "failures": failures[:20]}
+    return out(result, not failures and count[0] > 0)
+
+
+def cmd_storm(args) -> int:
+    """``count`` concurrent creates, each its own Gateway (an independent session), spread over
+    the users and addresses given; each until RUNNING (new_cluster returns). Clusters are left
+    running. ``--retrying`` uses contrib/retrying_gateway.py (retries + Idempotency-Key)."""
+    import asyncio
+
+    from dask_gateway import BasicAuth, Gateway
+
+    cls = Gateway
+    if args.retrying:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "contrib"))
+        from retrying_gateway import RetryingGateway
+
+        cls = RetryingGateway
+    users = args.users.split(",") if args.users else [USER]
+    addresses = args.addresses.split(",") if args.addresses else [args.address]
+    password = args.password or PASSWORD
+
+    async def one(i: int) -> dict:
+        user, address = users[i % len(users)], addresses[i % len(addresses)]
+        t0 = time.monotonic()
+        async with cls(address, auth=BasicAuth(user, password), asynchronous=True) as gw:
+            try:
+                cluster = await asyncio.wait_for(gw.new_cluster(shutdown_on_close=False), args.timeout)
+            except Exception as e:  # noqa: BLE001 - reported per create
+                return {"i": i, "user": user, "error": f"{type(e).__name__}: {e}"[:300]}
+            name = cluster.name
+            await cluster.close(shutdown=False)
+        return {"i": i, "user": user, "name": name, "seconds": round(time.monotonic() - t0, 2)}
+
+    async def main() -> list[dict]:
+        return await asyncio.gather(*(one(i) for i in range(args.count)))
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    created = [r for r in results if "name" in r]
+    errors = [r for r in results if "error" in r]
+    return out(
+        {
+            "created": created,
+            "errors": errors,
+            "seconds": round(time.monotonic() - t0, 2),
+        },
+        True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,8 +423,23 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-seconds", type=float, default=900)
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--pause", type=float, default=0.05)
+    c.add_argument("--tolerate-503", action="store_true", help="503 + JSON error body is not a failure")
     # HAProxy's own "timeout server" is 1m (then it answers 504): wait as long as it does.
     c.add_argument("--request-timeout", type=float, default=65)
+    c = sub.add_parser("reads")
+    c.add_argument("name")
+    c.add_argument("--stop-file", required=True)
+    c.add_argument("--ready-file", default="")
+    c.add_argument("--max-seconds", type=float, default=300)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--pause", type=float, default=0.05)
+    c = sub.add_parser("storm")
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--users", default="", help="comma-separated; create i is by user i %% len")
+    c.add_argument("--password", default="")
+    c.add_argument("--addresses", default="", help="comma-separated; create i goes to address i %% len")
+    c.add_argument("--retrying", action="store_true")
+    c.add_argument("--timeout", type=float, default=180)
     args = p.parse_args(argv)
     return {
         "create": cmd_create,
@@ -332,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         "stop": cmd_stop,
         "hold": cmd_hold,
         "apiloop": cmd_apiloop,
+        "reads": cmd_reads,
+        "storm": cmd_storm,
     }[args.command](args)
 
 

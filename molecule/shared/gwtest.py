@@ -8,10 +8,12 @@ node, precise timing of VIP moves) through the docker CLI. Every wait is bounded
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +27,9 @@ import testinfra
 
 SHARED = Path(__file__).resolve().parent
 REPO = SHARED.parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import helpers  # noqa: E402  (tests/helpers.py: one wait_until for both test suites)
+
 APP_PYTHON = REPO / ".venv" / "bin" / "python"
 GWCLIENT = SHARED / "gwclient.py"
 
@@ -86,15 +91,8 @@ def node(name: str):
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll ``predicate`` until it returns something truthy (bounded), and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    """tests/helpers.wait_until, polling less often: each check here is a `docker exec`."""
+    return helpers.wait_until(predicate, timeout, what, interval)
 
 
 # --------------------------------------------------------------------------- client
@@ -157,6 +155,29 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, Any]:
         return status, body
 
 
+API_PORTS = (8101, 8102)  # gatewayha_api_ports in molecule/default/molecule.yml
+
+
+def instances_serving(user: str = "demo", password: str = "demo-password", rounds: int = 3) -> dict[str, int]:
+    """Every API instance of every gateway node, asked directly (not through HAProxy) for the
+    user's cluster list ``rounds`` times: instance -> how many answers were not 200."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    bad = {}
+    for gw in GATEWAYS:
+        for port in API_PORTS:
+            url = f"http://{NODE_IP[gw]}:{port}/api/v1/clusters/"
+            misses = 0
+            for _ in range(rounds):
+                req = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        misses += r.status != 200
+                except (urllib.error.HTTPError, OSError):
+                    misses += 1
+            bad[f"{gw}:{port}"] = misses
+    return bad
+
+
 def health(address: str, timeout: float = 5.0) -> bool:
     return http_get(f"{address}/api/health", timeout) == (200, {"status": "pass"})
 
@@ -203,6 +224,38 @@ def cluster_units(host, name: str) -> dict[str, dict]:
         ).stdout
         units[unit] = dict(p.split("=", 1) for p in props.splitlines() if "=" in p)
     return units
+
+
+def sql(query: str) -> list[list[str]]:
+    """Rows of a query on db1 (psql as postgres; `|`-separated fields). The test host itself
+    is refused by pg_hba, as any host but the gateway nodes."""
+    out = node("db1").run(
+        f"runuser -u postgres -- psql -d gatewayha -XAt -F '|' -v ON_ERROR_STOP=1 -c {shlex.quote(query)}"
+    )
+    assert out.rc == 0, f"psql failed: {out.stderr}"
+    return [line.split("|") for line in out.stdout.splitlines() if line]
+
+
+def main_pid(host, unit: str) -> int:
+    return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
+
+
+def scheduler_units(host) -> set[str]:
+    """Cluster names with an active scheduler unit on this host."""
+    listed = host.run("systemctl list-units --state=active --no-legend --plain 'gatewayha-*-scheduler.service'").stdout
+    return {m.group(1) for m in re.finditer(r"gatewayha-([0-9a-f]{32})-scheduler\.service", listed)}
+
+
+def sni_routes(host) -> dict[str, str]:
+    """HAProxy's live SNI map on this host: cluster name -> scheduler address."""
+    out = host.run("echo 'show map /var/lib/gatewayha/maps/sni.map' | socat stdio /run/haproxy/admin.sock")
+    assert out.rc == 0, out.stderr
+    routes = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].startswith("daskgateway-"):
+            routes[parts[1].removeprefix("daskgateway-")] = parts[2]
+    return routes
 
 
 def haproxy_servers(host) -> dict[str, str]:

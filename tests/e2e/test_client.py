@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from dask_gateway import BasicAuth, Gateway, GatewayCluster
 from dask_gateway.client import ClusterStatus
 
 from helpers import wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "contrib"))
+from retrying_gateway import RetryingGateway, _create_key  # noqa: E402  (the README's recipe)
 
 
 def n_workers(client) -> int:
@@ -129,6 +134,40 @@ def test_asynchronous_api(stack):
                 await cluster.shutdown()
 
     asyncio.run(main())
+
+
+def test_retrying_gateway_recipe_creates_once_per_key(stack):
+    """contrib/retrying_gateway.py: the stock client plus retries and an Idempotency-Key per
+    create. The same key sent twice (a create whose answer was lost, retried) is one cluster."""
+    user, password = stack.credentials()
+
+    async def main():
+        async with RetryingGateway(stack.address, auth=BasicAuth(user, password), asynchronous=True) as gw:
+            url = f"{gw.address}/api/v1/clusters/"
+            token = _create_key.set("e2e-replayed-create")
+            try:
+                first = await (await gw._request("POST", url, json={"cluster_options": {}})).json()
+                again = await (await gw._request("POST", url, json={"cluster_options": {}})).json()
+            finally:
+                _create_key.reset(token)
+            other = await gw.submit()  # a fresh key: a new cluster
+            names = {c.name for c in await gw.list_clusters()}
+            for name in {first["name"], other}:
+                await gw.stop_cluster(name)
+            cluster = await gw.new_cluster()  # submit + wait on the retrying gateway, then connect
+            assert cluster.status == "running" and cluster.scheduler_address.startswith("gateway://")
+            await cluster.shutdown()
+            return first["name"], again["name"], other, names
+
+    first, again, other, names = asyncio.run(main())
+    assert first == again != other
+    assert {first, other} <= names
+    gw = RetryingGateway(stack.address, auth=BasicAuth(user, password))  # the synchronous API
+    with gw.new_cluster() as cluster:
+        assert cluster.status == "running"
+        assert [c.name for c in gw.list_clusters()] == [cluster.name]
+        cluster.shutdown()
+    gw.close()
 
 
 def test_idle_timeout_stops_an_idle_cluster(gateway):

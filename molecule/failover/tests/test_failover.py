@@ -176,6 +176,13 @@ def test_cluster_on_gw1_fails_as_node_lost(state):
     assert row["status"] == "FAILED", f"a cluster of a lost node is FAILED, not {row['status']} ({row['reason']})"
     assert row["reason"].startswith(("node gw1 lost", "no heartbeat for")), row["reason"]
     assert gwtest.gwclient("status", name, address=gwtest.ADDRESS_B)["status"] == "FAILED"
+    # Its route is gone from the surviving HAProxy; the survivor's clusters keep theirs.
+
+    def routes_without_it():
+        routes = gwtest.sni_routes(gw2)
+        return routes if name not in routes else None
+
+    assert state["on_gw2"] in gwtest.wait_until(routes_without_it, 30, "the lost cluster's route removed on gw2")
 
 
 def test_gw1_back_without_taking_vip_a_back(state, tmp_path):
