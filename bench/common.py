@@ -211,24 +211,23 @@ def wait_gone(target: Target, names, timeout: float = 60.0) -> int:
         time.sleep(0.1)
 
 
-def rss_kib(pid: int) -> int:
+def _proc_kib(path: str, key: str) -> int:
+    """The kB value of the line starting with ``key`` in a /proc file (0 if gone)."""
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
+        for line in open(path):
+            if line.startswith(key):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_kib(pid: int) -> int:
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def memory(target: Target) -> dict:

@@ -137,7 +137,7 @@ def main() -> None:
     add("")
     add("```sh")
     add("make bench                                # ≈ the run time above; ports 19000-19999 on 127.0.0.1")
-    add("GATEWAYHA_BENCH_WARM_POOL=12 make bench    # also (a) with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=12")
+    add("GATEWAYHA_BENCH_WARM_POOL=12 make bench    # (a) with a warm pool of 12 per node (default 4; 0 skips it)")
     add("BENCH_REPS=5 BENCH_REPS_B100=2 make bench  # more repetitions (see bench/run.sh for every knob)")
     add("```")
     add("")
@@ -161,7 +161,7 @@ def main() -> None:
         )
     else:
         why = r.get("a_warm_skipped") or (
-            "GATEWAYHA_BENCH_WARM_POOL was not set" if not args.warm_pool else "not measured"
+            "GATEWAYHA_BENCH_WARM_POOL=0" if not args.warm_pool else "not measured"
         )
         goals.append(("warm pool: (a) median ≤ 1/10 of the anchor's", f"not measured: {why}", "n/a"))
     for key, label in (

@@ -9,7 +9,8 @@
 #
 # Environment:
 #   GATEWAYHA_BENCH_WARM_POOL=N   also measure (a) with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=N
-#                                 (skipped, and said so, when the stack refuses the setting)
+#                                 (default 4; 0 skips it; skipped, and said so, when the stack
+#                                 refuses the setting)
 #   BENCH_REPS (3), BENCH_REPS_B100 (1), BENCH_REPS_C (2), BENCH_N_SEQ (10), BENCH_N_ROUTES (20)
 #   BENCH_PHASES (a,sentinel,d,b20,b100,c,e,f,g)  BENCH_SCALE=0 skips the scale(10**12) phase
 #   BENCH_REPORT (docs/benchmarks.md)
@@ -153,7 +154,8 @@ bench() {  # the driver's progress lines on the terminal, everything it prints i
 bench --phases "${BENCH_PHASES:-a,sentinel,d,b20,b100,c,e,f,g}"
 
 # ------------------------------------------------------------------ warm pool (optional)
-if [ -n "${GATEWAYHA_BENCH_WARM_POOL:-}" ]; then
+GATEWAYHA_BENCH_WARM_POOL=${GATEWAYHA_BENCH_WARM_POOL:-4}
+if [ "$GATEWAYHA_BENCH_WARM_POOL" != 0 ]; then
     n=$GATEWAYHA_BENCH_WARM_POOL
     say "restarting the stack with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=$n"
     gha_down
