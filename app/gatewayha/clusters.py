@@ -149,7 +149,14 @@ def create_cluster(
                 (user, idempotency_key, name),
             )
         if pooled is None:
-            queue.enqueue(conn, "start_cluster", {"cluster": name}, cluster=name, dedupe_key=f"start_cluster:{name}")
+            queue.enqueue(
+                conn,
+                "start_cluster",
+                {"cluster": name},
+                queue=queue.START_QUEUE,
+                cluster=name,
+                dedupe_key=f"start_cluster:{name}",
+            )
     return name
 
 

@@ -76,7 +76,12 @@ class NodeSettings:
 
 @dataclass
 class WorkerSettings:
-    concurrency: int = 4  # jobs run at once per worker process (bounds launch storms)
+    concurrency: int = 4  # jobs run at once per worker process, besides scheduler starts
+    # Schedulers started and not yet RUNNING on this node at once (0: one per two CPUs, at
+    # least one). A `dask scheduler` start is about a CPU-second: a 100-create storm then
+    # queues in Postgres instead of 100 processes fighting for the cores, and a node takes
+    # a start only when it has a slot, which spreads a storm over the nodes by capacity.
+    max_starting: int = 0
     lease_seconds: float = 30.0
     poll_interval: float = 2.0  # fallback when no NOTIFY arrives
     node_heartbeat_interval: float = 2.0
@@ -84,6 +89,11 @@ class WorkerSettings:
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+
+    def starting_slots(self) -> int:
+        if self.max_starting > 0:
+            return self.max_starting
+        return max(1, (os.cpu_count() or 2) // 2)
 
 
 @dataclass
@@ -285,6 +295,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("worker.lease_seconds: must be >= 2")
     if s.cluster.worker_cores <= 0 or s.cluster.worker_memory_gib <= 0:
         raise ConfigError("cluster.worker_cores and cluster.worker_memory_gib must be > 0")
+    if s.worker.max_starting < 0:
+        raise ConfigError("worker.max_starting: must be >= 0 (0: one per two CPUs)")
     if s.cluster.warm_pool_size < 0:
         raise ConfigError("cluster.warm_pool_size: must be >= 0")
     if s.cluster.max_workers < 0:

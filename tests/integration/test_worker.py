@@ -284,3 +284,57 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
     assert any(p.name.endswith("-scheduler.log") for p in kept.iterdir())
     assert backend.prune_logs(3600) == 0 and kept.is_dir()
     assert backend.prune_logs(0) == 1 and not kept.exists()
+
+
+def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_scheduler_reports(db, workers, tmp_path):
+    """worker.max_starting = 1: a second scheduler is not launched while the first has not
+    reported (its start job keeps the slot), the other starts stay queued and unleased, and
+    the slot frees as soon as the first cluster is RUNNING."""
+    from gatewayha.backends import get_backend
+
+    workers.start(
+        "node-a",
+        GATEWAYHA_WORKER__MAX_STARTING=1,
+        GATEWAYHA_SERVER__API_URL="http://127.0.0.1:9/api",  # nobody answers: no scheduler reports
+    )
+    settings = make_settings("postgresql://unused/x", Path("/tmp"))
+    settings.server.secret = SECRET
+    names = [clusters.create_cluster(db, settings, "carol", {}) for _ in range(3)]
+    backend = get_backend(
+        make_settings(
+            "postgresql://unused/x",
+            tmp_path,
+            node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
+        )
+    )
+
+    def placed() -> list[str]:
+        rows = db.execute("SELECT name FROM clusters WHERE node IS NOT NULL AND name = ANY(%s)", (names,))
+        return sorted(r["name"] for r in rows.fetchall())
+
+    def leased_starts() -> int:
+        return db.execute(
+            "SELECT count(*) AS n FROM jobs WHERE kind = 'start_cluster' AND lease_owner IS NOT NULL"
+        ).fetchone()["n"]
+
+    try:
+        first = wait_until(lambda: placed(), 20, "the first scheduler to be launched")
+        assert len(first) == 1
+        wait_until(lambda: backend.scheduler_running(first[0]), 20, "its scheduler process")
+        time.sleep(2.5)  # the worker ticks several times meanwhile
+        assert placed() == first, "a second scheduler launched while the first had not reported"
+        assert leased_starts() == 1
+        queued = db.execute(
+            "SELECT count(*) AS n FROM jobs WHERE kind = 'start_cluster' AND queue = %s AND lease_owner IS NULL",
+            (queue.START_QUEUE,),
+        ).fetchone()["n"]
+        assert queued == 2
+        # The scheduler "reports": the slot frees and the next start is launched.
+        db.execute("UPDATE clusters SET status = 'RUNNING' WHERE name = %s", (first[0],))
+        second = wait_until(lambda: len(placed()) == 2 and placed(), 10, "the second launch")
+        time.sleep(1.5)
+        assert placed() == second and leased_starts() == 1
+    finally:
+        for name in names:
+            backend.stop_cluster(name)
+    assert not any(backend.scheduler_running(n) for n in names)

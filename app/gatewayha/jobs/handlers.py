@@ -7,9 +7,10 @@ work done (or half done) and finishes it without doing it twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gatewayha import clusters, liveness, tls, warm_pool
 from gatewayha.auth import secrets as sec
@@ -38,6 +39,7 @@ class Context:
     backend: Backend
     node: str
     sync_routes: Callable[[], None] | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def secret(self) -> str:
@@ -87,6 +89,29 @@ def start_cluster(ctx: Context, job: Job) -> None:
     )
     ctx.backend.start_scheduler(spec)
     log.info("cluster %s: scheduler started on %s", name, ctx.node)
+    _hold_launch_slot(ctx, name)
+
+
+STARTED_POLL_S = 0.1
+
+
+def _hold_launch_slot(ctx: Context, name: str) -> None:
+    """Return once the scheduler has reported (the cluster left PENDING), has died, or the
+    start timeout ran out (check_clusters then fails it): until then this job keeps one of
+    the node's launch slots (worker.max_starting), so starts queue instead of piling up."""
+    deadline = time.monotonic() + ctx.settings.cluster.start_timeout
+    polls = 0
+    while not ctx.stopping.is_set() and time.monotonic() < deadline:
+        with ctx.pool.connection() as conn:
+            row = conn.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()
+        if row is None or row["status"] != "PENDING":
+            return
+        # The process check may be a `systemctl` call: once a second is enough.
+        if polls % 10 == 9 and not ctx.backend.scheduler_running(name):
+            log.warning("cluster %s: scheduler exited before it reported", name)
+            return
+        polls += 1
+        ctx.stopping.wait(STARTED_POLL_S)
 
 
 def stop_cluster(ctx: Context, job: Job) -> None:

@@ -35,6 +35,11 @@ class Job:
     max_attempts: int
 
 
+# Scheduler starts: claimed by a node only while it has a launch slot free
+# (worker.max_starting), not by the general claim.
+START_QUEUE = "start"
+
+
 def node_queue(node: str) -> str:
     return f"node:{node}"
 

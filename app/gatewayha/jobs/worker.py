@@ -40,7 +40,8 @@ class Worker:
         self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
-        self.executor = ThreadPoolExecutor(w.concurrency, thread_name_prefix="job")
+        self.start_slots = w.starting_slots()
+        self.executor = ThreadPoolExecutor(w.concurrency + self.start_slots, thread_name_prefix="job")
         self.held: dict[int, Job] = {}
         self.held_lock = threading.Lock()
         self.wake = threading.Event()
@@ -51,7 +52,7 @@ class Worker:
             from gatewayha.routes.runtime import HAProxyRuntime
 
             self.runtime = HAProxyRuntime(settings.haproxy.admin_socket)
-        self.ctx = handlers.Context(settings, self.pool, self.backend, self.node, self.sync_routes)
+        self.ctx = handlers.Context(settings, self.pool, self.backend, self.node, self.sync_routes, self.stopping)
         self._routes_lock = threading.Lock()
 
     # --- routes ---------------------------------------------------------------
@@ -191,8 +192,11 @@ class Worker:
             for name in queue.claim_periodic(conn, self.node):
                 queue.enqueue(conn, name, {}, dedupe_key=f"periodic:{name}", max_attempts=1)
             with self.held_lock:
-                free = w.concurrency - len(self.held)
+                starting = sum(1 for j in self.held.values() if j.queue == queue.START_QUEUE)
+                free = w.concurrency - (len(self.held) - starting)
+                free_starts = self.start_slots - starting
             jobs = queue.claim(conn, self.owner, self.queues, free, w.lease_seconds)
+            jobs += queue.claim(conn, self.owner, [queue.START_QUEUE], free_starts, w.lease_seconds)
         for job in jobs:
             with self.held_lock:
                 self.held[job.id] = job
