@@ -7,7 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PWD/.venv-ops/bin:$PATH
 export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 PY_COLORS=0 NO_COLOR=1
-export GWHA_PARTITION=1  # the partition test (it leaves gw2's keepalived needing a container restart)
 t0=$SECONDS
 molecule create -s default
 molecule converge -s default

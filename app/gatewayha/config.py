@@ -71,7 +71,7 @@ class NodeSettings:
     python: str = ""  # interpreter whose `dask` runs schedulers; default: ours
     # Niceness of the Dask processes: in a start storm (each `dask scheduler` start is about
     # a second of CPU) the API, HAProxy and Postgres on the node keep the CPU first.
-    dask_nice: int = 5
+    dask_nice: int = 10
 
 
 @dataclass

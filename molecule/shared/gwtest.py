@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,36 @@ def vips_on(container: str) -> set[str]:
         return set()
     held = set(re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", proc.stdout))
     return held & {VIP_A, VIP_B}
+
+
+PARTITION_RULE_PRIORITY = 90  # before the main table's rule (32766)
+
+
+def _partition_rules(container: str, peers: Iterable[str], verb: str) -> None:
+    for peer in peers:
+        ip = NODE_IP[peer]
+        for direction in ("from", "to"):
+            docker("exec", container, "ip", "rule", verb, "priority", str(PARTITION_RULE_PRIORITY),
+                   direction, ip, "blackhole", timeout=10)  # fmt: skip
+
+
+def partition(container: str, peers: Iterable[str]) -> None:
+    """Cut `container` off from `peers` in both directions, VRRP (unicast here) included.
+
+    Policy-routing blackhole rules inside the container: a packet from a peer finds no route
+    on input and one to a peer none on output. Unlike `docker network disconnect`, the
+    interface stays (it keeps its name, so keepalived and HAProxy carry on) and the host,
+    where the test clients run, still reaches both sides: a partition between the nodes."""
+    _partition_rules(container, peers, "add")
+
+
+def heal(container: str, peers: Iterable[str]) -> None:
+    _partition_rules(container, peers, "del")
+
+
+def partitioned(container: str) -> bool:
+    rules = docker("exec", container, "ip", "rule", "show", "priority", str(PARTITION_RULE_PRIORITY), timeout=10)
+    return bool(rules.stdout.strip())
 
 
 def running(container: str) -> bool:
