@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from conftest import SECRET, new_database
 from gatewayha.api.app import create_app
+from gatewayha.api.watch import ClusterWatch
 from gatewayha.auth import secrets as sec
 from gatewayha.auth import users
 from gatewayha.config import load_settings
@@ -311,6 +312,29 @@ def test_wait_long_polls_until_running(client, db):
     threading.Timer(0.3, lambda: heartbeat(client, name)).start()
     r = client.simulate_get(f"/api/v1/clusters/{name}", params={"wait": ""}, headers=ALICE)
     assert r.json["status"] == "RUNNING"
+
+
+def test_wait_ends_on_the_clusters_notification_not_at_the_next_poll(env, db):
+    """With the watch (one LISTEN per API process), the first heartbeat's NOTIFY ends the long
+    poll: here the poll interval is 30 s, so only the notification can end it within the 10 s."""
+    settings, pool, _ = env
+    slow = dataclasses.replace(
+        settings, server=dataclasses.replace(settings.server, wait_poll_interval=30.0, wait_timeout=60.0)
+    )
+    watch = ClusterWatch(settings.database, "test-api-watch").start()
+    try:
+        wait_until(watch.listening.is_set, 10, "the watch to listen")
+        c = falcon.testing.TestClient(create_app(slow, pool, watch=watch))
+        stop_all(db)
+        name = create(c)
+        threading.Timer(0.5, lambda: heartbeat(c, name)).start()
+        t0 = time.monotonic()
+        r = c.simulate_get(f"/api/v1/clusters/{name}", params={"wait": ""}, headers=ALICE)
+        assert r.json["status"] == "RUNNING"
+        assert time.monotonic() - t0 < 10, "the long poll waited for its next poll"
+        assert watch._waiters == {}  # the waiter unregistered itself
+    finally:
+        watch.stop()
 
 
 def test_wait_returns_pending_after_the_bound(client, db):

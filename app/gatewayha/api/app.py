@@ -15,7 +15,7 @@ from gatewayha.api.middleware import Authenticate, RequestId
 from gatewayha.config import Settings
 
 
-def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None) -> falcon.App:
+def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None, watch=None) -> falcon.App:
     heartbeat_pool = pool if heartbeat_pool is None else heartbeat_pool
     health_pool = pool if health_pool is None else health_pool
     app = falcon.App(middleware=[RequestId(), Authenticate(settings, pool)])
@@ -27,7 +27,7 @@ def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None) 
     app.add_route("/api/version", r.Version(settings, pool))
     app.add_route("/api/v1/options", r.Options(settings, pool))
     app.add_route("/api/v1/clusters", r.Clusters(settings, pool))
-    app.add_route("/api/v1/clusters/{name}", r.Cluster(settings, pool))
+    app.add_route("/api/v1/clusters/{name}", r.Cluster(settings, pool, watch))
     app.add_route("/api/v1/clusters/{name}/scale", r.Scale(settings, pool))
     app.add_route("/api/v1/clusters/{name}/adapt", r.Adapt(settings, pool))
     app.add_route("/api/v1/clusters/{name}/heartbeat", r.Heartbeat(settings, heartbeat_pool))

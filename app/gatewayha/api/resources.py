@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 
 import falcon
 
 from gatewayha import __version__, clusters
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.middleware import require_cluster_token
+from gatewayha.api.watch import ClusterWatch
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable
@@ -119,6 +122,22 @@ class Clusters(Base):
 
 class Cluster(Base):
     auth = "user_or_cluster_token"
+    # Long-poll fallback while the watch listens: a notification ends a wait at once.
+    WATCHED_POLL_S = 1.0
+
+    def __init__(self, settings: Settings, pool, watch: ClusterWatch | None = None):
+        super().__init__(settings, pool)
+        self.watch = watch
+
+    def _poll_interval(self, started: float) -> float:
+        if self.watch is not None and self.watch.listening.is_set():
+            return self.WATCHED_POLL_S
+        interval = self.settings.server.wait_poll_interval
+        # A start that takes longer than a usual one (a storm) is polled less often, up
+        # to twice a second: a hundred waiters are then 200 queries/s, not 1,000.
+        if time.monotonic() - started > 2.0:
+            interval = max(interval, 0.5)
+        return interval
 
     def _own(self, conn, req, name: str) -> dict:
         row = clusters.get_cluster(conn, name, owner=req.context.user)
@@ -132,17 +151,15 @@ class Cluster(Base):
         wait = req.get_param("wait") is not None
         started = time.monotonic()
         deadline = started + self.settings.server.wait_timeout
-        interval = self.settings.server.wait_poll_interval
-        while True:
-            with self.pool.connection() as conn:
-                row = self._own(conn, req, name)
-            if not wait or row["status"] != "PENDING" or time.monotonic() >= deadline:
-                break
-            time.sleep(interval)
-            # A start that takes longer than a usual one (a storm) is polled less often, up
-            # to twice a second: a hundred waiters are then 200 queries/s, not 1,000.
-            if time.monotonic() - started > 2.0:
-                interval = max(interval, min(interval * 2, 0.5))
+        with self.watch.watching(name) if wait and self.watch else nullcontext(threading.Event()) as changed:
+            while True:
+                changed.clear()  # before the read: a change after it ends the wait below
+                with self.pool.connection() as conn:
+                    row = self._own(conn, req, name)
+                left = deadline - time.monotonic()
+                if not wait or row["status"] != "PENDING" or left <= 0:
+                    break
+                changed.wait(min(self._poll_interval(started), left))
         resp.media = clusters.cluster_model(row, self.settings.server.secret)
 
     def on_delete(self, req, resp, name):

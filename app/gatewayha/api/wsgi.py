@@ -3,6 +3,7 @@
 import logging
 
 from gatewayha.api.app import create_app
+from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import load_settings
 from gatewayha.db.pool import make_pool
 from gatewayha.liveness import ApiReporter
@@ -14,6 +15,8 @@ settings = load_settings()
 pool = make_pool(settings.database, "gatewayha-api")
 heartbeat_pool = make_pool(settings.database, "gatewayha-api-heartbeats", max_size=4)
 health_pool = make_pool(settings.database, "gatewayha-api-health", max_size=1)
-app = create_app(settings, pool, heartbeat_pool, health_pool)
+# Wakes long polls (GET …?wait) on the cluster's NOTIFY instead of at their next poll.
+watch = ClusterWatch(settings.database).start()
+app = create_app(settings, pool, heartbeat_pool, health_pool, watch)
 # Tells the job workers that scheduler heartbeats can arrive (gatewayha.liveness).
 reporter = ApiReporter(health_pool, settings.node.name).start()

@@ -36,7 +36,7 @@ class Worker:
         self.owner = f"{self.node}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         w = settings.worker
         db = settings.database
-        db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + 4)})
+        db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + w.starting_slots() + 4)})
         self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
