@@ -116,7 +116,8 @@ class ClusterSettings:
     heartbeat_period: float = 5.0
     heartbeat_timeout: float = 30.0
     adaptive_period: float = 3.0
-    start_timeout: float = 120.0
+    start_timeout: float = 120.0  # from the scheduler's launch to its first heartbeat
+    queue_timeout: float = 600.0  # from the create to the launch (starts wait for a slot)
     max_lifetime: float = 0.0  # seconds; 0 disables
     stopped_retention: float = 86_400.0  # stopped records kept this long
     warm_pool_size: int = 0  # pre-started schedulers per node for the default options
@@ -295,6 +296,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("worker.lease_seconds: must be >= 2")
     if s.cluster.worker_cores <= 0 or s.cluster.worker_memory_gib <= 0:
         raise ConfigError("cluster.worker_cores and cluster.worker_memory_gib must be > 0")
+    if s.cluster.start_timeout <= 0 or s.cluster.queue_timeout <= 0:
+        raise ConfigError("cluster.start_timeout and cluster.queue_timeout must be > 0")
     if s.worker.max_starting < 0:
         raise ConfigError("worker.max_starting: must be >= 0 (0: one per two CPUs)")
     if s.cluster.warm_pool_size < 0:

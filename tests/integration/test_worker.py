@@ -182,6 +182,45 @@ def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, work
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (fresh,)).fetchone()["status"] == "RUNNING"
 
 
+def test_start_timeout_counts_from_the_launch_and_a_queued_start_from_the_create(db, workers):
+    """start_timeout (30 s here) judges a launched scheduler; a start still waiting for a launch
+    slot is judged by queue_timeout (600 s) from the create, not failed at 30 s."""
+    settings = make_settings("postgresql://unused/x", Path("/tmp"))
+    settings.server.secret = SECRET
+
+    def pending(created_ago: float, launched_ago: float | None) -> str:
+        name = clusters.create_cluster(db, settings, "carol", {})
+        db.execute("DELETE FROM jobs WHERE cluster = %s", (name,))  # nobody launches anything here
+        db.execute(
+            "UPDATE clusters SET created_at = now() - make_interval(secs => %s),"
+            " launched_at = now() - make_interval(secs => %s), node = CASE WHEN %s THEN 'node-a' END"
+            " WHERE name = %s",
+            (created_ago, launched_ago, launched_ago is not None, name),
+        )
+        return name
+
+    silent_launch = pending(60, 45)
+    fresh_launch = pending(60, 5)
+    queued = pending(60, None)
+    queued_too_long = pending(700, None)
+    everyone = [silent_launch, fresh_launch, queued, queued_too_long]
+
+    def failed() -> dict[str, str]:
+        rows = db.execute(
+            "SELECT name, reason FROM clusters WHERE status IN ('STOPPING', 'FAILED') AND name = ANY(%s)",
+            (everyone,),
+        ).fetchall()
+        return {r["name"]: r["reason"] for r in rows}
+
+    workers.start("node-a")
+    wait_until(lambda: {silent_launch, queued_too_long} <= set(failed()), 20, "the two overdue clusters to fail")
+    time.sleep(2)  # a few more checks: the other two must stay PENDING
+    reasons = failed()
+    assert set(reasons) == {silent_launch, queued_too_long}, reasons
+    assert "did not start within 30" in reasons[silent_launch]
+    assert "no node could start it within 600" in reasons[queued_too_long]
+
+
 def _runs_since(db, kind: str, since) -> int:
     return db.execute(
         "SELECT count(*) AS n FROM job_log WHERE kind = %s AND outcome = 'done' AND finished_at > %s", (kind, since)

@@ -78,7 +78,10 @@ def start_cluster(ctx: Context, job: Job) -> None:
             log.warning("cluster %s: node %s is gone, starting here instead", name, row["node"])
         # Placement is committed before the launch, so a crash after the launch
         # leaves a record of where the scheduler may be running.
-        conn.execute("UPDATE clusters SET node = %s, generation = generation + 1 WHERE name = %s", (ctx.node, name))
+        conn.execute(
+            "UPDATE clusters SET node = %s, launched_at = now(), generation = generation + 1 WHERE name = %s",
+            (ctx.node, name),
+        )
     spec = SchedulerSpec(
         cluster_name=name,
         token=sec.cluster_token(ctx.secret, name),
@@ -192,14 +195,23 @@ def check_clusters(ctx: Context, job: Job) -> None:
                      WHEN status = 'RUNNING' AND %(reliable)s
                           AND last_heartbeat < now() - make_interval(secs => %(hb)s)
                        THEN 'no heartbeat for ' || %(hb)s || ' s'
-                     WHEN status = 'PENDING' AND created_at < now() - make_interval(secs => %(start)s)
+                     WHEN status = 'PENDING' AND launched_at < now() - make_interval(secs => %(start)s)
                        THEN 'did not start within ' || %(start)s || ' s'
+                     WHEN status = 'PENDING' AND launched_at IS NULL
+                          AND created_at < now() - make_interval(secs => %(queued)s)
+                       THEN 'no node could start it within ' || %(queued)s || ' s'
                    END AS failure,
                    %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired
             FROM clusters
             WHERE status IN ('PENDING', 'RUNNING')
             """,
-            {"hb": c.heartbeat_timeout, "start": c.start_timeout, "life": c.max_lifetime, "reliable": reliable},
+            {
+                "hb": c.heartbeat_timeout,
+                "start": c.start_timeout,
+                "queued": c.queue_timeout,
+                "life": c.max_lifetime,
+                "reliable": reliable,
+            },
         ).fetchall()
         for r in rows:
             if r["failure"]:
