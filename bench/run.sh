@@ -5,7 +5,7 @@
 # Everything it starts listens on 127.0.0.1, ports 19000-19999:
 #   gatewayha: HAProxy :19000, API :19101 :19102, Postgres :19050 (state .state/bench-stack)
 #   anchor:    proxy (API + scheduler TLS) :19200, private API :19201 (state .state/bench-anchor)
-# The bench venv (.state/bench-venv) holds dask-gateway-server==2026.3.0 and dask-gateway==2026.3.0.
+# The bench venv (.state/bench-venv) holds dask-gateway-server[local]==2026.3.0 (its local backend needs sqlalchemy) and dask-gateway==2026.3.0.
 #
 # Environment:
 #   GATEWAYHA_BENCH_WARM_POOL=N   also measure (a) with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=N
@@ -37,7 +37,7 @@ stamp=$BVENV/.bench-installed
 # The anchor's schedulers run from this venv: give them the same distributed and bokeh (dashboards)
 # as gatewayha's schedulers, or the anchor would start lighter schedulers (no dashboard without bokeh).
 same() { "$ROOT/.venv/bin/python" -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
-want="dask-gateway-server==2026.3.0 dask-gateway==2026.3.0 $(same distributed) $(same dask) $(same bokeh)"
+want="dask-gateway-server[local]==2026.3.0 dask-gateway==2026.3.0 $(same distributed) $(same dask) $(same bokeh)"
 if [ ! -x "$BVENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "building $BVENV ($want)"
     python3 -m venv "$BVENV"
