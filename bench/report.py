@@ -101,6 +101,11 @@ def main() -> None:
     GH, AN = "gatewayha", "anchor"
     L: list[str] = []
     add = L.append
+
+    def row(*cells) -> None:
+        """One Markdown table row."""
+        add("| " + " | ".join(str(c) for c in cells) + " |")
+
     when = datetime.datetime.fromtimestamp(args.started, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = args.ended - args.started
 
@@ -160,9 +165,7 @@ def main() -> None:
             )
         )
     else:
-        why = r.get("a_warm_skipped") or (
-            "GATEWAYHA_BENCH_WARM_POOL=0" if not args.warm_pool else "not measured"
-        )
+        why = r.get("a_warm_skipped") or ("GATEWAYHA_BENCH_WARM_POOL=0" if not args.warm_pool else "not measured")
         goals.append(("warm pool: (a) median ≤ 1/10 of the anchor's", f"not measured: {why}", "n/a"))
     for key, label in (
         ("a", "(a) sequential create"),
@@ -250,7 +253,7 @@ def main() -> None:
     add("| goal | measured | |")
     add("| --- | --- | --- |")
     for goal, value, verdict in goals:
-        add(f"| {goal} | {value} | {verdict} |")
+        row(goal, value, verdict)
     add("")
 
     # ------------------------------------------------------------------ (a)
@@ -266,7 +269,7 @@ def main() -> None:
         add("| | gatewayha | anchor | ratio |")
         add("| --- | --- | --- | --- |")
         for label, fn, ratio in rows:
-            add(f"| {label} | {fn(d, GH)} | {fn(d, AN)} | {ratio(d)} |")
+            row(label, fn(d, GH), fn(d, AN), ratio(d))
         add("")
 
     reps = len(g(a, GH, "run_medians") or [])
@@ -348,10 +351,9 @@ def main() -> None:
         for label, path in rows:
             gv, av = agg(GH, *path), agg(AN, *path)
             extra = f" (median of per-run ratios {rx(d.get('ratio_median'))})" if label == "create median" else ""
-            add(f"| {label} | {s(gv)} | {s(av)} | {rx(_div(gv, av))}{extra} |")
-        ge, ae = agg(GH, "errors", fn=sum), agg(AN, "errors", fn=sum)
-        add(f"| errors (all runs) | {ge} | {ae} | |")
-        add(f"| runs | {len(runs.get(GH, []))} | {len(runs.get(AN, []))} | |")
+            row(label, s(gv), s(av), f"{rx(_div(gv, av))}{extra}")
+        row("errors (all runs)", agg(GH, "errors", fn=sum), agg(AN, "errors", fn=sum), "")
+        row("runs", len(runs.get(GH, [])), len(runs.get(AN, [])), "")
         samples = [e for k in (GH, AN) for x in runs.get(k, []) for e in x.get("error_samples", [])][:3]
         add("")
         if samples:
@@ -368,14 +370,10 @@ def main() -> None:
             run_g, run_a = (runs.get(GH) or [{}])[0], (runs.get(AN) or [{}])[0]
             for what, k in (("/api/health", "health"), ("GET /api/v1/clusters/{name}", "get")):
                 for stat in ("p50_ms", "p99_ms", "max_ms"):
-                    add(
-                        f"| {what} {stat[:-3]} | {ms(g(run_g, 'idle', k, stat))} | {ms(g(run_g, 'storm', k, stat))} "
-                        f"| {ms(g(run_a, 'idle', k, stat))} | {ms(g(run_a, 'storm', k, stat))} |"
-                    )
-                add(
-                    f"| {what} errors/requests | {_en(g(run_g, 'idle', k))} | {_en(g(run_g, 'storm', k))} | "
-                    f"{_en(g(run_a, 'idle', k))} | {_en(g(run_a, 'storm', k))} |"
-                )
+                    cells = (ms(g(run, phase, k, stat)) for run in (run_g, run_a) for phase in ("idle", "storm"))
+                    row(f"{what} {stat[:-3]}", *cells)
+                errors = (_en(g(run, phase, k)) for run in (run_g, run_a) for phase in ("idle", "storm"))
+                row(f"{what} errors/requests", *errors)
             add("")
 
     # ------------------------------------------------------------------ (d)
@@ -391,23 +389,13 @@ def main() -> None:
         add("")
         add("| | gatewayha | anchor | ratio |")
         add("| --- | --- | --- | --- |")
-        add(
-            f"| throughput | {f(g(d, GH, 'rps'), ' req/s', 0)} | {f(g(d, AN, 'rps'), ' req/s', 0)} | "
-            f"{rx(d.get('ratio_median'))} (median of per-run ratios) |"
-        )
-        add(
-            f"| p50 | {ms(g(d, GH, 'p50_ms'))} | {ms(g(d, AN, 'p50_ms'))} | "
-            f"{rx(_div(g(d, GH, 'p50_ms'), g(d, AN, 'p50_ms')))} |"
-        )
-        add(
-            f"| p99 | {ms(g(d, GH, 'p99_ms'))} | {ms(g(d, AN, 'p99_ms'))} | "
-            f"{rx(_div(g(d, GH, 'p99_ms'), g(d, AN, 'p99_ms')))} |"
-        )
-        add(f"| errors | {g(d, GH, 'errors')} | {g(d, AN, 'errors')} | |")
-        add(
-            f"| per-run req/s | {', '.join(f(x['rps'], '', 0) for x in g(d, GH, 'runs') or [])} | "
-            f"{', '.join(f(x['rps'], '', 0) for x in g(d, AN, 'runs') or [])} | |"
-        )
+        rps = [f(g(d, k, "rps"), " req/s", 0) for k in (GH, AN)]
+        row("throughput", *rps, f"{rx(d.get('ratio_median'))} (median of per-run ratios)")
+        for stat in ("p50_ms", "p99_ms"):
+            gv, av = g(d, GH, stat), g(d, AN, stat)
+            row(stat[:-3], ms(gv), ms(av), rx(_div(gv, av)))
+        row("errors", g(d, GH, "errors"), g(d, AN, "errors"), "")
+        row("per-run req/s", *(", ".join(f(x["rps"], "", 0) for x in g(d, k, "runs") or []) for k in (GH, AN)), "")
         add("")
 
     # ------------------------------------------------------------------ (e)
@@ -430,16 +418,10 @@ def main() -> None:
             ("1000-task batch", "batch_median_s", s),
             ("tasks/s in the batch", "batch_tasks_per_s", lambda x: f(x, "/s", 0)),
         ):
-            add(
-                f"| {label} | {fn(g(e, GH, 'proxy', key))} | {fn(g(e, GH, 'direct', key))} | "
-                f"{fn(g(e, AN, 'proxy', key))} | {fn(g(e, AN, 'direct', key))} |"
-            )
+            row(label, *(fn(g(e, k, via, key)) for k in (GH, AN) for via in ("proxy", "direct")))
         for label, key in (("proxy overhead, round trip", "rtt_overhead"), ("proxy overhead, batch", "batch_overhead")):
             gv, av = g(e, GH, key), g(e, AN, key)
-            add(
-                f"| {label} | {f(None if gv is None else gv * 100, '%', 1)} | | "
-                f"{f(None if av is None else av * 100, '%', 1)} | |"
-            )
+            row(label, f(None if gv is None else gv * 100, "%", 1), "", f(None if av is None else av * 100, "%", 1), "")
         add("")
 
     # ------------------------------------------------------------------ (f)
@@ -457,7 +439,7 @@ def main() -> None:
         add("")
         add("| p50 | p95 | p99 | max | n |")
         add("| --- | --- | --- | --- | --- |")
-        add(f"| {ms(fr['median'])} | {ms(fr['p95'])} | {ms(fr['p99'])} | {ms(fr['max'])} | {fr['n']} |")
+        row(*(ms(fr[k]) for k in ("median", "p95", "p99", "max")), fr["n"])
         add("")
 
     # ------------------------------------------------------------------ (g)
@@ -477,10 +459,7 @@ def main() -> None:
         add("| threads | batch | jobs done | seconds | claims/s |")
         add("| --- | --- | --- | --- | --- |")
         for c in gq["configs"]:
-            add(
-                f"| {c['threads']} | {c['batch']} | {c['jobs']} | {f(c['seconds'], '', 1)} | "
-                f"{f(c['claims_per_s'], '', 0)} |"
-            )
+            row(c["threads"], c["batch"], c["jobs"], f(c["seconds"], "", 1), f(c["claims_per_s"], "", 0))
         add("")
 
     # ------------------------------------------------------------------ (h)
@@ -500,10 +479,8 @@ def main() -> None:
             peak = g((b100r.get(side) or [{}])[0], "mem", "peak") or {}
             for comp, m in r["mem_rest"].get(side, {}).items():
                 p = peak.get(comp, {})
-                add(
-                    f"| {name} {comp} | {m['procs']} | {f(m['rss_mib'], '', 0)} | {f(m['pss_mib'], '', 0)} | "
-                    f"{f(p.get('rss_mib'), '', 0)} | {f(p.get('pss_mib'), '', 0)} |"
-                )
+                mib = (f(x.get(k), "", 0) for x in (m, p) for k in ("rss_mib", "pss_mib"))
+                row(f"{name} {comp}", m["procs"], *mib)
         sched = r.get("sched_rss_mib", {})
         dp = {k: g((b100r.get(k) or [{}])[0], "mem", "dask_peak") for k in (GH, AN)}
         add("")
@@ -540,7 +517,7 @@ def main() -> None:
             ("Dask processes 15 s after", ("dask_procs",), str),
             ("the scale call", ("scale_call",), _call),
         ):
-            add(f"| {label} | {fn(g(scr.get(GH), *path))} | {fn(g(scr.get(AN), *path))} |")
+            row(label, fn(g(scr.get(GH), *path)), fn(g(scr.get(AN), *path)))
         add("")
 
     if r.get("failed_phases"):
