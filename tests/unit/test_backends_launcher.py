@@ -343,6 +343,20 @@ def test_worker_command_keeps_the_nanny_and_sizes_the_worker(tmp_path):
     assert "--nanny" in argv and "--no-nanny" not in argv
     assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
     assert "DASK_GATEWAY_API_TOKEN" not in env  # workers never talk to the gateway
+    assert env["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] == "1s"
+
+
+def test_dask_defaults_apply_unless_the_clusters_environment_sets_them(tmp_path):
+    backend = LocalBackend(Settings(node=NodeSettings(state_dir=str(tmp_path))), ProcessLauncher(tmp_path))
+    d = backend.cluster_dir(CLUSTER)
+    tick = "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"
+
+    def scheduler_env(environment):
+        spec = SchedulerSpec(CLUSTER, "t", "http://127.0.0.1:8000/api", "c", "k", config(environment=environment))
+        return backend.scheduler_command(spec, d)[1]
+
+    assert scheduler_env({})[tick] == "1s"
+    assert scheduler_env({tick: "20ms"})[tick] == "20ms"
 
 
 def test_make_launcher_uses_processes_where_systemd_is_not_init(tmp_path):

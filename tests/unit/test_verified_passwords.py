@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from gatewayha.api import middleware
@@ -61,3 +64,33 @@ def test_entries_expire_and_the_cache_is_bounded(scrypt_calls, monkeypatch):
     cache.verify("u1", "p1", others[0])
     cache.verify("u2", "p2", others[1])
     assert len(cache._seen) == 2
+
+
+def test_a_burst_of_logins_with_the_same_credentials_pays_for_one_scrypt(monkeypatch):
+    stored = sec.hash_password("right")
+    calls = []
+    real = sec.verify_password
+
+    def slow(password, stored):
+        calls.append(password)
+        time.sleep(0.3)  # long enough for every thread below to arrive meanwhile
+        return real(password, stored)
+
+    monkeypatch.setattr(sec, "verify_password", slow)
+    cache = middleware.VerifiedPasswords("s" * 32)
+    results = []
+
+    def login():
+        results.append(cache.verify("alice", "right", stored))
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [True] * 8
+    assert calls == ["right"]
+    assert cache._inflight == {}
+    # A wrong password in the same burst is still checked, and still refused.
+    assert not cache.verify("alice", "wrong", stored)
+    assert calls == ["right", "wrong"]

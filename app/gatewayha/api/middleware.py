@@ -48,12 +48,15 @@ class VerifiedPasswords:
     Only successes are kept, for ``ttl`` seconds, in this process's memory, keyed by an HMAC
     (server secret) of user, password and the stored hash: a changed password or a removed
     user (the stored hash is still read from the database on every login) misses the cache.
+    Concurrent logins with the same credentials (a burst of new clients) wait for the first
+    one's verification instead of each paying for scrypt at once.
     """
 
     def __init__(self, secret: str, ttl: float = 300.0, size: int = 4096):
         self.secret, self.ttl, self.size = secret.encode(), ttl, size
         self._lock = threading.Lock()
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._inflight: dict[bytes, threading.Lock] = {}
 
     def _key(self, name: str, password: str, stored: str) -> bytes:
         msg = "\0".join((name, password, stored)).encode("utf-8", "surrogatepass")
@@ -63,19 +66,28 @@ class VerifiedPasswords:
         if stored is None:
             return sec.verify_password(password, stored)  # constant work for unknown users
         key = self._key(name, password, stored)
-        now = time.monotonic()
         with self._lock:
-            expiry = self._seen.get(key)
-            if expiry is not None and expiry > now:
+            if self._fresh(key):
                 return True
-        if not sec.verify_password(password, stored):
-            return False
-        with self._lock:
-            self._seen[key] = now + self.ttl
-            self._seen.move_to_end(key)
-            while len(self._seen) > self.size:
-                self._seen.popitem(last=False)
-        return True
+            gate = self._inflight.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if self._fresh(key):  # the verification we waited for succeeded
+                    return True
+            ok = sec.verify_password(password, stored)
+            with self._lock:
+                if ok:
+                    self._seen[key] = time.monotonic() + self.ttl
+                    self._seen.move_to_end(key)
+                    while len(self._seen) > self.size:
+                        self._seen.popitem(last=False)
+                if self._inflight.get(key) is gate:
+                    del self._inflight[key]
+        return ok
+
+    def _fresh(self, key: bytes) -> bool:
+        expiry = self._seen.get(key)
+        return expiry is not None and expiry > time.monotonic()
 
 
 class Authenticate:
