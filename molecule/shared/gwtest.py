@@ -292,26 +292,29 @@ def vips_on(container: str) -> set[str]:
 PARTITION_RULE_PRIORITY = 90  # before the main table's rule (32766)
 
 
-def _partition_rules(container: str, peers: Iterable[str], verb: str) -> None:
-    for peer in peers:
-        ip = NODE_IP[peer]
-        for direction in ("from", "to"):
-            docker("exec", container, "ip", "rule", verb, "priority", str(PARTITION_RULE_PRIORITY),
-                   direction, ip, "blackhole", timeout=10)  # fmt: skip
+def _blackhole(container: str, to: str, verb: str) -> None:
+    docker("exec", container, "ip", "rule", verb, "priority", str(PARTITION_RULE_PRIORITY), "to", NODE_IP[to],
+           "blackhole", timeout=10, check=verb == "add")  # fmt: skip
 
 
 def partition(container: str, peers: Iterable[str]) -> None:
     """Cut `container` off from `peers` in both directions, VRRP (unicast here) included.
 
-    Policy-routing blackhole rules inside the container: a packet from a peer finds no route
-    on input and one to a peer none on output. Unlike `docker network disconnect`, the
-    interface stays (it keeps its name, so keepalived and HAProxy carry on) and the host,
-    where the test clients run, still reaches both sides: a partition between the nodes."""
-    _partition_rules(container, peers, "add")
+    A policy-routing blackhole rule on each side for the other's address: neither sends a
+    packet to the other (an input rule would not do: the local table's rule, priority 0,
+    delivers first). Unlike `docker network disconnect` the interface stays (it keeps its
+    name, so keepalived and HAProxy carry on) and the host, where the test clients run,
+    still reaches both sides: a partition between the nodes."""
+    for peer in peers:
+        _blackhole(container, peer, "add")
+        _blackhole(peer, container, "add")
 
 
 def heal(container: str, peers: Iterable[str]) -> None:
-    _partition_rules(container, peers, "del")
+    """Undo partition(); safe after a partial one (a rule that is not there is skipped)."""
+    for peer in peers:
+        _blackhole(container, peer, "del")
+        _blackhole(peer, container, "del")
 
 
 def partitioned(container: str) -> bool:
