@@ -21,3 +21,7 @@ def test_defaults_and_argument_specs_agree(role):
     prefix = role + "_"
     assert all(name.startswith(prefix) for name in defaults), f"{role}: every knob is prefixed {prefix}"
     assert all(opt.get("description") for opt in options.values()), f"{role}: every option is described"
+    # An unquoted ", " in a flow-style description adds a key ansible-lint's schema refuses.
+    known = {"type", "description", "default", "required", "choices", "elements", "no_log", "options"}
+    odd = {name: set(opt) - known for name, opt in options.items() if set(opt) - known}
+    assert not odd, f"{role}: unknown argument_specs keys {odd}"
