@@ -16,11 +16,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psycopg
-
 from gatewayha import clusters
 from gatewayha.config import DatabaseSettings
-from gatewayha.db.pool import connect
+from gatewayha.db.pool import listen_forever
 
 log = logging.getLogger("gatewayha.api.watch")
 
@@ -69,21 +67,23 @@ class ClusterWatch:
         for e in events:
             e.set()
 
+    def _connected(self, conn) -> None:
+        self.listening.set()
+        self._wake(None)  # whatever changed while nobody listened
+
+    def _lost(self, exc) -> None:
+        if self.listening.is_set():
+            log.warning("LISTEN connection lost (%s); long polls poll until it is back", exc)
+        self.listening.clear()
+
     def _run(self) -> None:
-        delay = 0.5
-        while not self.stopped.is_set():
-            try:
-                with connect(self.db, self.application_name) as conn:
-                    conn.execute(f"LISTEN {clusters.ROUTES_CHANNEL}")
-                    self.listening.set()
-                    delay = 0.5
-                    self._wake(None)  # whatever changed while nobody listened
-                    while not self.stopped.is_set():
-                        for n in conn.notifies(timeout=1.0):
-                            self._wake(n.payload)
-            except psycopg.Error as exc:
-                if self.listening.is_set():
-                    log.warning("LISTEN connection lost (%s); long polls poll until it is back", exc)
-            self.listening.clear()
-            self.stopped.wait(delay)
-            delay = min(delay * 2, 10)
+        listen_forever(
+            self.db,
+            self.application_name,
+            (clusters.ROUTES_CHANNEL,),
+            self.stopped,
+            lambda n: self._wake(n.payload),
+            self._connected,
+            self._lost,
+        )
+        self.listening.clear()

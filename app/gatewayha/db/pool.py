@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterable
 
 import psycopg
 from psycopg.rows import dict_row
@@ -84,3 +86,32 @@ def make_pool(
 def connect(db: DatabaseSettings, application_name: str, autocommit: bool = True) -> psycopg.Connection:
     """One dedicated connection (LISTEN, migrations)."""
     return psycopg.connect(db.dsn, autocommit=autocommit, row_factory=dict_row, **connect_kwargs(db, application_name))
+
+
+def listen_forever(
+    db: DatabaseSettings,
+    application_name: str,
+    channels: Iterable[str],
+    stopped: threading.Event,
+    on_notify: Callable[[psycopg.Notify], None],
+    on_connect: Callable[[psycopg.Connection], None],
+    on_lost: Callable[[psycopg.Error], None],
+) -> None:
+    """LISTEN on ``channels`` until ``stopped``, reconnecting after a lost connection (0.5 s,
+    doubling to 10 s). ``on_connect`` runs after every (re)connection, to catch up on what was
+    missed while nobody listened; ``on_notify`` for each notification."""
+    delay = 0.5
+    while not stopped.is_set():
+        try:
+            with connect(db, application_name) as conn:
+                for channel in channels:
+                    conn.execute(f"LISTEN {channel}")
+                on_connect(conn)
+                delay = 0.5
+                while not stopped.is_set():
+                    for n in conn.notifies(timeout=1.0):
+                        on_notify(n)
+        except psycopg.Error as exc:
+            on_lost(exc)
+            stopped.wait(delay)
+            delay = min(delay * 2, 10)

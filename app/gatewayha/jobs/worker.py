@@ -17,12 +17,10 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
-
 from gatewayha import clusters, liveness
 from gatewayha.backends import get_backend
 from gatewayha.config import Settings, load_settings
-from gatewayha.db.pool import UNAVAILABLE_ERRORS, connect, make_pool
+from gatewayha.db.pool import UNAVAILABLE_ERRORS, listen_forever, make_pool
 from gatewayha.jobs import handlers, queue
 from gatewayha.jobs.queue import Job
 
@@ -36,11 +34,11 @@ class Worker:
         self.owner = f"{self.node}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         w = settings.worker
         db = settings.database
-        db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + w.starting_slots() + 4)})
+        self.start_slots = w.starting_slots()
+        db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + self.start_slots + 4)})
         self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
-        self.start_slots = w.starting_slots()
         self.executor = ThreadPoolExecutor(w.concurrency + self.start_slots, thread_name_prefix="job")
         self.held: dict[int, Job] = {}
         self.held_lock = threading.Lock()
@@ -85,26 +83,29 @@ class Worker:
     # --- threads --------------------------------------------------------------
 
     def _listen(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                with connect(self.settings.database, f"gatewayha-listen:{self.node}") as conn:
-                    conn.execute(f"LISTEN {queue.CHANNEL}")
-                    conn.execute(f"LISTEN {clusters.ROUTES_CHANNEL}")
-                    self._rescue_own_node(conn)
-                    delay = 0.5
-                    # Anything that happened while we were not listening: look now.
-                    self.routes_dirty.set()
-                    self.wake.set()
-                    while not self.stopping.is_set():
-                        for n in conn.notifies(timeout=1.0):
-                            if n.channel == clusters.ROUTES_CHANNEL:
-                                self.routes_dirty.set()
-                            self.wake.set()
-            except psycopg.Error as exc:
-                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10)
+        def connected(conn) -> None:
+            self._rescue_own_node(conn)
+            # Anything that happened while we were not listening: look now.
+            self.routes_dirty.set()
+            self.wake.set()
+
+        def notified(n) -> None:
+            if n.channel == clusters.ROUTES_CHANNEL:
+                self.routes_dirty.set()
+            self.wake.set()
+
+        def lost(exc) -> None:
+            log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+
+        listen_forever(
+            self.settings.database,
+            f"gatewayha-listen:{self.node}",
+            (queue.CHANNEL, clusters.ROUTES_CHANNEL),
+            self.stopping,
+            notified,
+            connected,
+            lost,
+        )
 
     def _rescue_own_node(self, conn) -> None:
         """Jobs leased by an earlier worker of this node (killed, restarted by systemd) are
