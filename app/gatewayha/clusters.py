@@ -317,6 +317,8 @@ def _enqueue_worker_job(conn: psycopg.Connection, kind: str, cluster: str, worke
 def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, msg: dict) -> None:
     name = row["name"]
     node_q = queue.node_queue(row["node"]) if row["node"] else "any"
+    # Worker launches take the node's launch slots like scheduler launches (one FIFO).
+    start_q = queue.node_start_queue(row["node"]) if row["node"] else queue.START_QUEUE
     workers = {
         w["name"]: w
         for w in conn.execute(
@@ -354,4 +356,4 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
     for _ in range(max(0, need)):
         wname = _worker_name(name)
         conn.execute("INSERT INTO workers (cluster, name, node) VALUES (%s, %s, %s)", (name, wname, row["node"]))
-        _enqueue_worker_job(conn, "start_worker", name, wname, node_q)
+        _enqueue_worker_job(conn, "start_worker", name, wname, start_q)

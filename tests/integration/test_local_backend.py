@@ -292,6 +292,28 @@ def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, ke
     assert unit_pids(name) == set()
 
 
+def test_a_joining_worker_is_reported_at_once_not_at_the_next_periodic_heartbeat(backend, recorder, keypair):
+    """heartbeat_period 600 s: the stock preload would report the join 600 s later; gatewayha's
+    preload (backends/report_joins.py) makes the scheduler report it as soon as it joins, which
+    marks the worker RUNNING and frees the node's launch slot."""
+    cert, key = keypair
+    name, token = new_name(), uuid.uuid4().hex
+    cfg = config(heartbeat_period=600.0)
+    backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
+    hb = recorder.wait_for(heartbeat_of(name, token))["json"]
+    post_comm(hb["api_address"], token, {"op": "scale", "count": 1})  # reported at once (stock)
+    recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and r["json"]["count"] == 1)
+    worker_name = f"{name}-j"
+    launched = time.monotonic()
+    backend.start_worker(WorkerSpec(name, worker_name, hb["scheduler_address"], token, cert, key, cfg))
+    joined = recorder.wait_for(
+        lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["active_workers"], timeout=120
+    )
+    print(f"join reported {joined['at'] - launched:.2f} s after the worker's launch")
+    backend.stop_cluster(name)
+    assert unit_pids(name) == set()
+
+
 def test_idle_timeout_makes_scheduler_delete_its_cluster(backend, recorder, keypair):
     cert, key = keypair
     name, token = new_name(), uuid.uuid4().hex

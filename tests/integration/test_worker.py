@@ -22,6 +22,22 @@ from helpers import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def node_a_settings(tmp_path: Path):
+    """Settings of node-a as the `workers` fixture runs it (process launcher, state under tmp_path)."""
+    return make_settings(
+        "postgresql://unused/x",
+        tmp_path,
+        node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
+    )
+
+
+def node_a_backend(tmp_path: Path):
+    """node-a's backend, to see the processes its worker launched."""
+    from gatewayha.backends import get_backend
+
+    return get_backend(node_a_settings(tmp_path))
+
+
 class Workers:
     def __init__(self, dsn, tmp):
         self.dsn = dsn
@@ -291,16 +307,11 @@ def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers)
 def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):
     from gatewayha import tls
     from gatewayha.auth import secrets as sec
-    from gatewayha.backends import get_backend
     from gatewayha.backends.base import SchedulerSpec
     from gatewayha.options import cluster_config
 
-    settings = make_settings(
-        "postgresql://unused/x",
-        tmp_path / "node-a" / "..",
-        node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
-    )
-    backend = get_backend(settings)
+    settings = node_a_settings(tmp_path)
+    backend = node_a_backend(tmp_path)
     orphan = "ab" * 16
     cert, key = tls.new_keypair(orphan)
     backend.start_scheduler(
@@ -329,8 +340,6 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
     """worker.max_starting = 1: a second scheduler is not launched while the first has not
     reported (its start job keeps the slot), the other starts stay queued and unleased, and
     the slot frees as soon as the first cluster is RUNNING."""
-    from gatewayha.backends import get_backend
-
     workers.start(
         "node-a",
         GATEWAYHA_WORKER__MAX_STARTING=1,
@@ -339,13 +348,7 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
     settings = make_settings("postgresql://unused/x", Path("/tmp"))
     settings.server.secret = SECRET
     names = [clusters.create_cluster(db, settings, "carol", {}) for _ in range(3)]
-    backend = get_backend(
-        make_settings(
-            "postgresql://unused/x",
-            tmp_path,
-            node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
-        )
-    )
+    backend = node_a_backend(tmp_path)
 
     def placed() -> list[str]:
         rows = db.execute("SELECT name FROM clusters WHERE node IS NOT NULL AND name = ANY(%s)", (names,))
@@ -377,3 +380,52 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
         for name in names:
             backend.stop_cluster(name)
     assert not any(backend.scheduler_running(n) for n in names)
+
+
+def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(db, workers, tmp_path):
+    """worker.max_starting = 1: a scale-up to 2 launches one Dask worker; the second waits in the
+    node's start queue, unleased, until the scheduler lists the first (RUNNING), then launches."""
+
+    settings = make_settings("postgresql://unused/x", Path("/tmp"))
+    settings.server.secret = SECRET
+    users.ensure_user(db, "dave")
+    name = clusters.create_cluster(db, settings, "dave", {})
+    # The scheduler "is running" on node-a (no process: the workers' scheduler address is a closed
+    # port, so they keep retrying and never join).
+    db.execute("DELETE FROM jobs WHERE cluster = %s", (name,))
+    db.execute(
+        "UPDATE clusters SET status = 'RUNNING', node = 'node-a', scheduler_address = 'tls://127.0.0.1:9',"
+        " dashboard_address = 'http://127.0.0.1:9', api_address = 'http://127.0.0.1:9' WHERE name = %s",
+        (name,),
+    )
+    beat = {"count": 2, "active_workers": [], "closing_workers": [], "closed_workers": []}
+    beat.update(scheduler_address="tls://127.0.0.1:9", dashboard_address="http://127.0.0.1:9")
+    clusters.record_heartbeat(db, settings, name, {**beat, "api_address": "http://127.0.0.1:9"})
+    starts = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
+    assert [r["queue"] for r in starts] == [queue.node_start_queue("node-a")] * 2
+    wnames = [r["name"] for r in db.execute("SELECT name FROM workers WHERE cluster = %s", (name,)).fetchall()]
+    backend = node_a_backend(tmp_path)
+
+    def launched() -> list[str]:
+        return sorted(w for w in wnames if backend.worker_running(name, w))
+
+    workers.start("node-a", GATEWAYHA_WORKER__MAX_STARTING=1)
+    try:
+        first = wait_until(lambda: launched(), 20, "the first worker to be launched")
+        assert len(first) == 1
+        time.sleep(2.5)  # the node ticks several times meanwhile
+        assert launched() == first, "a second worker launched while the first had not joined"
+        waiting = db.execute(
+            "SELECT count(*) AS n FROM jobs WHERE kind = 'start_worker' AND lease_owner IS NULL AND cluster = %s",
+            (name,),
+        ).fetchone()["n"]
+        assert waiting == 1
+        # The scheduler lists the first worker: it is RUNNING, its slot frees, the second launches.
+        clusters.record_heartbeat(
+            db, settings, name, {**beat, "api_address": "http://127.0.0.1:9", "active_workers": first}
+        )
+        assert db.execute("SELECT status FROM workers WHERE name = %s", (first[0],)).fetchone()["status"] == "RUNNING"
+        wait_until(lambda: len(launched()) == 2, 10, "the second worker's launch")
+    finally:
+        backend.stop_cluster(name)
+    assert not launched()

@@ -92,26 +92,33 @@ def start_cluster(ctx: Context, job: Job) -> None:
     )
     ctx.backend.start_scheduler(spec)
     log.info("cluster %s: scheduler started on %s", name, ctx.node)
-    _hold_launch_slot(ctx, name)
+    _hold_launch_slot(
+        ctx,
+        f"cluster {name}: scheduler",
+        "SELECT status = 'PENDING' AS starting FROM clusters WHERE name = %s",
+        (name,),
+        lambda: ctx.backend.scheduler_running(name),
+    )
 
 
 STARTED_POLL_S = 0.1
 
 
-def _hold_launch_slot(ctx: Context, name: str) -> None:
-    """Return once the scheduler has reported (the cluster left PENDING), has died, or the
-    start timeout ran out (check_clusters then fails it): until then this job keeps one of
-    the node's launch slots (worker.max_starting), so starts queue instead of piling up."""
+def _hold_launch_slot(ctx: Context, what: str, starting_sql: str, params: tuple, running: Callable[[], bool]) -> None:
+    """Return once the launched process has reported (``starting_sql`` no longer says so), has
+    died, or the start timeout ran out (check_clusters then gives up on it): until then this
+    job keeps one of the node's launch slots (worker.max_starting), so launches queue instead
+    of piling up on the CPU."""
     deadline = time.monotonic() + ctx.settings.cluster.start_timeout
     polls = 0
     while not ctx.stopping.is_set() and time.monotonic() < deadline:
         with ctx.pool.connection() as conn:
-            row = conn.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()
-        if row is None or row["status"] != "PENDING":
+            row = conn.execute(starting_sql, params).fetchone()
+        if row is None or not row["starting"]:
             return
         # The process check may be a `systemctl` call: once a second is enough.
-        if polls % 10 == 9 and not ctx.backend.scheduler_running(name):
-            log.warning("cluster %s: scheduler exited before it reported", name)
+        if polls % 10 == 9 and not running():
+            log.warning("%s exited before it reported", what)
             return
         polls += 1
         ctx.stopping.wait(STARTED_POLL_S)
@@ -150,7 +157,7 @@ def start_worker(ctx: Context, job: Job) -> None:
     if row is None or row["status"] != "RUNNING" or row["wstatus"] != "PENDING":
         return
     if row["node"] != ctx.node:
-        raise Defer(queue=queue.node_queue(row["node"]))
+        raise Defer(queue=queue.node_start_queue(row["node"]))
     ctx.backend.start_worker(
         WorkerSpec(
             cluster_name=name,
@@ -161,6 +168,15 @@ def start_worker(ctx: Context, job: Job) -> None:
             tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
             config=ClusterConfig.from_json(row["config"]),
         )
+    )
+    # Running once its scheduler lists it (gatewayha's scheduler preload reports a join at once).
+    _hold_launch_slot(
+        ctx,
+        f"cluster {name}: worker {worker}",
+        "SELECT w.status = 'PENDING' AND c.status = 'RUNNING' AS starting"
+        " FROM workers w JOIN clusters c ON c.name = w.cluster WHERE w.cluster = %s AND w.name = %s",
+        (name, worker),
+        lambda: ctx.backend.worker_running(name, worker),
     )
 
 
@@ -267,7 +283,8 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                     clusters.notify_routes(conn, r["name"])
                 conn.execute("DELETE FROM warm_pool WHERE node = %s", (node,))
                 for j in conn.execute(
-                    "SELECT id FROM jobs WHERE queue = %s FOR UPDATE SKIP LOCKED", (queue.node_queue(node),)
+                    "SELECT id FROM jobs WHERE queue IN (%s, %s) FOR UPDATE SKIP LOCKED",
+                    (queue.node_queue(node), queue.node_start_queue(node)),
                 ).fetchall():
                     queue.cancel(conn, j["id"], reason)
         # Forget nodes gone for a day.

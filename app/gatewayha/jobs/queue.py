@@ -35,13 +35,23 @@ class Job:
     max_attempts: int
 
 
-# Scheduler starts: claimed by a node only while it has a launch slot free
-# (worker.max_starting), not by the general claim.
+# Launches: scheduler starts (any node) and worker starts (the cluster's node) are claimed by
+# a node only while it has a launch slot free (worker.max_starting), not by the general claim.
 START_QUEUE = "start"
 
 
 def node_queue(node: str) -> str:
     return f"node:{node}"
+
+
+def node_start_queue(node: str) -> str:
+    return f"start:{node}"
+
+
+def start_queues(node: str) -> list[str]:
+    """The queues a node claims launches from, in one FIFO: a scheduler start enqueued before a
+    worker start is launched first."""
+    return [START_QUEUE, node_start_queue(node)]
 
 
 def enqueue(

@@ -39,6 +39,7 @@ class Worker:
         self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
+        self.start_queues = queue.start_queues(self.node)
         self.executor = ThreadPoolExecutor(w.concurrency + self.start_slots, thread_name_prefix="job")
         self.held: dict[int, Job] = {}
         self.held_lock = threading.Lock()
@@ -193,11 +194,11 @@ class Worker:
             for name in queue.claim_periodic(conn, self.node):
                 queue.enqueue(conn, name, {}, dedupe_key=f"periodic:{name}", max_attempts=1)
             with self.held_lock:
-                starting = sum(1 for j in self.held.values() if j.queue == queue.START_QUEUE)
+                starting = sum(1 for j in self.held.values() if j.queue in self.start_queues)
                 free = w.concurrency - (len(self.held) - starting)
                 free_starts = self.start_slots - starting
             jobs = queue.claim(conn, self.owner, self.queues, free, w.lease_seconds)
-            jobs += queue.claim(conn, self.owner, [queue.START_QUEUE], free_starts, w.lease_seconds)
+            jobs += queue.claim(conn, self.owner, self.start_queues, free_starts, w.lease_seconds)
         for job in jobs:
             with self.held_lock:
                 self.held[job.id] = job
