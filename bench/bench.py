@@ -369,38 +369,37 @@ def phase_storm(targets, results, n: int, work: bool, reps: int, sentinels: dict
 # ---------------------------------------------------------------- (d) GET throughput
 
 
+def _load(url: str, seconds: float, *auth: str) -> dict:
+    """load.py throughput: 16 keep-alive connections (2 processes × 8 threads) for `seconds`."""
+    out = subprocess.run(
+        [PY, os.path.join(HERE, "load.py"), "throughput", "--url", url, *auth]
+        + ["--procs", "2", "--threads", "8", "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
+    if not out.stdout.strip():
+        raise RuntimeError(f"load.py printed nothing (rc {out.returncode}): {out.stderr[-1500:]}")
+    return json.loads(out.stdout)
+
+
 def phase_d(targets, results, sentinels, seconds=5.0):
+    """GET cluster at fixed concurrency; then, as a ceiling, `/api/version` (no authentication, no
+    database, a constant answer): what the server stack itself serves on this machine."""
     runs = {k: [] for k in targets}
+    ceiling = {k: [] for k in targets}
     ratios = []
     for rep in range(REPS):
         per = {}
         for t in order(rep, targets):
-            out = subprocess.run(
-                [
-                    PY,
-                    os.path.join(HERE, "load.py"),
-                    "throughput",
-                    "--url",
-                    f"{t.address}/api/v1/clusters/{sentinels[t.key]}",
-                    f"--user={t.user}",
-                    f"--password={t.password}",
-                    "--procs",
-                    "2",
-                    "--threads",
-                    "8",
-                    "--seconds",
-                    str(seconds),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=seconds + 120,
-            )
-            if not out.stdout.strip():
-                raise RuntimeError(f"load.py printed nothing (rc {out.returncode}): {out.stderr[-1500:]}")
-            r = json.loads(out.stdout)
+            url = f"{t.address}/api/v1/clusters/{sentinels[t.key]}"
+            r = _load(url, seconds, f"--user={t.user}", f"--password={t.password}")
             runs[t.key].append(r)
             per[t.key] = r["rps"]
             log(f"(d) rep {rep} {t.key}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")
+            c = _load(f"{t.address}/api/version", seconds)
+            ceiling[t.key].append(c)
+            log(f"(d) rep {rep} {t.key} /api/version: {c['rps']:.0f} req/s errors {c['errors']}")
         ratios.append(ratio(per["anchor"], per["gatewayha"]))
     results["d"] = {
         k: {
@@ -409,6 +408,8 @@ def phase_d(targets, results, sentinels, seconds=5.0):
             "p99_ms": median([r["p99_ms"] for r in v]),
             "errors": sum(r["errors"] for r in v),
             "runs": v,
+            "version_rps": median([c["rps"] for c in ceiling[k]]),
+            "version_errors": sum(c["errors"] for c in ceiling[k]),
         }
         for k, v in runs.items()
     }
