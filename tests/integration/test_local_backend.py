@@ -292,15 +292,18 @@ def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, ke
     assert unit_pids(name) == set()
 
 
-def test_a_joining_worker_is_reported_at_once_not_at_the_next_periodic_heartbeat(backend, recorder, keypair):
+def test_the_start_and_a_joining_worker_are_reported_at_once_not_at_the_next_heartbeat(backend, recorder, keypair):
     """heartbeat_period 600 s: the stock preload would report the join 600 s later; gatewayha's
-    preload (backends/report_joins.py) makes the scheduler report it as soon as it joins, which
-    marks the worker RUNNING and frees the node's launch slot."""
+    preload (backends/prompt_reports.py) makes the scheduler report it as soon as it joins, which
+    marks the worker RUNNING and frees the node's launch slot. It also sends the first heartbeat
+    as soon as the scheduler is running, not after the stock loop's initial 0.25 s."""
     cert, key = keypair
     name, token = new_name(), uuid.uuid4().hex
     cfg = config(heartbeat_period=600.0)
     backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
     hb = recorder.wait_for(heartbeat_of(name, token))["json"]
+    log = backend.cluster_dir(name) / "logs" / f"{scheduler_unit(name)}.log"
+    assert "first heartbeat sent as soon as the scheduler was running" in log.read_text()
     post_comm(hb["api_address"], token, {"op": "scale", "count": 1})  # reported at once (stock)
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and r["json"]["count"] == 1)
     worker_name = f"{name}-j"

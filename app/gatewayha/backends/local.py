@@ -59,8 +59,8 @@ WORKER_DEATH_TIMEOUT = 60
 # is 3 s) and an idle scheduler costs about 0.5 %.
 DASK_DEFAULTS = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
 
-# Loaded by path (node.python's environment need not hold gatewayha): reports worker joins at once.
-REPORT_JOINS_PRELOAD = str(Path(__file__).with_name("report_joins.py"))
+# Loaded by path (node.python's environment need not hold gatewayha): reports the start and worker joins at once.
+PROMPT_REPORTS_PRELOAD = str(Path(__file__).with_name("prompt_reports.py"))
 
 # User environment entries that could redirect heartbeats, weaken or replace the comm
 # security, inject code into the interpreter, or forge the launcher's unit marker.
@@ -203,7 +203,7 @@ class LocalBackend(Backend):
             "--tls-cert", cert,
             "--tls-key", key,
             "--preload", "dask_gateway.scheduler_preload",
-            "--preload", REPORT_JOINS_PRELOAD,
+            "--preload", PROMPT_REPORTS_PRELOAD,
             "--dg-api-address", f"{host}:0",
             "--dg-heartbeat-period", _number("heartbeat_period", cfg.heartbeat_period),
             "--dg-adaptive-period", _number("adaptive_period", cfg.adaptive_period),

@@ -1,0 +1,73 @@
+"""Scheduler preload, loaded by path after ``dask_gateway.scheduler_preload``: the scheduler
+reports to the gateway as soon as it is running and as soon as a worker joins, instead of when
+the stock heartbeat loop next wakes up.
+
+dask-gateway's scheduler service sends its first heartbeat 0.25 s after the preload ran (by
+then this scheduler has long been running; about a fifth of a cold create here) and then one
+every ``heartbeat_period`` (5 s by default), reporting a joining worker only then. gatewayha
+marks the cluster RUNNING on the first heartbeat and a worker RUNNING when a heartbeat lists
+it, and a launch keeps one of the node's launch slots until then (``jobs/handlers.py``).
+
+It imports only distributed and reaches the stock service through ``scheduler.services``: it
+runs in whatever Python ``node.python`` names, where gatewayha itself may not be installed. If
+a future dask-gateway changes the service, the periodic heartbeats report as before.
+"""
+
+import asyncio
+import logging
+
+from distributed.core import Status
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+log = logging.getLogger("distributed.gatewayha")
+
+# Joins within this long of each other (a scale-up) share one report.
+COALESCE_S = 0.05
+# How long to look for the running scheduler and the heartbeat loop's first wait; after the
+# stock loop's own 0.25 s there is nothing left to gain.
+STARTUP_WINDOW_S = 0.25
+STARTUP_POLL_S = 0.005
+
+
+def _waiter(scheduler):
+    return getattr(scheduler.services.get("gateway"), "waiter", None)
+
+
+async def _report_now(scheduler) -> bool:
+    """End the heartbeat loop's current wait, so it reports now; False if it was not waiting."""
+    waiter = _waiter(scheduler)
+    if getattr(waiter, "task", None) is None or not hasattr(waiter, "interrupt"):
+        return False
+    await waiter.interrupt()
+    return True
+
+
+class ReportJoins(SchedulerPlugin):
+    name = "gatewayha-report-joins"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.pending = None
+
+    def add_worker(self, scheduler=None, worker=None):
+        if self.pending is None or self.pending.done():
+            self.pending = asyncio.ensure_future(self._report())
+
+    async def _report(self):
+        await asyncio.sleep(COALESCE_S)
+        await _report_now(self.scheduler)
+
+
+async def report_start(scheduler) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WINDOW_S
+    while loop.time() < deadline:
+        if scheduler.status == Status.running and await _report_now(scheduler):
+            log.info("gatewayha: first heartbeat sent as soon as the scheduler was running")
+            return
+        await asyncio.sleep(STARTUP_POLL_S)
+
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(ReportJoins(scheduler))
+    asyncio.ensure_future(report_start(scheduler))
