@@ -164,25 +164,46 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def dask_procs(marker: str) -> dict[str, list[int]]:
-    """This side's Dask scheduler and worker processes (found by a path in cmdline or environment)."""
+def dask_procs(marker: str, seen: dict | None = None) -> dict[str, list[int]]:
+    """This side's Dask scheduler and worker processes (found by a path in cmdline or environment).
+
+    With ``seen`` (kept by the caller between calls), a process is classified once: a sampler
+    does not read every Dask process's environment on every sweep."""
     out = {"scheduler": [], "worker": []}
     m = marker.encode()
-    for pid in all_pids():
-        cmd = cmdline(pid)
-        if b"dask" not in cmd:
+    pids = all_pids()
+    if seen is not None:
+        for gone in set(seen) - set(pids):
+            del seen[gone]
+    for pid in pids:
+        if seen is not None and pid in seen:
+            if seen[pid]:
+                out[seen[pid]].append(pid)
             continue
-        parts = cmd.split(b"\0")
-        kind = "scheduler" if b"scheduler" in parts else "worker" if b"worker" in parts else None
-        if kind is None:
-            continue
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read()
-        except OSError:
-            continue
-        if m in cmd or m in env:
+        kind = _dask_kind(pid, m)
+        if kind is not False and seen is not None:
+            seen[pid] = kind
+        if kind:
             out[kind].append(pid)
     return out
+
+
+def _dask_kind(pid: int, marker: bytes) -> str | None | bool:
+    """ "scheduler", "worker", None (not this side's Dask process) or False (could not tell yet)."""
+    cmd = cmdline(pid)
+    if not cmd:
+        return False  # gone, or not exec'd yet
+    if b"dask" not in cmd:
+        return None
+    parts = cmd.split(b"\0")
+    kind = "scheduler" if b"scheduler" in parts else "worker" if b"worker" in parts else None
+    if kind is None:
+        return None
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:
+        return False
+    return kind if marker in cmd or marker in env else None
 
 
 def procs_of(marker: str, names) -> list[int]:
@@ -230,15 +251,16 @@ def pss_kib(pid: int) -> int:
     return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
-def memory(target: Target) -> dict:
-    """RSS and PSS (MiB) of each service component of a target."""
+def memory(target: Target, pss: bool = True) -> dict:
+    """RSS and PSS (MiB) of each service component of a target (PSS None unless ``pss``: it walks
+    the process's page tables under its mmap lock)."""
     out = {}
     for comp, fn in target.service_pids.items():
         pids = fn()
         out[comp] = {
             "procs": len(pids),
             "rss_mib": sum(rss_kib(p) for p in pids) / 1024,
-            "pss_mib": sum(pss_kib(p) for p in pids) / 1024,
+            "pss_mib": sum(pss_kib(p) for p in pids) / 1024 if pss else None,
         }
     return out
 

@@ -6,6 +6,10 @@
   load.py probe --url URL[ --url URL2] [--user U --password P] --interval 0.05 --seconds 600
       one thread per URL, one request per interval, until the time is up or SIGTERM; prints a
       latency summary per URL. Requests time out after --timeout seconds (counted and reported).
+  load.py serve --url http://127.0.0.1:PORT/ --seconds N
+      a trivial HTTP/1.1 server (a constant JSON answer, no framework) for N seconds or until
+      SIGTERM: probed beside the gateways, it shows what the machine itself does to the latency
+      of any process (the *baseline* rows of the storm tables).
 
 Only 127.0.0.1 is accepted as a host. Every loop is bounded in time and in count.
 """
@@ -199,9 +203,41 @@ def probe(args) -> dict:
     return results
 
 
+def serve(args) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    u = urllib.parse.urlsplit(args.url[0])
+    if u.hostname != "127.0.0.1":
+        raise SystemExit(f"load.py: only 127.0.0.1, not {u.hostname}")
+    body = b'{"status": "pass"}'
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body in separate writes: no 40 ms delayed ACK
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", u.port), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    timer = threading.Timer(args.seconds, server.shutdown)
+    timer.daemon = True
+    timer.start()
+    print("ready", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["throughput", "probe"])
+    ap.add_argument("mode", choices=["throughput", "probe", "serve"])
     ap.add_argument("--url", action="append", required=True)
     ap.add_argument("--user")
     ap.add_argument("--password")
@@ -215,6 +251,8 @@ def main() -> None:
     if args.mode == "throughput":
         args.url = args.url[0]
         print(json.dumps(throughput(args)))
+    elif args.mode == "serve":
+        serve(args)
     else:
         print(json.dumps(probe(args)))
 

@@ -153,6 +153,11 @@ def _all_pids() -> Iterator[int]:
             yield int(entry.name)
 
 
+def _alive(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
 def _live_groups() -> set[int]:
     """Process groups with at least one live (non-zombie) member: one pass over /proc."""
     out = set()
@@ -299,6 +304,26 @@ class ProcessLauncher(Launcher):
             log.info("started %s pid %d", unit, proc.pid)
             return True
 
+    def _wait_gone(self, pending: dict[str, int], timeout: float) -> dict[str, int]:
+        """Wait up to ``timeout`` until the process groups are gone; return those still alive.
+
+        A group whose leader lives is alive: one stat read. Only when leaders have gone does a
+        pass over /proc look for members left behind. (Scanning /proc every 50 ms per stop, 8
+        stops at a time in a 100-cluster clean-up, was a third of a core at nice 0 and the API's
+        p99 went from ~15 to ~50 ms.)"""
+        deadline = time.monotonic() + timeout
+        step = 0.02
+        while pending:
+            self._reap()
+            if any(not _alive(pgid) for pgid in pending.values()):
+                live = _live_groups()
+                pending = {u: g for u, g in pending.items() if _alive(g) or g in live}
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(step)
+            step = min(step * 1.5, 0.25)
+        return pending
+
     def stop_many(self, units: Iterable[str], timeout: float = 10.0) -> None:
         units = [check_unit(u) for u in units]
         groups: dict[str, int] = {}
@@ -310,27 +335,13 @@ class ProcessLauncher(Launcher):
             log.info("stopping %s (process group %d)", unit, pgid)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        pending = dict(groups)
-        while pending:
-            self._reap()
-            live = _live_groups()
-            pending = {u: g for u, g in pending.items() if g in live}
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+        pending = self._wait_gone(dict(groups), timeout)
         for unit, pgid in pending.items():
             log.warning("%s outlived SIGTERM by %.0f s: SIGKILL", unit, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
         # SIGKILL is final but not instant: wait briefly so callers see the group gone.
-        kill_deadline = time.monotonic() + 5.0
-        while pending and time.monotonic() < kill_deadline:
-            self._reap()
-            live = _live_groups()
-            pending = {u: g for u, g in pending.items() if g in live}
-            if pending:
-                time.sleep(0.02)
+        pending = self._wait_gone(pending, 5.0)
         self._reap()
         # Drop the pidfiles of what is gone; one written meanwhile by a new start stays.
         with self._lock():
