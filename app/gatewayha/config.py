@@ -76,11 +76,12 @@ class NodeSettings:
 
 @dataclass
 class WorkerSettings:
-    concurrency: int = 4  # jobs run at once per worker process, besides scheduler starts
-    # Schedulers started and not yet RUNNING on this node at once (0: one per CPU).
-    # A `dask scheduler` start is about a CPU-second: a 100-create storm then
-    # queues in Postgres instead of 100 processes fighting for the cores, and a node takes
-    # a start only when it has a slot, which spreads a storm over the nodes by capacity.
+    concurrency: int = 4  # jobs run at once per worker process, besides launches
+    # Launches on this node not yet reported, at once (0: one per CPU): schedulers not yet
+    # RUNNING and Dask workers their scheduler has not yet listed. A `dask scheduler` or
+    # `dask worker` start is about a CPU-second: a 100-create storm then queues in Postgres
+    # instead of 100 processes fighting for the cores, and a node takes a scheduler start only
+    # when it has a slot, which spreads a storm over the nodes by capacity.
     max_starting: int = 0
     lease_seconds: float = 30.0
     poll_interval: float = 2.0  # fallback when no NOTIFY arrives

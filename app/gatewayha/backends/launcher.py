@@ -315,9 +315,10 @@ class ProcessLauncher(Launcher):
         step = 0.02
         while pending:
             self._reap()
-            if any(not _alive(pgid) for pgid in pending.values()):
+            leaderless = {u for u, g in pending.items() if not _alive(g)}
+            if leaderless:
                 live = _live_groups()
-                pending = {u: g for u, g in pending.items() if _alive(g) or g in live}
+                pending = {u: g for u, g in pending.items() if u not in leaderless or g in live}
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(step)
