@@ -26,7 +26,9 @@ COALESCE_S = 0.05
 # How long to look for the running scheduler and the heartbeat loop's first wait; after the
 # stock loop's own 0.25 s there is nothing left to gain.
 STARTUP_WINDOW_S = 0.25
-STARTUP_POLL_S = 0.005
+# A join that happens while a heartbeat is in flight is reported once the loop waits again.
+JOIN_WINDOW_S = 5.0
+POLL_S = 0.005
 
 
 def _waiter(scheduler):
@@ -34,12 +36,25 @@ def _waiter(scheduler):
 
 
 async def _report_now(scheduler) -> bool:
-    """End the heartbeat loop's current wait, so it reports now; False if it was not waiting."""
+    """End the heartbeat loop's wait, so it reports now; False if it is not waiting (a heartbeat
+    is in flight: the stock `interrupt` would then do nothing and the report would wait a period)."""
     waiter = _waiter(scheduler)
-    if getattr(waiter, "task", None) is None or not hasattr(waiter, "interrupt"):
+    task = getattr(waiter, "task", None)
+    if task is None or task.done() or not hasattr(waiter, "interrupt"):
         return False
     await waiter.interrupt()
     return True
+
+
+async def _report_when(scheduler, ready, window: float) -> bool:
+    """Report as soon as ``ready()`` and the loop waits, within ``window`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window
+    while loop.time() < deadline:
+        if ready() and await _report_now(scheduler):
+            return True
+        await asyncio.sleep(POLL_S)
+    return False
 
 
 class ReportJoins(SchedulerPlugin):
@@ -55,17 +70,12 @@ class ReportJoins(SchedulerPlugin):
 
     async def _report(self):
         await asyncio.sleep(COALESCE_S)
-        await _report_now(self.scheduler)
+        await _report_when(self.scheduler, lambda: True, JOIN_WINDOW_S)
 
 
 async def report_start(scheduler) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_WINDOW_S
-    while loop.time() < deadline:
-        if scheduler.status == Status.running and await _report_now(scheduler):
-            log.info("gatewayha: first heartbeat sent as soon as the scheduler was running")
-            return
-        await asyncio.sleep(STARTUP_POLL_S)
+    if await _report_when(scheduler, lambda: scheduler.status == Status.running, STARTUP_WINDOW_S):
+        log.info("gatewayha: first heartbeat sent as soon as the scheduler was running")
 
 
 def dask_setup(scheduler):
