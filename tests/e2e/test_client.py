@@ -257,6 +257,50 @@ def test_unknown_sni_is_refused_and_plain_https_to_api_fails_cleanly(stack):
                 s.recv(1)
 
 
+def _chunked_post(stack, body: bytes) -> tuple[int, dict]:
+    """POST a create with a chunked body (no Content-Length) through HAProxy."""
+    import base64
+    import http.client
+    import json
+
+    user, password = stack.credentials()
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    try:
+        pieces = (body[i : i + 8192] for i in range(0, len(body), 8192))
+        conn.request(
+            "POST",
+            "/api/v1/clusters/",
+            body=pieces,
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_a_chunked_create_body_is_read_and_bounded_like_any_other(stack, gateway):
+    """Without a Content-Length the body used to be taken for empty: a 1 MB chunked body (or
+    malformed JSON) created a cluster with default options."""
+    import json
+
+    status, answer = _chunked_post(stack, b"x" * 1_000_000)
+    assert status == 413 and "larger than" in answer["error"]
+    status, answer = _chunked_post(stack, b"{not json")
+    assert status == 400 and "error" in answer
+    assert gateway.list_clusters() == []
+    body = json.dumps({"cluster_options": {"worker_cores": 2}}).encode()
+    status, answer = _chunked_post(stack, body)
+    assert status == 201, answer
+    cluster = gateway.connect(answer["name"])
+    try:
+        assert gateway.get_cluster(cluster.name).options["worker_cores"] == 2
+    finally:
+        cluster.shutdown()
+
+
 def test_default_create_claims_a_warm_scheduler_running_on_the_first_poll(stack, gateway):
     def ready_pool():
         with stack.db() as conn:

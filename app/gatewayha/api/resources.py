@@ -31,7 +31,13 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"Request body larger than {max_bytes} bytes")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    if length is None and req.get_header("Transfer-Encoding"):
+        # A chunked body has no Content-Length, and Falcon's bounded_stream then reads
+        # nothing: the body would be taken for empty (a create with default options).
+        # The server decodes the chunks; read at most one byte past the limit.
+        raw = req.stream.read(max_bytes + 1)
+    else:
+        raw = req.bounded_stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"Request body larger than {max_bytes} bytes")
     if not raw.strip():
