@@ -3,7 +3,7 @@
 #   scripts/stack.sh up | down | status
 # Environment: GATEWAYHA_STATE (default .state), GATEWAYHA_PORT (public port, default 8000),
 # GATEWAYHA_API_PORTS (default "8101 8102"), GATEWAYHA_EXAMPLE=0 to skip the example run.
-# Runs: a throwaway Postgres, 2 API instances (gunicorn), 2 job workers (nodes
+# Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian + Falcon), 2 job workers (nodes
 # local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -137,11 +137,11 @@ up() {
     for p in $API_PORTS; do
         api_args+=(--api "127.0.0.1:$p")
         if ! alive "$RUN/api-$p.pid"; then
-            # gunicorn refuses to start while its old pidfile names a live PID, and a killed,
-            # not yet reaped (zombie) master still counts as live for it.
+            # granian refuses to start while its old pidfile names a live PID, and a killed,
+            # not yet reaped (zombie) main process still counts as live for it.
             rm -f "$RUN/api-$p.pid"
-            MALLOC_ARENA_MAX=2 setsid gunicorn -c python:gatewayha.api.gunicorn_conf --bind "127.0.0.1:$p" \
-                --pid "$RUN/api-$p.pid" gatewayha.api.wsgi:app >>"$LOG/api-$p.log" 2>&1 < /dev/null &
+            MALLOC_ARENA_MAX=2 setsid gatewayha-api --bind "127.0.0.1:$p" \
+                --pid-file "$RUN/api-$p.pid" >>"$LOG/api-$p.log" 2>&1 < /dev/null &
         fi
     done
 

@@ -185,7 +185,7 @@ def test_basic_login_sets_a_signed_cookie_any_instance_accepts(env, client):
     assert r.status_code == 200
     cookie = r.cookies["gatewayha-session"]
     assert cookie.http_only
-    # A second app instance (another gunicorn process or node) accepts it.
+    # A second app instance (another API process or node) accepts it.
     other = falcon.testing.TestClient(create_app(env[0], env[1]))
     r2 = other.simulate_get("/api/v1/clusters/", cookies={"gatewayha-session": cookie.value})
     assert r2.status_code == 200

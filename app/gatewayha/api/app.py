@@ -1,4 +1,4 @@
-"""create_app(settings, pool) -> falcon.App; the same factory serves gunicorn and tests.
+"""create_app(settings, pool) -> falcon.App; the same factory serves gatewayha-api and tests.
 
 ``heartbeat_pool`` serves scheduler heartbeats and ``health_pool`` /api/health, each apart from
 the main pool and from each other: in a start storm neither queues behind user requests, and

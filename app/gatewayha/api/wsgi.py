@@ -1,4 +1,4 @@
-"""gunicorn entry point: ``gunicorn gatewayha.api.wsgi:app`` with GATEWAYHA_CONFIG set."""
+"""The WSGI app ``gatewayha.api.wsgi:app`` (GATEWAYHA_CONFIG set); ``gatewayha-api`` serves it."""
 
 import logging
 

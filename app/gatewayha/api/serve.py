@@ -1,0 +1,101 @@
+"""``gatewayha-api --bind HOST:PORT [--pid-file FILE]``: one API instance.
+
+The WSGI app (``gatewayha.api.wsgi:app``) runs under granian: HTTP/1.1 is parsed and the
+connections are kept in Rust, and Python runs only the app, each request on a thread of a
+pool. Under gunicorn's gthread worker the dispatch loop (epoll, re-registering each
+keep-alive connection after every request, handing it to the thread pool) was 41 % of the
+API's Python time, and a constant answer served about 3,100 req/s through HAProxy on this
+machine; under granian, 8,500 (bench/profile.md, finding 14).
+
+Settings from the environment (the systemd unit's EnvironmentFile, the local stack):
+GATEWAYHA_API_PROCESSES  worker processes (1; scale out with more instances instead)
+GATEWAYHA_API_THREADS    request threads per process (128): a long poll (GET …?wait, up to
+                         ~20 s) holds one, and in a storm of 100 creates 100 clients poll at
+                         once; threads are started on demand and end after 30 s idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+# A long poll ends within ~20 s; on SIGTERM in-flight requests get this long to finish.
+GRACEFUL_STOP_S = 25
+# How long a kept-alive connection (HAProxy's) may wait for its next request's headers.
+HEADER_READ_TIMEOUT_MS = 30_000
+
+
+class _IntendedThreads(logging.Filter):
+    """Drops granian's start-up warning about many threads: they are meant for long polls."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads" not in record.getMessage()
+
+
+# granian's own lines (start, stop, worker respawns) in the app's format, on stderr.
+LOG_CONFIG = {
+    "filters": {"intended_threads": {"()": _IntendedThreads}},
+    "formatters": {
+        "generic": {"()": "logging.Formatter", "fmt": "%(asctime)s %(levelname)s granian %(message)s"},
+        "access": {"()": "logging.Formatter", "fmt": "%(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "formatter": "generic",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "filters": ["intended_threads"],
+        },
+        "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+    },
+}
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--bind wants HOST:PORT, not {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def server(bind: str, pid_file: str | None = None, environ=os.environ):
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
+    host, port = parse_bind(bind)
+    return Granian(
+        "gatewayha.api.wsgi:app",
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=int(environ.get("GATEWAYHA_API_PROCESSES", "1")),
+        blocking_threads=int(environ.get("GATEWAYHA_API_THREADS", "128")),
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS, keep_alive=True),
+        websockets=False,
+        # A worker that dies is started again; the instance (and its port) stays up.
+        respawn_failed_workers=True,
+        respawn_interval=1.0,
+        workers_kill_timeout=GRACEFUL_STOP_S,
+        pid_file=Path(pid_file) if pid_file else None,
+        log_dictconfig=LOG_CONFIG,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gatewayha-api", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bind", required=True, type=str, help="HOST:PORT to listen on")
+    parser.add_argument("--pid-file", help="write the main process's PID here")
+    args = parser.parse_args(argv)
+    try:
+        parse_bind(args.bind)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    server(args.bind, args.pid_file).serve()
+
+
+if __name__ == "__main__":
+    main()
