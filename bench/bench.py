@@ -212,9 +212,15 @@ class BaselineServer:
             self.p.wait()
 
 
+# 600 samples per endpoint: with 10 s (200 samples) the idle p99 was the second-slowest request
+# and varied 3.0-7.9 ms between runs on this machine, which moved the storm's ratio more than
+# the storm did.
+STORM_IDLE_S = 30
+
+
 class StormProbes:
     """The storm's latency windows, each with the baseline server probed alongside: *idle* (the
-    10 s before; measured on construction), *storm* (from the first create until every create
+    STORM_IDLE_S before; measured on construction), *storm* (from the first create until every create
     has returned: the start storm; ended by `started`) and *cleanup* (stopping every cluster
     until its processes are gone; ended by `finish`). Results go into `out`."""
 
@@ -223,7 +229,7 @@ class StormProbes:
         self.baseline = BaselineServer()
         time.sleep(2)
         self.pr = self._prober()
-        time.sleep(10)
+        time.sleep(STORM_IDLE_S)
         out["idle"] = self.pr.stop()
         out["mem_rest"] = memory(t)
         self.pr = self._prober()
@@ -520,6 +526,9 @@ def direct_client(addr: str, security):
             client.close()
 
 
+E_RTT_PAIRS = 300
+
+
 def task_rtt(client, n=200) -> list[float]:
     out = []
     for i in range(n):
@@ -554,9 +563,14 @@ def phase_e(targets, results, sentinels):
             for c in clients.values():  # warm up
                 task_rtt(c, 20)
                 task_batch(c, 200)
+            # Round trips interleave one by one (proxy, direct, direct, proxy, …): the
+            # machine's load drifts over seconds, and in blocks of 100 that drift (±10 %
+            # between runs) was larger than the ~0.1 ms HAProxy adds to a ~13 ms round trip.
+            for i in range(E_RTT_PAIRS):
+                for via in ("proxy", "direct") if i % 2 == 0 else ("direct", "proxy"):
+                    rtt[via].extend(task_rtt(clients[via], 1))
             for rep in range(2):
                 for via in ("proxy", "direct") if rep % 2 == 0 else ("direct", "proxy"):
-                    rtt[via].extend(task_rtt(clients[via], 100))
                     batch[via].append(task_batch(clients[via], 1000))
         proxied.close()
         name = cluster.name

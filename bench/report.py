@@ -374,7 +374,7 @@ def main() -> None:
         if key == "b100":
             add(
                 "API latency around the 100-cluster start storm (a prober in its own process: one request every "
-                "50 ms per endpoint, through the public port). Windows: *idle*, the 10 s just before; *storm*, "
+                "50 ms per endpoint, through the public port). Windows: *idle*, the 30 s just before; *storm*, "
                 "from the first create until every create has returned (the start storm); *clean-up*, stopping "
                 "all of them until their processes are gone. *baseline* is a trivial HTTP server (`load.py "
                 "serve`, its own process, nice 0, no framework) probed alongside: what the machine itself does "
@@ -432,8 +432,9 @@ def main() -> None:
         add(
             "One cluster per side with one worker. *proxy*: `cluster.get_client()` (TLS with SNI through "
             "HAProxy / the anchor's Go proxy); *direct*: a `distributed.Client` with the cluster's certificate to "
-            "the scheduler's own `tls://` address. Round trip: `submit(operator.add, i, 1).result()` in sequence; "
-            "batch: `gather(map(operator.add, range(1000), …))`. Proxy and direct alternate."
+            "the scheduler's own `tls://` address. Round trip: `submit(operator.add, i, 1).result()`, 300 per "
+            "path, proxy and direct interleaved one by one (so both see the same machine load); "
+            "batch: `gather(map(operator.add, range(1000), …))`, twice per path, alternating."
         )
         add("")
         add("| | gatewayha proxy | gatewayha direct | anchor proxy | anchor direct |")
