@@ -83,6 +83,29 @@ class Worker:
 
     # --- threads --------------------------------------------------------------
 
+    def _keep_routes_synced(self) -> None:
+        """Apply route changes as soon as they are notified, apart from the claim loop: a
+        route no longer waits for a tick (the node heartbeat, periodic claims, job claims,
+        each a round trip to Postgres that may wait on a lock) to finish first."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            if not self.routes_dirty.wait(1.0):
+                continue
+            try:
+                stats = self.sync_routes()
+            except UNAVAILABLE_ERRORS as exc:
+                self.routes_dirty.set()
+                log.warning("database unavailable for the route sync: %s; retrying in %.1fs", exc, delay)
+            except Exception:
+                self.routes_dirty.set()
+                log.exception("route sync error")
+            else:
+                if stats is not None:  # None: HAProxy's runtime API did not answer; retry
+                    delay = 0.5
+                    continue
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 10)
+
     def _listen(self) -> None:
         def connected(conn) -> None:
             self._rescue_own_node(conn)
@@ -203,13 +226,13 @@ class Worker:
             with self.held_lock:
                 self.held[job.id] = job
             self.executor.submit(self._run, job)
-        if self.routes_dirty.is_set():
-            self.sync_routes()
 
     def run(self) -> None:
         w = self.settings.worker
         threading.Thread(target=self._listen, name="listen", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="leases", daemon=True).start()
+        if self.settings.haproxy.admin_socket:
+            threading.Thread(target=self._keep_routes_synced, name="routes", daemon=True).start()
         state = {"next_node_heartbeat": 0.0, "started": False}
         delay = 0.5
         while not self.stopping.is_set():
