@@ -32,9 +32,9 @@ def test_a_bad_bind_exits_with_usage(capsys):
 
 def test_server_settings_come_from_the_environment(tmp_path):
     env = {"GATEWAYHA_API_PROCESSES": "3", "GATEWAYHA_API_THREADS": "64"}
-    s = serve.server("127.0.0.1:8101", str(tmp_path / "api.pid"), env)
+    s = serve.server(("127.0.0.1", 8101), str(tmp_path / "api.pid"), env)
     assert (s.bind_addr, s.bind_port, s.workers, s.blocking_threads) == ("127.0.0.1", 8101, 3, 64)
     assert s.interface.value == "wsgi" and s.websockets is False and s.respawn_failed_workers
     assert s.workers_kill_timeout == serve.GRACEFUL_STOP_S and s.pid_file == tmp_path / "api.pid"
-    default = serve.server("127.0.0.1:8101", None, {})
+    default = serve.server(("127.0.0.1", 8101), None, {})
     assert (default.workers, default.blocking_threads, default.pid_file) == (1, 128, None)

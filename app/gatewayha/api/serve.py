@@ -60,12 +60,13 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def server(bind: str, pid_file: str | None = None, environ=os.environ):
+def server(bind: tuple[str, int], pid_file: str | None = None, environ=os.environ):
+    """The granian server for ``bind`` (host, port: ``parse_bind``'s answer)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
-    host, port = parse_bind(bind)
+    host, port = bind
     return Granian(
         "gatewayha.api.wsgi:app",
         address=host,
@@ -87,13 +88,10 @@ def server(bind: str, pid_file: str | None = None, environ=os.environ):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gatewayha-api", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bind", required=True, type=str, help="HOST:PORT to listen on")
+    # argparse turns parse_bind's ArgumentTypeError into a usage error (exit 2).
+    parser.add_argument("--bind", required=True, type=parse_bind, help="HOST:PORT to listen on")
     parser.add_argument("--pid-file", help="write the main process's PID here")
     args = parser.parse_args(argv)
-    try:
-        parse_bind(args.bind)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
     server(args.bind, args.pid_file).serve()
 
 
