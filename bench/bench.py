@@ -456,18 +456,49 @@ def phase_storm(targets, results, n: int, work: bool, reps: int, sentinels: dict
 # ---------------------------------------------------------------- (d) GET throughput
 
 
-def _load(url: str, seconds: float, *auth: str) -> dict:
-    """load.py throughput: 16 keep-alive connections (2 processes × 8 threads) for `seconds`."""
-    out = subprocess.run(
-        [PY, os.path.join(HERE, "load.py"), "throughput", "--url", url, *auth]
-        + ["--procs", "2", "--threads", "8", "--seconds", str(seconds)],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 120,
-    )
-    if not out.stdout.strip():
-        raise RuntimeError(f"load.py printed nothing (rc {out.returncode}): {out.stderr[-1500:]}")
-    return json.loads(out.stdout)
+WRK_CONNECTIONS = 16
+
+
+def session_cookie(url: str, user: str, password: str) -> str:
+    """Log in once with Basic credentials and return the session cookie the server sets (what the
+    stock client's cookie jar sends from then on)."""
+    import base64
+    import urllib.request
+
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        cookie = r.headers.get("Set-Cookie")
+    if not cookie:
+        raise RuntimeError(f"{url}: no session cookie after Basic authentication")
+    return cookie.split(";", 1)[0]
+
+
+def _load(url: str, seconds: float, cookie: str | None = None) -> dict:
+    """wrk: 16 keep-alive connections on 2 threads for `seconds`, every request with the same
+    session cookie. A load generator in C: the earlier Python one (http.client, 16 threads) used
+    most of a core itself and saturated before the anchor did (bench/profile.md, finding 16)."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError(f"load only goes to 127.0.0.1, not {url}")
+    cmd = ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "-s", os.path.join(HERE, "wrk_report.lua")]
+    if cookie:
+        cmd += ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("{")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary (rc {out.returncode}): {out.stdout[-800:]} {out.stderr[-800:]}")
+    w = json.loads(line)
+    bad = w["errors"] + w["status_errors"]
+    return {
+        "n": w["n"],
+        "errors": bad,
+        "seconds": w["seconds"],
+        "rps": (w["n"] - w["status_errors"]) / w["seconds"] if w["seconds"] > 0 else None,
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "max_ms": w["max_us"] / 1000,
+        "concurrency": WRK_CONNECTIONS,
+    }
 
 
 def phase_d(targets, results, sentinels, seconds=5.0):
@@ -480,7 +511,7 @@ def phase_d(targets, results, sentinels, seconds=5.0):
         per = {}
         for t in order(rep, targets):
             url = f"{t.address}/api/v1/clusters/{sentinels[t.key]}"
-            r = _load(url, seconds, f"--user={t.user}", f"--password={t.password}")
+            r = _load(url, seconds, session_cookie(url, t.user, t.password))
             runs[t.key].append(r)
             per[t.key] = r["rps"]
             log(f"(d) rep {rep} {t.key}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}")

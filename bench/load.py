@@ -1,8 +1,5 @@
-"""HTTP load for the benchmark, run as its own process so the driver's event loop does not skew it.
+"""HTTP probes for the benchmark, run as its own process so the driver's event loop does not skew it.
 
-  load.py throughput --url URL [--user U --password P] --procs 2 --threads 8 --seconds 5 --max-requests N
-      keep-alive connections, each authenticated once (Basic, then the session cookie the server
-      sets, as the stock client's cookie jar does); prints {"n", "errors", "rps", "p50", "p99", ...}.
   load.py probe --url URL[ --url URL2] [--user U --password P] --interval 0.05 --seconds 600
       one thread per URL, one request per interval, until the time is up or SIGTERM; prints a
       latency summary per URL. Requests time out after --timeout seconds (counted and reported).
@@ -20,7 +17,6 @@ import argparse
 import base64
 import http.client
 import json
-import multiprocessing as mp
 import signal
 import sys
 import threading
@@ -77,73 +73,6 @@ class Conn:
                 self.c = None
             return r.status
         return 0
-
-
-def _throughput_proc(args, start_at: float, out: mp.Queue) -> None:
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    deadline = start_at + args.seconds
-    per_thread_max = max(1, args.max_requests // (args.procs * args.threads))
-
-    def run():
-        conn = Conn(args.url, args.user, args.password, args.timeout)
-        try:
-            conn.get()  # authenticate before the clock starts
-        except Exception:
-            pass
-        mine, errs = [], 0
-        while time.time() < start_at:
-            time.sleep(0.001)
-        for _ in range(per_thread_max):
-            t0 = time.perf_counter()
-            if time.time() >= deadline:
-                break
-            try:
-                status = conn.get()
-                ok = status == 200
-            except Exception:
-                ok = False
-            mine.append(time.perf_counter() - t0)
-            errs += not ok
-        with lock:
-            lat.extend(mine)
-            errors[0] += errs
-
-    threads = [threading.Thread(target=run) for _ in range(args.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out.put((lat, errors[0], time.time()))
-
-
-def throughput(args) -> dict:
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    start_at = time.time() + 1.5  # every connection authenticated before the start
-    procs = [ctx.Process(target=_throughput_proc, args=(args, start_at, q)) for _ in range(args.procs)]
-    for p in procs:
-        p.start()
-    lat, errors, ends = [], 0, []
-    for _ in procs:
-        item_lat, item_err, end = q.get(timeout=args.seconds + 60)
-        lat.extend(item_lat)
-        errors += item_err
-        ends.append(end)
-    for p in procs:
-        p.join(timeout=10)
-    elapsed = max(ends) - start_at
-    return {
-        "n": len(lat),
-        "errors": errors,
-        "seconds": elapsed,
-        "rps": (len(lat) - errors) / elapsed if elapsed > 0 else None,
-        "p50_ms": _ms(pct(lat, 50)),
-        "p99_ms": _ms(pct(lat, 99)),
-        "max_ms": _ms(max(lat) if lat else None),
-        "concurrency": args.procs * args.threads,
-    }
 
 
 def _ms(x):
@@ -237,21 +166,15 @@ def serve(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["throughput", "probe", "serve"])
+    ap.add_argument("mode", choices=["probe", "serve"])
     ap.add_argument("--url", action="append", required=True)
     ap.add_argument("--user")
     ap.add_argument("--password")
-    ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--max-requests", type=int, default=500_000)
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--timeout", type=float, default=5.0)
     args = ap.parse_args()
-    if args.mode == "throughput":
-        args.url = args.url[0]
-        print(json.dumps(throughput(args)))
-    elif args.mode == "serve":
+    if args.mode == "serve":
         serve(args)
     else:
         print(json.dumps(probe(args)))

@@ -400,9 +400,11 @@ def main() -> None:
         add("## (d) Authenticated GET /api/v1/clusters/{name}")
         add("")
         add(
-            "16 keep-alive connections (2 processes × 8 threads, `bench/load.py`), each authenticated once "
-            "(Basic, then the server's session cookie), 5 s per run, through the public port (HAProxy / the "
-            "anchor's proxy), on a RUNNING cluster (the answer carries its TLS certificate and key)."
+            "`wrk -t2 -c16 -d5s`: 16 keep-alive connections sending the session cookie the server set on "
+            "one Basic login (as the stock client's cookie jar does), through the public port (HAProxy / the "
+            "anchor's proxy), on a RUNNING cluster (the answer carries its TLS certificate and key). The load "
+            "generator is in C: a Python one (http.client, 16 threads) used most of a core itself and "
+            "saturated before the anchor did (bench/profile.md, finding 16)."
         )
         add("")
         add("| | gatewayha | anchor | ratio |")

@@ -47,6 +47,13 @@ if [ ! -x "$BVENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ];
     echo "$want" > "$stamp"
 fi
 
+# ------------------------------------------------------------------ the load generator of (d)
+if ! command -v wrk >/dev/null; then
+    say "apt-get install wrk"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+
 # ------------------------------------------------------------------ start / stop
 # The local stack keeps a warm pool by default: "without warm pool" must say so (size 0), unless the
 # stack predates the setting (then it has no pool anyway).
