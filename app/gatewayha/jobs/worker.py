@@ -71,15 +71,12 @@ class Worker:
             try:
                 stats = sync_maps(self.runtime, self.settings.haproxy.map_dir, sni, dash)
             except RuntimeAPIError as exc:
-                # HAProxy not (yet) up or reloading: the map files are what it loads
-                # at start; the live maps are retried on the next tick.
-                sync_maps(None, self.settings.haproxy.map_dir, sni, dash)
+                # HAProxy not (yet) up or reloading: sync_maps still wrote the map files, which
+                # it loads at start; the live maps are retried.
                 self.routes_dirty.set()
                 log.warning("HAProxy runtime API unavailable, map files written, will retry: %s", exc)
                 return None
-            if any(stats.get(k) for k in ("added", "changed", "removed")):
-                log.info("routes synced: %s", stats)
-            return stats
+            return stats  # sync_maps logged any change
 
     # --- threads --------------------------------------------------------------
 

@@ -46,9 +46,12 @@ def sync_maps(
     (ValueError). With ``runtime=None`` only the files are written. Returns the counts
     ``added``, ``changed`` (including repaired duplicates), ``removed`` and ``files_changed``.
 
-    The files are written first: if HAProxy is down (RuntimeConnectionError) or refuses a
-    command (RuntimeAPIError), the files already hold the routes it will load on start, and
-    calling again once it answers finishes the job.
+    The live maps are changed first: a client waits for those. The files are written after
+    them, and also when HAProxy is down (RuntimeConnectionError) or refuses a command
+    (RuntimeAPIError), so they hold the routes it loads on its next start; calling again
+    once it answers finishes the live part. Written first, the files' fsyncs delayed every
+    route: 2-12 ms on an idle disk, 30-100 ms while Postgres and a hundred schedulers wrote
+    (bench/profile.md, finding 13).
     """
     validate_map_entries(sni, "sni")
     validate_map_entries(dash, "dash")
@@ -56,16 +59,18 @@ def sync_maps(
     wanted: list[tuple[MapKind, str, Mapping[str, str]]] = [("sni", sni_path, sni), ("dash", dash_path, dash)]
     counts = {"added": 0, "changed": 0, "removed": 0, "files_changed": 0}
     with _lock:
-        Path(sni_path).parent.mkdir(parents=True, exist_ok=True)
-        for kind, path, entries in wanted:
-            if write_atomic(path, render_map(entries, kind)):
-                counts["files_changed"] += 1
-        if runtime is not None:
-            loaded = runtime.list_maps()
-            for _kind, path, entries in wanted:
-                live_path = _loaded_name(path, loaded)
-                for name, n in _sync_live_map(runtime, live_path, entries).items():
-                    counts[name] += n
+        try:
+            if runtime is not None:
+                loaded = runtime.list_maps()
+                for _kind, path, entries in wanted:
+                    live_path = _loaded_name(path, loaded)
+                    for name, n in _sync_live_map(runtime, live_path, entries).items():
+                        counts[name] += n
+        finally:
+            Path(sni_path).parent.mkdir(parents=True, exist_ok=True)
+            for kind, path, entries in wanted:
+                if write_atomic(path, render_map(entries, kind)):
+                    counts["files_changed"] += 1
     if counts["added"] or counts["changed"] or counts["removed"]:
         log.info("routes synced: %s", counts)
     return counts
