@@ -429,3 +429,34 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
     finally:
         backend.stop_cluster(name)
     assert not launched()
+
+
+def test_a_route_notification_wakes_the_route_thread_and_not_the_claim_loop(db, db_dsn, tmp_path):
+    # A route change (200 of them in a 100-cluster storm) is for the route thread; waking the
+    # claim loop too ran a tick (node heartbeat, periodic and job claims) for nothing.
+    import threading
+
+    from gatewayha.jobs.worker import Worker
+
+    worker = Worker(make_settings(db_dsn, tmp_path, node={"name": "node-l", "launcher": "process"}))
+    listener = threading.Thread(target=worker._listen, daemon=True)
+    listener.start()
+    try:
+        assert wait_until(worker.routes_dirty.is_set, 10)  # set once on (re)connecting: catch up
+        assert wait_until(worker.wake.is_set, 10)
+        worker.routes_dirty.clear()
+        worker.wake.clear()
+
+        db.execute("SELECT pg_notify(%s, %s)", (clusters.ROUTES_CHANNEL, "c1"))
+        assert wait_until(worker.routes_dirty.is_set, 10)
+        time.sleep(0.3)
+        assert not worker.wake.is_set()
+
+        db.execute("SELECT pg_notify(%s, %s)", (queue.CHANNEL, "any"))
+        assert wait_until(worker.wake.is_set, 10)
+    finally:
+        worker.stopping.set()
+        listener.join(10)
+        worker.executor.shutdown()
+        worker.pool.close()
+    assert not listener.is_alive()
