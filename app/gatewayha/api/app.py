@@ -11,14 +11,18 @@ from __future__ import annotations
 import falcon
 
 from gatewayha.api import errors, resources
-from gatewayha.api.middleware import Authenticate, RequestId
+from gatewayha.api.middleware import Authenticate, DrainBody, RequestId
 from gatewayha.config import Settings
+
+# Unread request bodies are drained up to this size before the answer (middleware.DrainBody);
+# HAProxy refuses a larger Content-Length at the edge.
+DRAIN_BYTES = 8 * 1024 * 1024
 
 
 def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None, watch=None) -> falcon.App:
     heartbeat_pool = pool if heartbeat_pool is None else heartbeat_pool
     health_pool = pool if health_pool is None else health_pool
-    app = falcon.App(middleware=[RequestId(), Authenticate(settings, pool)])
+    app = falcon.App(middleware=[RequestId(), DrainBody(DRAIN_BYTES), Authenticate(settings, pool)])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     errors.install(app)

@@ -41,6 +41,37 @@ class RequestId:
         )
 
 
+class DrainBody:
+    """Read what is left of a request body before the answer goes out.
+
+    An answer given before the body was read (413, 401, 404, 422 ...) made granian reset the
+    connection HAProxy was still sending the body on, and HAProxy (``observe layer4``) then
+    marked a healthy instance DOWN for seconds: any client could take instances out of
+    rotation with oversized bodies. Up to ``limit`` bytes are read and dropped; a longer body
+    still ends with a reset (HAProxy refuses a Content-Length over that limit at the edge).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def process_response(self, req: falcon.Request, resp, resource, req_succeeded) -> None:
+        if req.content_length is not None:
+            stream = req.bounded_stream
+        elif req.get_header("Transfer-Encoding"):
+            stream = req.stream  # the server decodes the chunks; empty once the last one is read
+        else:
+            return
+        left = self.limit
+        try:
+            while left > 0:
+                block = stream.read(min(65_536, left))
+                if not block:
+                    return
+                left -= len(block)
+        except OSError:
+            return  # the client went away
+
+
 class VerifiedPasswords:
     """Recently verified Basic credentials, so a client that logs in again (every new
     ``Gateway()`` does) does not pay scrypt's ~40 ms of CPU each time.
