@@ -323,16 +323,14 @@ def test_oversized_bodies_are_refused_without_breaking_an_api_connection(stack):
     for _ in range(4):
         status, answer = _chunked_post(stack, b"x" * 1_000_000)
         assert status == 413 and "larger than" in answer["error"]
-    size = 8 * 1024 * 1024 + 1
+    # HAProxy answers on the headers alone: send no body (an unread one would make its close
+    # a reset, which may overtake the answer).
     head = b"POST /api/v1/clusters/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
     with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as sock:
-        try:
-            sock.sendall(head % size + b"x" * size)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused after the headers: read that answer
+        sock.sendall(head % (8 * 1024 * 1024 + 1))
         resp = http.client.HTTPResponse(sock)
         resp.begin()
-        assert resp.status == 413 and json.loads(resp.read()) == {"error": "Request body too large"}
+        assert (resp.status, json.loads(resp.read())) == (413, {"error": "Request body too large"})
     assert _api_response_errors(stack) == before
 
 
