@@ -228,6 +228,38 @@ def test_idempotency_key_replayed_on_the_other_node_returns_the_same_cluster():
     stop_clusters(names[:1])
 
 
+def test_a_wedged_api_worker_is_restarted_by_the_systemd_watchdog():
+    """granian has no hung-worker timeout: a worker that stops serving stops pinging systemd
+    (gatewayha.api.watchdog) and, WatchdogSec=30 later, the instance is restarted."""
+    gw2 = gwtest.node(GW2)
+    unit = "gatewayha-api@8102"
+    old_pid = gwtest.main_pid(gw2, unit)
+    worker = gw2.run(f"cat /proc/{old_pid}/task/{old_pid}/children").stdout.split()
+    assert len(worker) == 1, f"{unit}: one granian worker process, got {worker}"
+    t_stop = time.monotonic()
+    assert gw2.run(f"kill -STOP {worker[0]}").rc == 0
+    restarted = None
+    while time.monotonic() < t_stop + 90:
+        pid = gwtest.main_pid(gw2, unit)
+        if pid not in (0, old_pid):
+            restarted = time.monotonic() - t_stop
+            break
+        time.sleep(0.5)
+
+    def back_up():
+        return all(gwtest.haproxy_servers(gwtest.node(gw)).get("gw2-8102", "").startswith("UP") for gw in (GW1, GW2))
+
+    gwtest.wait_until(back_up, 60, f"{unit} UP again in both HAProxies", interval=0.5)
+    up = time.monotonic() - t_stop
+    result = gw2.run(f"journalctl -u {unit} --since=-3min --no-pager | grep -c 'Watchdog timeout' || true").stdout
+    gwtest.measured(
+        f"WATCHDOG kill -STOP of {unit}'s granian worker on gw2: restarted by systemd after "
+        f"{restarted and round(restarted, 1)} s (WatchdogSec 30), UP again in HAProxy after {round(up, 1)} s"
+    )
+    assert restarted is not None and restarted >= 20, f"restarted after {restarted} s"
+    assert int(result.strip() or 0) >= 1, "systemd logged the watchdog timeout"
+
+
 # --------------------------------------------------------------------------- 2
 
 

@@ -21,6 +21,8 @@ import logging
 import os
 from pathlib import Path
 
+# Where this instance listens, for its worker processes (the systemd watchdog probes it).
+BIND_ENV = "GATEWAYHA_API_BIND"
 # A long poll ends within ~20 s; on SIGTERM in-flight requests get this long to finish.
 GRACEFUL_STOP_S = 25
 # How long a kept-alive connection (HAProxy's) may wait for its next request's headers.
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bind", required=True, type=parse_bind, help="HOST:PORT to listen on")
     parser.add_argument("--pid-file", help="write the main process's PID here")
     args = parser.parse_args(argv)
+    host, port = args.bind
+    os.environ[BIND_ENV] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server(args.bind, args.pid_file).serve()
 
 

@@ -2,6 +2,7 @@
 
 import logging
 
+from gatewayha.api import watchdog
 from gatewayha.api.app import create_app
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import load_settings
@@ -25,3 +26,5 @@ watch = ClusterWatch(settings.database).start()
 app = create_app(settings, pool, heartbeat_pool, health_pool, watch)
 # Tells the job workers that scheduler heartbeats can arrive (gatewayha.liveness).
 reporter = ApiReporter(health_pool, settings.node.name).start()
+# Under systemd with WatchdogSec=: pings while this instance answers (gatewayha.api.watchdog).
+watchdog.start()

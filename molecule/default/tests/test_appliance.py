@@ -4,6 +4,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,29 @@ def test_api_instances_healthy_on_each_node(gw):
     for port in (8101, 8102):
         status, body = gwtest.http_get(f"http://{gwtest.NODE_IP[gw]}:{port}/api/health")
         assert (status, body) == (200, {"status": "pass"}), f"gatewayha-api@{port} on {gw}"
+
+
+def test_api_instances_ping_the_systemd_watchdog():
+    """systemd receives the granian workers' pings (NotifyAccess=all): the watchdog timestamp of
+    every instance moves on, and none was restarted for want of a ping."""
+
+    def watchdog_state():
+        state = {}
+        for gw in gwtest.GATEWAYS:
+            for port in (8101, 8102):
+                out = gwtest.node(gw).run(
+                    f"systemctl show -p WatchdogUSec -p WatchdogTimestampMonotonic -p NRestarts gatewayha-api@{port}"
+                )
+                state[(gw, port)] = dict(line.split("=", 1) for line in out.stdout.split())
+        return state
+
+    before = watchdog_state()
+    time.sleep(11)  # pings every 10 s (a third of WatchdogSec)
+    after = watchdog_state()
+    for key, props in after.items():
+        assert props["WatchdogUSec"] == "30s", (key, props)
+        assert int(props["WatchdogTimestampMonotonic"]) > int(before[key]["WatchdogTimestampMonotonic"]), (key, props)
+        assert props["NRestarts"] == "0", (key, props)
 
 
 def _db_password() -> str:
