@@ -44,11 +44,12 @@ class RequestId:
 class DrainBody:
     """Read what is left of a request body before the answer goes out.
 
-    An answer given before the body was read (413, 401, 404, 422 ...) made granian reset the
-    connection HAProxy was still sending the body on, and HAProxy (``observe layer4``) then
-    marked a healthy instance DOWN for seconds: any client could take instances out of
-    rotation with oversized bodies. Up to ``limit`` bytes are read and dropped; a longer body
-    still ends with a reset (HAProxy refuses a Content-Length over that limit at the edge).
+    An answer given before the body was read (413, 401, 404, 422 ...) made granian abort the
+    connection HAProxy was still sending the body on: the client got a 502 or a cut-off
+    answer, and HAProxy counted a response error against a healthy instance (which
+    ``observe layer4`` may take out of rotation). Up to ``limit`` bytes are read and dropped;
+    a longer body still ends with an abort (HAProxy refuses a Content-Length over that limit
+    at the edge).
     """
 
     def __init__(self, limit: int):
