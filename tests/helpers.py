@@ -17,3 +17,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def datagrams(sock, seconds: float) -> list[bytes]:
+    """Every datagram ``sock`` (a socket with a short timeout) receives within ``seconds``."""
+    got, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append(sock.recv(256))
+        except TimeoutError:
+            pass
+    return got

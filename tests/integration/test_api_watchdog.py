@@ -7,27 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from haproxy_fixture import free_port
+
 from conftest import SECRET
-from helpers import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import datagrams, wait_until
 
 
 def pings(sock, seconds: float) -> int:
-    n, end = 0, time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            n += sock.recv(64) == b"WATCHDOG=1"
-        except TimeoutError:
-            pass
-    return n
+    return datagrams(sock, seconds).count(b"WATCHDOG=1")
 
 
 def test_the_worker_pings_systemd_while_it_serves_and_not_while_it_is_stopped(db_dsn, tmp_path: Path):

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from gatewayha.api import watchdog
+from helpers import datagrams as pings
 
 
 @pytest.fixture
@@ -20,16 +21,6 @@ def notify_socket(tmp_path):
     sock.settimeout(0.1)
     yield path, sock
     sock.close()
-
-
-def pings(sock, seconds: float) -> list[bytes]:
-    got, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            got.append(sock.recv(256))
-        except TimeoutError:
-            pass
-    return got
 
 
 class Instance:
