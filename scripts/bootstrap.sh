@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pair in postgresql:/usr/lib/postgresql/15/bin/initdb haproxy:/usr/sbin/haproxy \
-            python3-venv:/usr/lib/python3/dist-packages/ensurepip runuser:/usr/sbin/runuser \
+            python3-venv:/usr/lib/python3.11/ensurepip/__init__.py runuser:/usr/sbin/runuser \
             procps:/usr/bin/pgrep iproute2:/usr/bin/ss curl:/usr/bin/curl; do
     pkg=${pair%%:*}; path=${pair#*:}
     [ -e "$path" ] || need+=("$pkg")
@@ -13,10 +13,6 @@ done
 # runuser lives in util-linux, which every Debian has; do not try to install it by that name.
 need=("${need[@]/runuser/}")
 need=($(printf '%s\n' "${need[@]}" | grep -v '^$' || true))
-# A python3 with a working venv module is enough (pyenv or Debian's).
-if [ ${#need[@]} -gt 0 ] && [[ " ${need[*]} " == *" python3-venv "* ]] && python3 -m venv --help >/dev/null 2>&1; then
-    need=($(printf '%s\n' "${need[@]}" | grep -vx python3-venv || true))
-fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: apt-get install ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -24,10 +20,17 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # Debian starts a packaged postgresql/haproxy service where systemd runs; we use our own instances.
+# The venv is built on Debian's /usr/bin/python3 (python3-venv): Dask processes run from it under
+# uids of their own (tenant isolation), so its interpreter must not live in a private home
+# (a pyenv under /root is unreachable for them).
+base_python=/usr/bin/python3
+[ -x "$base_python" ] || base_python=$(command -v python3)
 stamp=.venv/.gatewayha-installed
-if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ app/pyproject.toml -nt "$stamp" ]; then
-    echo "bootstrap: building .venv"
-    python3 -m venv .venv
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ app/pyproject.toml -nt "$stamp" ] \
+   || ! grep -qx "home = $(dirname "$base_python")" .venv/pyvenv.cfg 2>/dev/null; then
+    echo "bootstrap: building .venv on $base_python"
+    rm -rf .venv
+    "$base_python" -m venv .venv
     { .venv/bin/pip install --upgrade pip && .venv/bin/pip install -e 'app[test]'; } > .venv/pip.log 2>&1 \
         || { tail -30 .venv/pip.log; echo "bootstrap: pip install failed (log: .venv/pip.log)" >&2; exit 1; }
     .venv/bin/python -c 'import gatewayha, dask_gateway, distributed, falcon' 
