@@ -17,6 +17,9 @@ VENV=$ROOT/.venv
 CONFIG=$STATE/gatewayha.toml
 export GATEWAYHA_CONFIG=$CONFIG
 export PATH=$VENV/bin:$PATH
+# Everything the stack writes (config, secrets, logs, pidfiles) is private to root: tenants'
+# Dask processes run here under uids of their own (node.isolation = "uid").
+umask 077
 
 # A process that exists and is not a zombie (a killed child of ours stays a zombie until
 # PID 1 reaps it, which here may take a while: kill -0 alone would call it alive).
@@ -61,6 +64,7 @@ dsn = "$dsn"
 secret = "$(cat "$STATE/secret")"
 public_url = "http://127.0.0.1:$PORT"
 api_url = "http://127.0.0.1:$PORT/api"
+reserved_ports = "$(echo $API_PORTS | tr ' ' ',')"
 
 [auth]
 type = "basic"
@@ -120,12 +124,17 @@ TOML
 }
 
 up() {
-    mkdir -p "$RUN" "$LOG" "$STATE/haproxy/maps"
+    mkdir -p "$RUN" "$LOG" "$STATE/haproxy/maps" "$STATE/node-1" "$STATE/node-2"
+    # Dask processes (under their own uids) reach the venv and their cluster's directory under
+    # the node dirs by search permission alone: nothing else of the state dir is theirs to read.
+    chmod 0711 "$STATE" "$STATE/node-1" "$STATE/node-2"
+    chmod 0700 "$RUN" "$LOG" "$STATE/haproxy"
     dsn_admin=$(scripts/pg.sh start "$STATE/pg")
     psql "$dsn_admin" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'gatewayha'" | grep -q 1 \
         || psql "$dsn_admin" -qc "CREATE DATABASE gatewayha" >/dev/null
     dsn=${dsn_admin%/postgres}/gatewayha
     write_config "$dsn"
+    chmod 0600 "$CONFIG" "$STATE/secret"
     gatewayha-admin migrate
     if ! gatewayha-admin users list --json | python3 -c 'import json,sys; sys.exit(0 if any(u["name"]=="demo" for u in json.load(sys.stdin)) else 1)'; then
         [ -f "$STATE/demo-password" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(12))' > "$STATE/demo-password")
@@ -180,6 +189,7 @@ export DASK_GATEWAY__AUTH__KWARGS__PASSWORD=$(cat "$STATE/demo-password")
 export GATEWAYHA_CONFIG=$CONFIG
 export PATH=$VENV/bin:\$PATH
 ENV
+    chmod 0600 "$STATE/local.env"
     echo "gatewayha is up at http://127.0.0.1:$PORT (user demo; credentials in $STATE/local.env)"
     if [ "${GATEWAYHA_EXAMPLE:-1}" = 1 ]; then
         ( . "$STATE/local.env"; python "$ROOT/scripts/example.py" )

@@ -8,24 +8,29 @@ HAProxy. Changes that alter routes NOTIFY ``gatewayha_routes``.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from gatewayha import tls, warm_pool
+from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
-from gatewayha.errors import Conflict, LimitExceeded, NotFound
+from gatewayha.errors import Conflict, Forbidden, LimitExceeded, NotFound, Unprocessable
 from gatewayha.jobs import queue
-from gatewayha.options import ClusterConfig, cluster_config, validate_options
+from gatewayha.options import ClusterConfig, cluster_config, environment_patterns, split_environment, validate_options
 
 ROUTES_CHANNEL = "gatewayha_routes"
 CLUSTER_NAME = re.compile(r"^[a-f0-9]{32}$")
 WORKER_NAME = re.compile(r"^[a-f0-9]{32}-[a-z0-9]{1,16}$")
 ACTIVE = ("PENDING", "RUNNING", "STOPPING")
+
+log = logging.getLogger("gatewayha.clusters")
 
 
 class ClusterStatus(enum.Enum):
@@ -90,9 +95,17 @@ def create_cluster(
     """Insert a PENDING cluster and enqueue its start, within the user's limits."""
     opts = validate_options(settings.cluster_options, options)
     cfg = cluster_config(settings, opts)
+    _, refused = split_environment(cfg.environment, environment_patterns(settings.cluster.environment_allow))
+    if refused:
+        raise Unprocessable(
+            f"environment: {', '.join(sorted(refused)[:10])} may not be set"
+            f" (allowed: {settings.cluster.environment_allow})"
+        )
     name = secrets.token_hex(16)
     cert, key = tls.new_keypair(name)  # ~1 ms for ECDSA P-256: fine outside the lock
     key_enc = tls.encrypt_key(settings.server.secret, key, name)
+    token, token_hash = sec.new_cluster_token()
+    token_enc = tls.encrypt_token(settings.server.secret, token, name)
     limits = settings.limits
     with conn.transaction():
         _lock_user(conn, user)
@@ -116,9 +129,10 @@ def create_cluster(
             name = pooled["name"]
             conn.execute(
                 """
-                INSERT INTO clusters (name, owner, status, options, config, tls_cert, tls_key_enc, node,
-                                      scheduler_address, dashboard_address, api_address, started_at, last_heartbeat)
-                VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, now(), now())
+                INSERT INTO clusters (name, owner, status, options, config, tls_cert, tls_key_enc, token_hash,
+                                      token_enc, node, scheduler_address, dashboard_address, api_address,
+                                      started_at, last_heartbeat)
+                VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now())
                 """,
                 (
                     name,
@@ -127,6 +141,8 @@ def create_cluster(
                     Jsonb(pooled["config"]),
                     pooled["tls_cert"],
                     pooled["tls_key_enc"],
+                    pooled["token_hash"],
+                    pooled["token_enc"],
                     pooled["node"],
                     pooled["scheduler_address"],
                     pooled["dashboard_address"],
@@ -138,10 +154,10 @@ def create_cluster(
         else:
             conn.execute(
                 """
-                INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc)
-                VALUES (%s, %s, %s, %s, %s, %s)
+                INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc, token_hash, token_enc)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
                 """,
-                (name, user, Jsonb(opts), Jsonb(cfg.to_json()), cert, key_enc),
+                (name, user, Jsonb(opts), Jsonb(cfg.to_json()), cert, key_enc, token_hash, token_enc),
             )
         if idempotency_key is not None:
             conn.execute(
@@ -161,9 +177,71 @@ def create_cluster(
 
 
 CLUSTER_COLUMNS = (
-    "name, owner, status, options, config, tls_cert, tls_key_enc, node, generation, scheduler_address,"
-    " dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
+    "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node, generation,"
+    " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
 )
+
+
+def cluster_token(secret: str, row: dict) -> str:
+    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm)."""
+    if row["token_enc"] is None:
+        return sec.legacy_cluster_token(secret, row["name"])
+    return tls.decrypt_token(secret, row["token_enc"], row["name"])
+
+
+def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str, token: str | None) -> None:
+    """Raise Forbidden unless ``token`` is the token of ``name``, an active cluster or a pooled
+    scheduler: a stopped cluster's token is refused."""
+    row = None
+    if token is not None and valid_name(name):
+        row = conn.execute(
+            "SELECT token_hash FROM clusters WHERE name = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
+            " UNION ALL SELECT token_hash FROM warm_pool WHERE name = %s",
+            (name, name),
+        ).fetchone()
+    if row is None or not sec.cluster_token_ok(settings.server.secret, name, token, row["token_hash"]):
+        raise Forbidden("Invalid cluster token")
+
+
+# The addresses a heartbeat reports: they become HAProxy routes and the target of the API's calls.
+ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("http",)}
+
+
+def reserved_ports(settings: Settings) -> set[int]:
+    """Ports of gatewayha's own services, never accepted as a scheduler's."""
+    ports = {int(p) for p in settings.server.reserved_ports.split(",") if p.strip()}
+    for url in (settings.server.public_url, settings.server.api_url):
+        parts = urlsplit(url)
+        ports.add(parts.port or (443 if parts.scheme == "https" else 80))
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(settings.database.dsn)
+        ports.update(int(p) for p in str(info.get("port") or "5432").split(",") if p.strip())
+    except (psycopg.ProgrammingError, ValueError):
+        ports.add(5432)
+    return ports
+
+
+def check_addresses(settings: Settings, name: str, host: str | None, msg: dict) -> None:
+    """Refuse addresses a scheduler placed on ``host`` cannot have: another host, a privileged
+    port or one of gatewayha's own (a heartbeat must not turn the public port into a tunnel)."""
+    reserved = reserved_ports(settings)
+    for key, schemes in ADDRESS_SCHEMES.items():
+        value = msg[key]
+        if not value and key == "dashboard_address":
+            continue
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in schemes or host is None or parts.hostname != host or port is None:
+            problem = f"{key} {value!r} is not on the host the cluster was placed on ({host})"
+        elif port < 1024 or port in reserved:
+            problem = f"{key} {value!r}: port {port} is privileged or one of the gateway's own"
+        else:
+            continue
+        log.warning("cluster %s: heartbeat refused: %s", name, problem)
+        raise Unprocessable(problem)
 
 
 def get_cluster(conn: psycopg.Connection, name: str, owner: str | None = None) -> dict | None:
@@ -273,22 +351,41 @@ def _worker_name(cluster: str) -> str:
     return f"{cluster}-{secrets.token_hex(5)}"
 
 
-def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, msg: dict) -> None:
-    """Apply a scheduler heartbeat: RUNNING + routes on the first, then reconcile workers."""
+def _node_host(conn: psycopg.Connection, node: str | None) -> str | None:
+    if node is None:
+        return None
+    row = conn.execute("SELECT host FROM nodes WHERE name = %s", (node,)).fetchone()
+    return row["host"] if row else None
+
+
+def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, msg: dict, token: str | None) -> None:
+    """Apply a scheduler heartbeat: RUNNING + routes on the first, then reconcile workers.
+
+    The token is checked against the row (a stopped cluster's is refused). The addresses of the
+    first report must be on the host the cluster was placed on and are fixed after it: a
+    different one later is refused (409) and logged, the routes unchanged."""
     with conn.transaction():
         row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None:
-            if warm_pool.record_heartbeat(conn, name, msg):
-                return
-            raise NotFound(f"Cluster {name} does not exist")
-        if row["status"] not in ("PENDING", "RUNNING"):
-            raise Conflict(f"Cluster {name} is {row['status']}")
-        addresses = (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"])
-        if row["status"] == "PENDING" or addresses != (
-            row["scheduler_address"],
-            row["dashboard_address"],
-            row["api_address"],
+            pooled = warm_pool.lock_entry(conn, name)
+            if pooled is None or not sec.cluster_token_ok(settings.server.secret, name, token, pooled["token_hash"]):
+                raise Forbidden("Invalid cluster token")
+            if pooled["scheduler_address"] is None:
+                check_addresses(settings, name, _node_host(conn, pooled["node"]), msg)
+            _check_fixed(name, pooled, msg)
+            warm_pool.record_heartbeat(conn, name, msg)
+            return
+        if row["status"] not in ACTIVE or not sec.cluster_token_ok(
+            settings.server.secret, name, token, row["token_hash"]
         ):
+            raise Forbidden("Invalid cluster token")
+        if row["status"] == "STOPPING":
+            raise Conflict(f"Cluster {name} is STOPPING")
+        addresses = (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"])
+        if row["scheduler_address"] is None:
+            check_addresses(settings, name, _node_host(conn, row["node"]), msg)
+        _check_fixed(name, row, msg)
+        if row["status"] == "PENDING":
             conn.execute(
                 "UPDATE clusters SET status = 'RUNNING', scheduler_address = %s, dashboard_address = %s,"
                 " api_address = %s, started_at = coalesce(started_at, now()), generation = generation + 1"
@@ -301,6 +398,16 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
             (msg["count"], name),
         )
         _reconcile_workers(conn, settings, row, msg)
+
+
+def _check_fixed(name: str, row: dict, msg: dict) -> None:
+    """Addresses are fixed by the first report; a scheduler never moves."""
+    if row["scheduler_address"] is None:
+        return
+    for key in ADDRESS_SCHEMES:
+        if msg[key] != row[key]:
+            log.warning("cluster %s: heartbeat refused: %s changed from %r to %r", name, key, row[key], msg[key])
+            raise Conflict(f"{key} is fixed by the cluster's first report")
 
 
 def _enqueue_worker_job(conn: psycopg.Connection, kind: str, cluster: str, worker: str, node_q: str) -> None:

@@ -50,6 +50,10 @@ class ServerSettings:
     # How long a create may wait behind the same user's other creates in one API process
     # (they serialise on the user's limits); then 503. Below HAProxy's 60 s server timeout.
     create_queue_timeout: float = 45.0
+    # Ports of gatewayha's own services on the nodes (API instances, HAProxy stats, ...), comma
+    # separated: never accepted as a scheduler's address. The public and API URLs' ports and the
+    # database's are added by themselves.
+    reserved_ports: str = ""
 
 
 @dataclass
@@ -72,6 +76,17 @@ class NodeSettings:
     # Niceness of the Dask processes: in a start storm (each `dask scheduler` start is about
     # a second of CPU) the API, HAProxy and Postgres on the node keep the CPU first.
     dask_nice: int = 10
+    # Tenant isolation. "uid": each cluster's processes run under a uid of their own, taken
+    # from [dask_uid_min, dask_uid_min + dask_uid_count) on this node (needs root); "none":
+    # as this service's own user (a developer's machine without root; unsafe: tenants'
+    # code then reads the server secret).
+    isolation: str = "uid"
+    # 0x71000000 (1895825408) and up: above systemd's container range (up to 0x6FFFFFFF), in
+    # the range it leaves unused; no passwd entries are needed.
+    dask_uid_min: int = 1_895_825_408
+    dask_uid_count: int = 1_000_000
+    # The slice of every Dask unit (systemd launcher); the role installs it with a memory cap.
+    dask_slice: str = "gatewayha.slice"
 
 
 @dataclass
@@ -125,6 +140,17 @@ class ClusterSettings:
     max_lifetime: float = 0.0  # seconds; 0 disables
     stopped_retention: float = 86_400.0  # stopped records kept this long
     warm_pool_size: int = 0  # pre-started schedulers per node for the default options
+    # Names a cluster's `environment` option may set in its processes (an allowlist of shell
+    # patterns, space or comma separated); anything else is refused at create (422). Dask's
+    # comm/TLS, preload and config-file settings, the gateway's, Python's and the loader's
+    # variables are never allowed, whatever this says.
+    environment_allow: str = (
+        "OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS NUMEXPR_NUM_THREADS NUMEXPR_MAX_THREADS"
+        " NUMBA_NUM_THREADS TZ LC_ALL AWS_* AZURE_STORAGE_* GOOGLE_CLOUD_PROJECT HF_HOME"
+        " DASK_ARRAY__* DASK_DATAFRAME__* DASK_DISTRIBUTED__WORKER__MEMORY__* DASK_DISTRIBUTED__WORKER__DAEMON"
+        " DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"
+        " DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT USER_*"
+    )
 
 
 @dataclass
@@ -282,6 +308,19 @@ def validate(s: Settings) -> None:
         raise ConfigError("auth.simple_password: required when auth.type = 'simple'")
     if not 0 <= s.node.dask_nice <= 19:
         raise ConfigError(f"node.dask_nice: 0 to 19, got {s.node.dask_nice}")
+    try:
+        ports = [int(p) for p in s.server.reserved_ports.split(",") if p.strip()]
+    except ValueError:
+        ports = [-1]
+    if not all(0 < p < 65536 for p in ports):
+        raise ConfigError(f"server.reserved_ports: comma-separated ports, got {s.server.reserved_ports!r}")
+    if s.node.isolation not in ("uid", "none"):
+        raise ConfigError(f"node.isolation: 'uid' or 'none', got {s.node.isolation!r}")
+    if not (1000 <= s.node.dask_uid_min and s.node.dask_uid_count >= 16
+            and s.node.dask_uid_min + s.node.dask_uid_count <= 2**31 - 1):  # fmt: skip
+        raise ConfigError("node.dask_uid_min/dask_uid_count: a range of >= 16 uids within 1000 .. 2**31-1")
+    if not s.node.dask_slice.endswith(".slice") or not all(c.isalnum() or c in "-_." for c in s.node.dask_slice):
+        raise ConfigError(f"node.dask_slice: a slice unit name, got {s.node.dask_slice!r}")
     if s.node.launcher not in ("auto", "process", "systemd"):
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):

@@ -7,8 +7,10 @@ worker_memory_gib, idle_timeout, ...) overrides that setting for the cluster.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -149,3 +151,37 @@ def cluster_config(settings: Settings, options: dict) -> ClusterConfig:
     if isinstance(env, dict):
         values["environment"] = {str(k): str(v) for k, v in env.items()}
     return ClusterConfig(**values)
+
+
+# Never settable from cluster options, whatever cluster.environment_allow says: they could
+# redirect heartbeats, weaken or replace the comm security, load code into the interpreter
+# (preloads, PYTHONSTARTUP, LD_PRELOAD) or forge the launcher's unit marker.
+_NEVER_ENV = re.compile(
+    r"\A(?:DASK_GATEWAY|DASK_DISTRIBUTED__COMM|DASK_DISTRIBUTED__SCHEDULER__PRELOAD|DASK_DISTRIBUTED__WORKER__PRELOAD"
+    r"|DASK_DISTRIBUTED__NANNY__PRELOAD|DASK_INTERNAL|DASK_CONFIG|DASK_ROOT_CONFIG|LD_|PYTHON|GATEWAYHA|JUPYTER"
+    r"|DASK_DISTRIBUTED\Z)",
+    re.IGNORECASE,
+)
+_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+def environment_patterns(allow: str) -> tuple[str, ...]:
+    return tuple(p for p in re.split(r"[\s,]+", allow) if p)
+
+
+def split_environment(env: object, patterns: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """(the entries allowed into a cluster's processes, the names refused)."""
+    kept, refused = {}, []
+    for key, value in (env if isinstance(env, dict) else {}).items():
+        key, value = str(key), str(value)
+        if (
+            _ENV_NAME.match(key)
+            and not _NEVER_ENV.match(key)
+            and any(fnmatch.fnmatchcase(key, p) for p in patterns)
+            and "\0" not in value
+            and "\n" not in value
+        ):
+            kept[key] = value
+        else:
+            refused.append(key)
+    return kept, refused

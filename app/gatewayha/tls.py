@@ -62,3 +62,12 @@ def encrypt_key(secret: str, key_pem: str, cluster_name: str) -> bytes:
 def decrypt_key(secret: str, blob: bytes, cluster_name: str) -> str:
     blob = bytes(blob)
     return _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
+
+
+def encrypt_token(secret: str, token: str, cluster_name: str) -> bytes:
+    """A cluster token encrypted like its key, bound to the cluster and to its purpose."""
+    return encrypt_key(secret, token, f"{cluster_name}:token")
+
+
+def decrypt_token(secret: str, blob: bytes, cluster_name: str) -> str:
+    return decrypt_key(secret, blob, f"{cluster_name}:token")

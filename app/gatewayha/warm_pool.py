@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from gatewayha import tls
+from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
 from gatewayha.options import ClusterConfig, cluster_config, validate_options
@@ -60,15 +61,25 @@ def claim(conn: psycopg.Connection, settings: Settings, cfg: ClusterConfig) -> d
             LIMIT 1
             FOR UPDATE SKIP LOCKED
         )
-        RETURNING name, node, options, config, tls_cert, tls_key_enc,
+        RETURNING name, node, options, config, tls_cert, tls_key_enc, token_hash, token_enc,
                   scheduler_address, dashboard_address, api_address
         """,
         {"key": config_key(cfg), **params},
     ).fetchone()
 
 
+def lock_entry(conn: psycopg.Connection, name: str) -> dict | None:
+    """A pooled scheduler's row, locked (inside the caller's transaction), or None."""
+    return conn.execute(
+        "SELECT name, node, token_hash, scheduler_address, dashboard_address, api_address"
+        " FROM warm_pool WHERE name = %s FOR UPDATE",
+        (name,),
+    ).fetchone()
+
+
 def record_heartbeat(conn: psycopg.Connection, name: str, msg: dict) -> bool:
-    """A pooled scheduler's heartbeat: it is ready once its addresses are known."""
+    """A pooled scheduler's heartbeat (token and addresses checked by the caller): it is ready
+    once its addresses are known."""
     row = conn.execute(
         "UPDATE warm_pool SET scheduler_address = %s, dashboard_address = %s, api_address = %s,"
         " ready_at = coalesce(ready_at, now()), last_heartbeat = now() WHERE name = %s RETURNING name",
@@ -120,9 +131,10 @@ def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tupl
         for _ in range(max(0, -extra)):
             name = secrets.token_hex(16)
             cert, key_pem = tls.new_keypair(name)
+            token, token_hash = sec.new_cluster_token()
             conn.execute(
-                "INSERT INTO warm_pool (name, node, config_key, options, config, tls_cert, tls_key_enc)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO warm_pool (name, node, config_key, options, config, tls_cert, tls_key_enc,"
+                " token_hash, token_enc) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     name,
                     node,
@@ -131,7 +143,9 @@ def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tupl
                     Jsonb(cfg.to_json()),
                     cert,
                     tls.encrypt_key(settings.server.secret, key_pem, name),
+                    token_hash,
+                    tls.encrypt_token(settings.server.secret, token, name),
                 ),
             )
-            to_start.append({"name": name, "cert": cert, "key": key_pem, "config": cfg})
+            to_start.append({"name": name, "cert": cert, "key": key_pem, "token": token, "config": cfg})
     return to_start, stale + trimmed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import socket
 import threading
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from conftest import SECRET, new_database
+from gatewayha import clusters
 from gatewayha.api.app import create_app
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.auth import secrets as sec
@@ -90,6 +92,7 @@ def env(pg_server, tmp_path_factory):
     path.write_text(CONFIG.format(secret=SECRET, dsn=dsn))
     settings = load_settings(path, {})
     pool = make_pool(settings.database, "test-api", open_wait=True)
+    _DSN["dsn"] = dsn
     yield settings, pool, dsn
     pool.close()
 
@@ -124,6 +127,27 @@ def create(client, headers=ALICE, options=None):
     return r.json["name"]
 
 
+_DSN: dict[str, str] = {}
+
+
+def cluster_token(name: str) -> str:
+    """The token the cluster's scheduler holds (random, kept encrypted in its row)."""
+    with psycopg.connect(_DSN["dsn"], autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT name, token_enc FROM clusters WHERE name = %s", (name,)).fetchone()
+    return clusters.cluster_token(SECRET, row)
+
+
+def place(name: str, host: str = "127.0.0.1") -> None:
+    """What a start job does first: the cluster is placed on a node (whose host its addresses must name)."""
+    with psycopg.connect(_DSN["dsn"], autocommit=True) as conn:
+        conn.execute("UPDATE clusters SET node = 'node-t' WHERE name = %s AND node IS NULL", (name,))
+        conn.execute(
+            "INSERT INTO nodes (name, host) SELECT node, %s FROM clusters WHERE name = %s"
+            " ON CONFLICT (name) DO NOTHING",
+            (host, name),
+        )
+
+
 def heartbeat(client, name, token=None, **overrides):
     body = {
         "scheduler_address": "tls://127.0.0.1:40001",
@@ -135,7 +159,8 @@ def heartbeat(client, name, token=None, **overrides):
         "closed_workers": [],
     }
     body.update(overrides)
-    token = token or sec.cluster_token(SECRET, name)
+    place(name)
+    token = token or cluster_token(name)
     return client.simulate_post(
         f"/api/v1/clusters/{name}/heartbeat", headers={"Authorization": f"token {token}"}, json=body
     )
@@ -377,7 +402,7 @@ def test_delete_unknown_or_malformed_name_is_204(client):
 def test_cluster_token_can_delete_only_its_own_cluster(client, db):
     stop_all(db)
     a, b = create(client), create(client)
-    token_a = sec.cluster_token(SECRET, a)
+    token_a = cluster_token(a)
     r = client.simulate_delete(f"/api/v1/clusters/{b}", headers={"Authorization": f"token {token_a}"})
     assert r.status_code == 403
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (b,)).fetchone()["status"] == "PENDING"
@@ -507,7 +532,7 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
         r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 10**12})
         assert r.status_code == 200
         assert r.json["ok"] is False and "5" in r.json["msg"]
-        assert got[-1] == (f"token {sec.cluster_token(SECRET, name)}", {"op": "scale", "count": 5})
+        assert got[-1] == (f"token {cluster_token(name)}", {"op": "scale", "count": 5})
         r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 2})
         assert r.json == {"ok": True, "msg": None}
         r = client.simulate_post(
@@ -524,7 +549,10 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
 def test_scale_when_scheduler_is_unreachable_is_503_json(client, db):
     stop_all(db)
     name = create(client)
-    heartbeat(client, name, api_address="http://127.0.0.1:1")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert heartbeat(client, name, api_address=f"http://127.0.0.1:{closed}").status_code == 200
     r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
     assert r.status_code == 503 and "error" in r.json
 
@@ -717,3 +745,108 @@ def test_core_and_memory_limits_cap_workers_across_a_users_clusters(env, db):
     db.execute("UPDATE clusters SET node = 'n1' WHERE name = %s", (b,))
     heartbeat(client, b, count=4)
     assert db.execute(live, (b,)).fetchone()["n"] == 1
+
+
+# --- what a tenant holding its cluster's token can (not) do ---------------------
+
+
+def test_heartbeat_addresses_are_pinned_to_the_placed_host_and_fixed_after_the_first(client, db):
+    """The token is readable by the tenant's code: a forged first report may not name another
+    host, a privileged port or a port of the gateway's own, and a later one may change nothing."""
+    stop_all(db)
+    name = create(client)
+    pg_port = psycopg.conninfo.conninfo_to_dict(_DSN["dsn"])["port"]
+    for bad in (
+        {"scheduler_address": "tls://127.0.0.2:40001"},  # not the node's host
+        {"dashboard_address": "http://localhost:40002"},
+        {"api_address": "http://127.0.0.1:22"},  # privileged
+        {"scheduler_address": f"tls://127.0.0.1:{pg_port}"},  # the database
+        {"dashboard_address": "http://127.0.0.1:80"},  # the public URL's port
+    ):
+        r = heartbeat(client, name, **bad)
+        assert r.status_code == 422, (bad, r.text)
+        row = db.execute("SELECT status, scheduler_address FROM clusters WHERE name = %s", (name,)).fetchone()
+        assert row == {"status": "PENDING", "scheduler_address": None}
+    assert heartbeat(client, name).status_code == 200
+    before = db.execute(
+        "SELECT scheduler_address, dashboard_address, api_address FROM clusters WHERE name = %s", (name,)
+    )
+    before = before.fetchone()
+    for moved in ({"scheduler_address": "tls://127.0.0.1:40009"}, {"api_address": "http://127.0.0.1:40009"}):
+        r = heartbeat(client, name, **moved)
+        assert r.status_code == 409 and "fixed" in r.json["error"], r.text
+    after = db.execute(
+        "SELECT scheduler_address, dashboard_address, api_address FROM clusters WHERE name = %s", (name,)
+    )
+    assert after.fetchone() == before
+    assert heartbeat(client, name).status_code == 200
+
+
+def test_cluster_tokens_are_random_per_cluster_and_die_with_the_cluster(client, db):
+    stop_all(db)
+    a, b = create(client), create(client)
+    token_a = cluster_token(a)
+    assert token_a != cluster_token(b)
+    assert token_a != sec.legacy_cluster_token(SECRET, a)  # not derivable from the name and the secret
+    row = db.execute("SELECT token_hash FROM clusters WHERE name = %s", (a,)).fetchone()
+    assert bytes(row["token_hash"]) == __import__("hashlib").sha256(token_a.encode()).digest()
+    assert heartbeat(client, a, token=sec.legacy_cluster_token(SECRET, a)).status_code == 403
+    assert heartbeat(client, a, token="é" * 10).status_code in (401, 403)
+    assert heartbeat(client, a).status_code == 200
+    client.simulate_delete(f"/api/v1/clusters/{a}", headers=ALICE)
+    db.execute("UPDATE clusters SET status = 'STOPPED' WHERE name = %s", (a,))  # its node stopped it
+    r = heartbeat(client, a, token=token_a)
+    assert r.status_code == 403 and r.json == {"error": "Invalid cluster token"}
+    r = client.simulate_delete(f"/api/v1/clusters/{a}", headers={"Authorization": f"token {token_a}"})
+    assert r.status_code == 403
+
+
+def test_a_legacy_clusters_hmac_token_works_until_it_stops(client, db):
+    """Rows made by the release before random tokens (no token_hash) keep their HMAC token."""
+    stop_all(db)
+    name = create(client)
+    db.execute("UPDATE clusters SET token_hash = NULL, token_enc = NULL WHERE name = %s", (name,))
+    legacy = sec.legacy_cluster_token(SECRET, name)
+    assert cluster_token(name) == legacy
+    assert heartbeat(client, name, token=legacy).status_code == 200
+    stop_all(db)
+    assert heartbeat(client, name, token=legacy).status_code == 403
+
+
+def test_calls_to_a_scheduler_follow_no_redirect(client, db):
+    """A tenant's scheduler answering a scale call with a redirect gets no second request (which
+    would carry the cluster token to wherever it points)."""
+    import http.server
+
+    hits = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            hits.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+
+    class Redirect(Target):
+        def do_POST(self):  # noqa: N802
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/api/comm")
+            self.end_headers()
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for srv in (target, redirect):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        stop_all(db)
+        name = create(client)
+        assert heartbeat(client, name, api_address=f"http://127.0.0.1:{redirect.server_port}").status_code == 200
+        r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
+        assert r.status_code == 503 and "307" in r.json["error"]
+        assert hits == []
+    finally:
+        target.shutdown()
+        redirect.shutdown()

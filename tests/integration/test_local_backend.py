@@ -225,8 +225,19 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
 
     cert_file = backend.cluster_dir(name) / "tls.crt"
     key_file = backend.cluster_dir(name) / "tls.key"
-    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
-    assert oct(backend.cluster_dir(name).stat().st_mode & 0o777) == "0o700"
+    # The cluster's own uid (not root, not ours) reads its secrets through its group, and
+    # writes only in work/.
+    ident = backend.identity(name)
+    assert ident.uid >= backend.uid_min and ident.uid != os.geteuid()
+    d = backend.cluster_dir(name)
+    for path, mode, owner in ((key_file, 0o440, (0, ident.gid)), (d, 0o750, (0, ident.gid)),
+                              (d / "work", 0o700, (ident.uid, ident.gid)), (d / "logs", 0o700, (0, 0))):  # fmt: skip
+        st = path.stat()
+        assert (oct(st.st_mode & 0o777), (st.st_uid, st.st_gid)) == (oct(mode), owner), path
+    procs = unit_pids(name)
+    assert procs and all(os.stat(f"/proc/{pid}").st_uid in (0, ident.uid) for pid in procs)
+    # Only the wrapper that set the namespaces up runs as root; the Dask processes do not.
+    assert sum(os.stat(f"/proc/{pid}").st_uid == ident.uid for pid in procs) >= 2
     security = Security(
         tls_ca_file=str(cert_file),
         tls_client_cert=str(cert_file),
@@ -356,23 +367,29 @@ def test_environment_option_cannot_override_gateway_variables(backend, recorder,
             "GATEWAYHA_UNIT": f"{'e' * 32}-scheduler",
             "GATEWAYHA_SERVER__SECRET": "x",
             "BAD NAME": "1",
-            "MY_SETTING": "kept",
+            "MY_SETTING": "not in cluster.environment_allow",
+            "OMP_NUM_THREADS": "1",
         }
         cfg = config(environment=env)
         backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
         hb = recorder.wait_for(heartbeat_of(name, token))
         assert hb["auth"] == f"token {token}"
 
-        (pid,) = [p for p in unit_pids(name) if environ_of(p).get(MARKER_VAR) == scheduler_unit(name)]
+        # The Dask process itself (the root wrapper that set up its namespaces carries the marker too).
+        (pid,) = [
+            p
+            for p in unit_pids(name)
+            if environ_of(p).get(MARKER_VAR) == scheduler_unit(name) and os.stat(f"/proc/{p}").st_uid != 0
+        ]
         seen = environ_of(pid)
         assert seen["DASK_GATEWAY_API_URL"] == recorder.api_url
         assert seen["DASK_GATEWAY_CLUSTER_NAME"] == name
         assert Path(seen["DASK_GATEWAY_API_TOKEN"]).read_text() == token
         assert seen["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert seen[MARKER_VAR] == scheduler_unit(name)
-        assert seen["MY_SETTING"] == "kept"
+        assert seen["OMP_NUM_THREADS"] == "1"
         for dropped in ("DASK_DISTRIBUTED", "DASK_INTERNAL_INHERIT_CONFIG", "LD_PRELOAD", "PYTHONPATH",
-                        "GATEWAYHA_SERVER__SECRET", "BAD NAME"):  # fmt: skip
+                        "GATEWAYHA_SERVER__SECRET", "BAD NAME", "MY_SETTING"):  # fmt: skip
             assert dropped not in seen
         # Nothing of gatewayha-worker's own environment leaks into user processes.
         assert not any(k.startswith("GATEWAYHA_") and k != MARKER_VAR for k in seen)

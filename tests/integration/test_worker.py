@@ -317,7 +317,7 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
     backend.start_scheduler(
         SchedulerSpec(
             orphan,
-            sec.cluster_token(SECRET, orphan),
+            sec.new_cluster_token()[0],
             "http://127.0.0.1:9/api",
             cert,
             key,
@@ -400,7 +400,9 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
     )
     beat = {"count": 2, "active_workers": [], "closing_workers": [], "closed_workers": []}
     beat.update(scheduler_address="tls://127.0.0.1:9", dashboard_address="http://127.0.0.1:9")
-    clusters.record_heartbeat(db, settings, name, {**beat, "api_address": "http://127.0.0.1:9"})
+    db.execute("INSERT INTO nodes (name, host) VALUES ('node-a', '127.0.0.1') ON CONFLICT (name) DO NOTHING")
+    token = clusters.cluster_token(SECRET, clusters.get_cluster(db, name))
+    clusters.record_heartbeat(db, settings, name, {**beat, "api_address": "http://127.0.0.1:9"}, token)
     starts = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
     assert [r["queue"] for r in starts] == [queue.node_start_queue("node-a")] * 2
     wnames = [r["name"] for r in db.execute("SELECT name FROM workers WHERE cluster = %s", (name,)).fetchall()]
@@ -422,7 +424,7 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
         assert waiting == 1
         # The scheduler lists the first worker: it is RUNNING, its slot frees, the second launches.
         clusters.record_heartbeat(
-            db, settings, name, {**beat, "api_address": "http://127.0.0.1:9", "active_workers": first}
+            db, settings, name, {**beat, "api_address": "http://127.0.0.1:9", "active_workers": first}, token
         )
         assert db.execute("SELECT status FROM workers WHERE name = %s", (first[0],)).fetchone()["status"] == "RUNNING"
         wait_until(lambda: len(launched()) == 2, 10, "the second worker's launch")

@@ -23,9 +23,9 @@ from gatewayha.backends.launcher import (
     scheduler_unit,
     worker_unit,
 )
-from gatewayha.backends.local import LocalBackend, filter_user_environment
-from gatewayha.config import NodeSettings, Settings
-from gatewayha.options import ClusterConfig
+from gatewayha.backends.local import LocalBackend
+from gatewayha.config import ClusterSettings, NodeSettings, Settings
+from gatewayha.options import ClusterConfig, environment_patterns, split_environment
 from helpers import wait_until
 
 CLUSTER = "0123456789abcdef0123456789abcdef"
@@ -280,20 +280,25 @@ def test_invalid_names_never_reach_command_line(launcher, tmp_path):
     assert launcher.units() == set()
 
 
-def test_user_environment_is_filtered():
+def test_user_environment_is_an_allowlist():
     env = {
         "DASK_GATEWAY_API_URL": "x", "dask_gateway_api_token": "x",
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "x",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "x", "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": "evil",
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": "evil", "JUPYTERHUB_API_TOKEN": "x", "JUPYTER_CONFIG_DIR": "x",
         "DASK_DISTRIBUTED": "{}", "DASK_CONFIG": "/tmp", "DASK_INTERNAL_INHERIT_CONFIG": "x",
         "LD_PRELOAD": "x", "LD_LIBRARY_PATH": "x", "PYTHONPATH": "x", "PYTHONSTARTUP": "x",
-        "GATEWAYHA_UNIT": "x", "1X": "x", "A-B": "x", "A=B": "x", "NL": "a\nb",
-        "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "MY_VAR": "ok",
+        "GATEWAYHA_UNIT": "x", "1X": "x", "A-B": "x", "A=B": "x", "NL": "a\nb", "HOME": "/", "PATH": "/x",
+        "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "MY_VAR": "not listed",
+        "AWS_REGION": "eu-west-1",
     }  # fmt: skip
-    assert filter_user_environment(env) == {
-        "OMP_NUM_THREADS": "1",
-        "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
-        "MY_VAR": "ok",
-    }
+    patterns = environment_patterns(ClusterSettings().environment_allow)
+    kept, refused = split_environment(env, patterns)
+    assert kept == {"OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "AWS_REGION": "eu-west-1"}
+    assert sorted(refused) == sorted(set(env) - set(kept))
+    # Even an operator's catch-all pattern does not let the dangerous names through.
+    kept, _ = split_environment(env, ("*",))
+    expected = ["AWS_REGION", "DASK_DISTRIBUTED__WORKER__DAEMON", "HOME", "MY_VAR", "OMP_NUM_THREADS", "PATH"]
+    assert sorted(kept) == expected
 
 
 def test_systemd_command_sets_limits_and_keeps_environment_out_of_the_unit(tmp_path):
@@ -347,7 +352,11 @@ def test_worker_command_keeps_the_nanny_and_sizes_the_worker(tmp_path):
 
 
 def test_dask_defaults_apply_unless_the_clusters_environment_sets_them(tmp_path):
-    backend = LocalBackend(Settings(node=NodeSettings(state_dir=str(tmp_path))), ProcessLauncher(tmp_path))
+    settings = Settings(
+        node=NodeSettings(state_dir=str(tmp_path)),
+        cluster=ClusterSettings(environment_allow="DASK_DISTRIBUTED__ADMIN__*"),
+    )
+    backend = LocalBackend(settings, ProcessLauncher(tmp_path))
     d = backend.cluster_dir(CLUSTER)
     tick = "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"
 

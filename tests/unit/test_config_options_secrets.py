@@ -133,10 +133,18 @@ def test_session_cookie_is_bound_to_secret_user_and_expiry():
 
 
 def test_cluster_tokens_are_per_cluster_and_per_secret():
-    t = sec.cluster_token("k" * 20, "a" * 32)
-    assert sec.check_cluster_token("k" * 20, "a" * 32, t)
-    assert not sec.check_cluster_token("k" * 20, "b" * 32, t)
-    assert not sec.check_cluster_token("j" * 20, "a" * 32, t)
+    # Random tokens: only their digest is compared; nothing derives them from the name or secret.
+    t, digest = sec.new_cluster_token()
+    assert len(t) >= 43 and t != sec.new_cluster_token()[0]
+    assert sec.cluster_token_ok("k" * 20, "a" * 32, t, digest)
+    assert not sec.cluster_token_ok("k" * 20, "a" * 32, t + "x", digest)
+    assert not sec.cluster_token_ok("k" * 20, "a" * 32, sec.legacy_cluster_token("k" * 20, "a" * 32), digest)
+    assert not sec.cluster_token_ok("k" * 20, "a" * 32, "é\udcff", digest)  # garbled: no exception
+    # A row of the previous release (no digest) accepts only its HMAC, until it stops.
+    legacy = sec.legacy_cluster_token("k" * 20, "a" * 32)
+    assert sec.cluster_token_ok("k" * 20, "a" * 32, legacy, None)
+    assert not sec.cluster_token_ok("k" * 20, "b" * 32, legacy, None)
+    assert not sec.cluster_token_ok("j" * 20, "a" * 32, legacy, None)
     assert "/" not in t  # the preload would read a token with "/" as a file path
 
 

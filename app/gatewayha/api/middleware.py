@@ -15,7 +15,7 @@ import falcon
 from gatewayha.auth import secrets as sec
 from gatewayha.auth import users
 from gatewayha.config import Settings
-from gatewayha.errors import Forbidden, Unauthorized
+from gatewayha.errors import Unauthorized
 
 log = logging.getLogger("gatewayha.api")
 
@@ -203,9 +203,3 @@ class Authenticate:
         if not self.verified.verify(name, password, stored):
             raise Unauthorized("Invalid user name or password", self.challenge)
         return name
-
-
-def require_cluster_token(settings: Settings, req: falcon.Request, name: str) -> None:
-    token = req.context.get("cluster_token")
-    if token is None or not sec.check_cluster_token(settings.server.secret, name, token):
-        raise Forbidden("Invalid cluster token")

@@ -14,11 +14,9 @@ import falcon
 
 from gatewayha import __version__, clusters
 from gatewayha.api.gate import KeyedGate
-from gatewayha.api.middleware import require_cluster_token
 from gatewayha.api.watch import ClusterWatch
-from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
-from gatewayha.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable, Unprocessable
+from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unavailable, Unprocessable
 from gatewayha.options import options_spec
 
 STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
@@ -173,7 +171,8 @@ class Cluster(Base):
         if not clusters.valid_name(name):
             return
         if req.context.user is None:
-            require_cluster_token(self.settings, req, name)
+            with self.pool.connection() as conn:
+                clusters.check_cluster_token(conn, self.settings, name, req.context.get("cluster_token"))
             reason = "Shut down by its scheduler (idle timeout or request)"
             owner = None
         else:
@@ -202,7 +201,7 @@ class _Forward(Base):
             return clusters.worker_allowance(conn, self.settings, row, wanted)
 
     def _send(self, row: dict, msg: dict) -> None:
-        token = sec.cluster_token(self.settings.server.secret, row["name"])
+        token = clusters.cluster_token(self.settings.server.secret, row)
         request = urllib.request.Request(
             row["api_address"].rstrip("/") + "/api/comm",
             data=json.dumps(msg).encode(),
@@ -210,12 +209,23 @@ class _Forward(Base):
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                r.read()
+            # No redirect is followed (the token would go along), and the scheduler gets
+            # SCHEDULER_TIMEOUT_S per connect and per read.
+            with _NO_REDIRECTS.open(request, timeout=SCHEDULER_TIMEOUT_S) as r:
+                r.read(65_536)
         except urllib.error.HTTPError as exc:
             raise Unavailable(f"The scheduler refused the request ({exc.code})") from None
         except (urllib.error.URLError, OSError):
             raise Unavailable("The scheduler did not answer; try again shortly") from None
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+SCHEDULER_TIMEOUT_S = 3.0
 
 
 class Scale(_Forward):
@@ -271,7 +281,9 @@ class Heartbeat(Base):
     def on_post(self, req, resp, name):
         if not clusters.valid_name(name):
             raise NotFound(f"Cluster {name} does not exist")
-        require_cluster_token(self.settings, req, name)
+        token = req.context.get("cluster_token")
+        if token is None:
+            raise Forbidden("Invalid cluster token")
         data = read_json(req, self.settings.server.max_body_bytes * 16)
         msg = {}
         for key, pattern in _ADDRESS_PATTERNS.items():
@@ -286,6 +298,6 @@ class Heartbeat(Base):
                 raise Unprocessable(f"{key} must be a list of strings")
             msg[key] = value
         with self.pool.connection() as conn:
-            clusters.record_heartbeat(conn, self.settings, name, msg)
+            clusters.record_heartbeat(conn, self.settings, name, msg, token)
         resp.status = 200
         resp.media = {"ok": True}

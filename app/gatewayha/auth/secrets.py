@@ -4,8 +4,9 @@
 - Session cookie: ``user|expiry|hmac``; any instance holding the server secret
   accepts it, so a client moved between instances is not challenged again and
   the password hash is not recomputed per request.
-- Cluster tokens: HMAC of the cluster name, so the scheduler's token needs no
-  storage and is checked in constant time.
+- Cluster tokens: random per cluster; only their sha256 is checked (``cluster_token_ok``). The
+  HMAC of the name under the server secret (``legacy_cluster_token``) is accepted only for
+  clusters made by a release before 0005_cluster_tokens.sql, until they stop.
 - API tokens: ``gha_<id>_<secret>``; only sha256(secret) is stored.
 """
 
@@ -69,12 +70,23 @@ def check_session_cookie(secret: str, value: str, now: float | None = None) -> s
     return user
 
 
-def cluster_token(secret: str, cluster_name: str) -> str:
+def legacy_cluster_token(secret: str, cluster_name: str) -> str:
+    """The token of a cluster made before tokens were random (no token_hash in its row)."""
     return _mac(secret, b"cluster-token", cluster_name)
 
 
-def check_cluster_token(secret: str, cluster_name: str, token: str) -> bool:
-    return hmac.compare_digest(cluster_token(secret, cluster_name), token)
+def new_cluster_token() -> tuple[str, bytes]:
+    """(token, sha256(token)): 256 random bits, derivable from nothing."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).digest()
+
+
+def cluster_token_ok(secret: str, cluster_name: str, token: str, stored_hash: bytes | None) -> bool:
+    """Whether ``token`` is the cluster's, given the row's token_hash (None: a legacy row)."""
+    raw = token.encode("utf-8", "surrogateescape")
+    if stored_hash is None:
+        return hmac.compare_digest(legacy_cluster_token(secret, cluster_name).encode(), raw)
+    return hmac.compare_digest(hashlib.sha256(raw).digest(), bytes(stored_hash))
 
 
 def new_api_token() -> tuple[str, str, bytes]:

@@ -1,7 +1,17 @@
 """The local backend: schedulers and workers as processes on gateway nodes.
 
-Each cluster gets ``<state_dir>/clusters/<name>/`` (mode 0700) holding its TLS files,
-its API token, logs and worker scratch space; ``stop_cluster`` deletes it.
+Each cluster runs under a uid of its own (``node.isolation = "uid"``), allocated on this node
+from ``node.dask_uid_min`` up and held for as long as its directory exists:
+
+    <state_dir>/clusters/                 root 0711   (no listing of other clusters' names)
+    <state_dir>/clusters/<name>/          root:<gid> 0750   tls.crt, tls.key, api-token (0440)
+    <state_dir>/clusters/<name>/logs/     root 0700   (the launcher writes the processes' output)
+    <state_dir>/clusters/<name>/work/     <uid>:<gid> 0700  (HOME, TMPDIR, worker scratch: the
+                                                              only place the cluster may write)
+
+The gateway writes the secrets into a directory no tenant can write, with O_EXCL|O_NOFOLLOW
+on the temporary file and a rename, so no link planted by a tenant is followed.
+``stop_cluster`` stops the processes, then deletes the directory, which frees the uid.
 
 Schedulers reuse dask-gateway's scheduler preload (heartbeats, ``/api/comm``,
 adaptive scaling, idle timeout); workers are plain ``dask worker`` processes with a
@@ -12,9 +22,11 @@ leaf, so only holders of the cluster key can talk to its scheduler.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import sys
@@ -30,7 +42,7 @@ from gatewayha.backends.base import (
     check_cluster_name,
 )
 from gatewayha.backends.launcher import (
-    ENV_NAME_RE,
+    Identity,
     Launcher,
     Resources,
     make_launcher,
@@ -39,7 +51,7 @@ from gatewayha.backends.launcher import (
     worker_unit,
 )
 from gatewayha.config import Settings
-from gatewayha.options import ClusterConfig
+from gatewayha.options import ClusterConfig, environment_patterns, split_environment
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +74,10 @@ DASK_DEFAULTS = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
 # Loaded by path (node.python's environment need not hold gatewayha): reports the start and worker joins at once.
 PROMPT_REPORTS_PRELOAD = str(Path(__file__).with_name("prompt_reports.py"))
 
-# User environment entries that could redirect heartbeats, weaken or replace the comm
-# security, inject code into the interpreter, or forge the launcher's unit marker.
-_BLOCKED_ENV_PREFIXES = ("DASK_GATEWAY", "DASK_DISTRIBUTED__COMM", "DASK_INTERNAL", "LD_", "PYTHON",
-                         "GATEWAYHA")  # fmt: skip
-# DASK_DISTRIBUTED sets the whole "distributed" tree (comm included) from one literal;
-# DASK_CONFIG / DASK_ROOT_CONFIG point dask at other YAML files.
-_BLOCKED_ENV_NAMES = {"DASK_DISTRIBUTED", "DASK_CONFIG", "DASK_ROOT_CONFIG"}
-
 _HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
 _SCHEDULER_ADDRESS_RE = re.compile(r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z")
 _API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
 _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
-
-
-def filter_user_environment(env: dict) -> dict[str, str]:
-    """The part of a cluster's ``environment`` option that may reach its processes."""
-    out = {}
-    for key, value in (env or {}).items():
-        key, value = str(key), str(value)
-        upper = key.upper()
-        if (
-            not ENV_NAME_RE.match(key)
-            or upper.startswith(_BLOCKED_ENV_PREFIXES)
-            or upper in _BLOCKED_ENV_NAMES
-            or "\0" in value
-            or "\n" in value
-        ):
-            log.warning("dropping environment variable %r from cluster options", key)
-            continue
-        out[key] = value
-    return out
 
 
 def _number(name: str, value: float) -> str:
@@ -114,18 +99,42 @@ def _check_pem(what: str, value: object) -> str:
     return value
 
 
-def _write_secret(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` (mode 0600) atomically."""
+def _write_secret(path: Path, content: str, gid: int | None = None) -> None:
+    """Write ``content`` to ``path`` atomically: mode 0600, or 0440 readable by group ``gid``.
+
+    The temporary file is created with O_EXCL|O_NOFOLLOW (a planted link or file fails the
+    write instead of being followed) and renamed over ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash of this very thread's process: ours
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
+            if gid is not None:
+                os.fchown(f.fileno(), 0, gid)
+                os.fchmod(f.fileno(), 0o440)
             f.write(content)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     os.replace(tmp, path)
+
+
+def open_for_traversal(path: Path) -> list[str]:
+    """Give "others" search (x) permission on ``path``'s directories that lack it, so processes
+    under the clusters' uids reach the interpreter and their cluster's directory. Nothing is
+    made readable or writable. Returns what was changed."""
+    changed = []
+    for p in [path, *path.parents]:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if os.path.isdir(p) and not st.st_mode & 0o001:
+            os.chmod(p, (st.st_mode & 0o7777) | 0o001)
+            changed.append(str(p))
+    return changed
 
 
 class LocalBackend(Backend):
@@ -140,19 +149,94 @@ class LocalBackend(Backend):
         self.python = python if os.path.isabs(python) else (shutil.which(python) or python)
         if not os.path.isabs(self.python):
             raise ValueError(f"node.python: {python!r} not found")
+        self.env_patterns = environment_patterns(settings.cluster.environment_allow)
+        self.isolated = settings.node.isolation == "uid"
+        self.uid_min, self.uid_count = settings.node.dask_uid_min, settings.node.dask_uid_count
+        if self.isolated:
+            if os.geteuid() != 0:
+                raise ValueError(
+                    "node.isolation = 'uid' runs each cluster under a uid of its own and needs root;"
+                    " set node.isolation = 'none' to run tenants' code as this user (unsafe)"
+                )
+            self._open(Path(self.python).parent, Path(PROMPT_REPORTS_PRELOAD).parent)
+        self._root_ready = False
+
+    @staticmethod
+    def _open(*paths: Path) -> None:
+        for needed in paths:
+            for p in open_for_traversal(needed):
+                log.warning("gave others search permission (o+x) on %s: Dask processes run under their own uids", p)
+
+    def user_environment(self, env: dict) -> dict[str, str]:
+        """The part of a cluster's ``environment`` option allowed into its processes
+        (cluster.environment_allow; a create asking for more was refused already)."""
+        kept, refused = split_environment(env, self.env_patterns)
+        if refused:
+            log.warning("dropping environment variables %s from cluster options", sorted(refused))
+        return kept
 
     # -------------------------------------------------------------------- paths
     def cluster_dir(self, cluster_name: str) -> Path:
         return self.root / check_cluster_name(cluster_name)
 
+    @contextlib.contextmanager
+    def _uid_lock(self):
+        """Excludes other threads and job runners of this node while a uid is chosen."""
+        if not self._root_ready:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o711 if self.isolated else 0o700)
+            if self.isolated:
+                os.chmod(self.root, 0o711)
+                self._open(self.root)
+            self._root_ready = True
+        fd = os.open(self.root / ".uids.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def identity(self, cluster_name: str) -> Identity | None:
+        """The uid/gid the cluster's processes run under (None without isolation)."""
+        if not self.isolated:
+            return None
+        st = os.stat(self.cluster_dir(cluster_name) / "work", follow_symlinks=False)
+        return Identity(st.st_uid, st.st_gid)
+
+    def _used_uids(self) -> set[int]:
+        used = set()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root):
+                if CLUSTER_NAME_RE.match(entry.name):
+                    with contextlib.suppress(OSError):
+                        used.add(os.stat(Path(entry.path) / "work", follow_symlinks=False).st_uid)
+        return used
+
     def _prepare_dir(self, cluster_name: str, tls_cert: str, tls_key: str) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         d = self.cluster_dir(cluster_name)
-        d.mkdir(exist_ok=True, mode=0o700)
-        os.chmod(d, 0o700)
-        (d / "logs").mkdir(exist_ok=True, mode=0o700)
-        _write_secret(d / "tls.crt", tls_cert)
-        _write_secret(d / "tls.key", tls_key)
+        with self._uid_lock():
+            work = d / "work"
+            uid = None
+            if self.isolated:
+                try:
+                    uid = os.stat(work, follow_symlinks=False).st_uid
+                except FileNotFoundError:
+                    used = self._used_uids()
+                    if len(used) >= self.uid_count:
+                        raise RuntimeError("node.dask_uid_count: every uid of the range is in use") from None
+                    uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
+                    while uid in used:
+                        uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
+            d.mkdir(exist_ok=True, mode=0o700)
+            (d / "logs").mkdir(exist_ok=True, mode=0o700)
+            work.mkdir(exist_ok=True, mode=0o700)
+            if uid is not None:
+                os.chown(d, 0, uid, follow_symlinks=False)
+                os.chmod(d, 0o750)
+                os.chown(work, uid, uid, follow_symlinks=False)
+            else:
+                os.chmod(d, 0o700)
+        _write_secret(d / "tls.crt", tls_cert, uid)
+        _write_secret(d / "tls.key", tls_key, uid)
         return d
 
     def dask_command(self, sub: str) -> list[str]:
@@ -171,8 +255,8 @@ class LocalBackend(Backend):
             # runs `python` or `pip` gets the cluster's environment.
             "PATH": f"{Path(self.python).parent}{os.pathsep}{path}",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": str(d),
-            "TMPDIR": str(d),
+            "HOME": str(d / "work"),
+            "TMPDIR": str(d / "work"),
         }
 
     @staticmethod
@@ -211,7 +295,7 @@ class LocalBackend(Backend):
         ]  # fmt: skip
         env = {
             **DASK_DEFAULTS,
-            **filter_user_environment(cfg.environment),
+            **self.user_environment(cfg.environment),
             **self._base_env(d),
             **self._tls_env(d, "SCHEDULER"),
             "DASK_GATEWAY_API_URL": spec.api_url,
@@ -250,7 +334,7 @@ class LocalBackend(Backend):
         ]  # fmt: skip
         env = {
             **DASK_DEFAULTS,
-            **filter_user_environment(cfg.environment),
+            **self.user_environment(cfg.environment),
             **self._base_env(d),
             **self._tls_env(d, "WORKER"),
         }
@@ -266,11 +350,15 @@ class LocalBackend(Backend):
         if self.launcher.is_running(unit):
             return
         d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
-        _write_secret(d / "api-token", spec.token)  # no newline: the preload uses it verbatim
+        ident = self.identity(spec.cluster_name)
+        # No newline: the preload uses it verbatim.
+        _write_secret(d / "api-token", spec.token, ident.gid if ident else None)
         argv, env = self.scheduler_command(spec, d)
         cfg: ClusterConfig = spec.config
         resources = Resources(float(cfg.scheduler_cores), int(float(cfg.scheduler_memory_gib) * GIB))
-        self.launcher.start(unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources)
+        self.launcher.start(
+            unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources, identity=ident
+        )
 
     def stop_scheduler(self, cluster_name: str) -> None:
         self.launcher.stop(scheduler_unit(cluster_name))
@@ -286,11 +374,18 @@ class LocalBackend(Backend):
         if self.launcher.is_running(unit):
             return
         d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
-        (d / "work").mkdir(exist_ok=True, mode=0o700)
         argv, env = self.worker_command(spec, d)
         cfg: ClusterConfig = spec.config
         resources = Resources(float(cfg.worker_cores), int(float(cfg.worker_memory_gib) * GIB) + NANNY_HEADROOM_BYTES)
-        self.launcher.start(unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources)
+        self.launcher.start(
+            unit,
+            argv,
+            env,
+            cwd=d,
+            log_path=d / "logs" / f"{unit}.log",
+            resources=resources,
+            identity=self.identity(spec.cluster_name),
+        )
 
     def stop_worker(self, cluster_name: str, worker_name: str) -> None:
         self.launcher.stop(worker_unit(cluster_name, worker_name))

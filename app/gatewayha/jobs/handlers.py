@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gatewayha import clusters, liveness, tls, warm_pool
-from gatewayha.auth import secrets as sec
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
@@ -65,7 +64,8 @@ def start_cluster(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
     with ctx.pool.connection() as conn, conn.transaction():
         row = conn.execute(
-            "SELECT status, node, config, tls_cert, tls_key_enc FROM clusters WHERE name = %s FOR UPDATE",
+            "SELECT name, status, node, config, tls_cert, tls_key_enc, token_enc FROM clusters"
+            " WHERE name = %s FOR UPDATE",
             (name,),
         ).fetchone()
         if row is None or row["status"] != "PENDING":
@@ -84,7 +84,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
         )
     spec = SchedulerSpec(
         cluster_name=name,
-        token=sec.cluster_token(ctx.secret, name),
+        token=clusters.cluster_token(ctx.secret, row),
         api_url=ctx.settings.server.api_url,
         tls_cert=row["tls_cert"],
         tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
@@ -150,7 +150,8 @@ def start_worker(ctx: Context, job: Job) -> None:
         raise ValueError(f"invalid worker name {worker!r}")
     with ctx.pool.connection() as conn:
         row = conn.execute(
-            "SELECT c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.scheduler_address, w.status AS wstatus"
+            "SELECT c.name, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc, c.scheduler_address,"
+            " w.status AS wstatus"
             " FROM clusters c JOIN workers w ON w.cluster = c.name WHERE c.name = %s AND w.name = %s",
             (name, worker),
         ).fetchone()
@@ -163,7 +164,7 @@ def start_worker(ctx: Context, job: Job) -> None:
             cluster_name=name,
             worker_name=worker,
             scheduler_address=row["scheduler_address"],
-            token=sec.cluster_token(ctx.secret, name),
+            token=clusters.cluster_token(ctx.secret, row),
             tls_cert=row["tls_cert"],
             tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
             config=ClusterConfig.from_json(row["config"]),
@@ -336,7 +337,7 @@ def refill_pool(ctx: Context, job: Job) -> None:
         ctx.backend.start_scheduler(
             SchedulerSpec(
                 cluster_name=entry["name"],
-                token=sec.cluster_token(ctx.secret, entry["name"]),
+                token=entry["token"],
                 api_url=ctx.settings.server.api_url,
                 tls_cert=entry["cert"],
                 tls_key=entry["key"],

@@ -1,0 +1,289 @@
+"""A tenant attacks: its code, run through the stock client on a worker and on the scheduler,
+tries to reach the control plane and another tenant. Every attempt must fail for the right
+reason (permission, authentication, namespace), while the tenant's own work keeps working.
+
+The local stack runs as root with node.isolation = "uid": each cluster under a uid of its own,
+in PID and mount namespaces of its own (backends/launcher.py, ProcessLauncher.confine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from dask_gateway import BasicAuth, Gateway
+
+from helpers import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+# attack() is shipped to the cluster by value (the tenant's processes cannot import this file):
+# wrapped in a lambda, which plain pickle refuses, so that cloudpickle takes over.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def attack(targets: dict) -> dict:
+    """Runs as the tenant (on a worker or on the scheduler): each probe returns the exception's
+    class name when the attempt failed, or "OK: ..." when it succeeded."""
+    import os
+    import resource
+    import signal
+    import socket
+
+    out = {}
+
+    def probe(name, fn):
+        try:
+            out[name] = "OK: " + repr(fn())[:200]
+        except Exception as exc:  # noqa: BLE001 - the failure is the result
+            out[name] = type(exc).__name__
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read(64)
+
+    out["uid"] = os.getuid()
+    out["euid"] = os.geteuid()
+    probe("config", lambda: read(targets["config"]))
+    probe("secret", lambda: read(targets["secret"]))
+    probe("local_env", lambda: read(targets["local_env"]))
+    probe("victim_key", lambda: read(targets["victim_dir"] + "/tls.key"))
+    probe("victim_token", lambda: read(targets["victim_dir"] + "/api-token"))
+    probe("victim_listing", lambda: os.listdir(targets["victim_dir"]))
+    probe("clusters_listing", lambda: os.listdir(targets["clusters_dir"]))
+    probe("own_token", lambda: len(read(targets["own_dir"] + "/api-token")))
+
+    def admin_socket():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(targets["haproxy_sock"])
+            s.sendall(b"show info\n")
+            return s.recv(100)
+
+    probe("haproxy_admin", admin_socket)
+    probe("pg_socket_dir", lambda: os.listdir(targets["pg_dir"]))
+
+    def pg(dsn):
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            return conn.execute("SELECT current_user").fetchone()
+
+    probe("pg_no_password", lambda: pg(f"postgresql://postgres@127.0.0.1:{targets['pg_port']}/postgres"))
+    probe("pg_guessed_password", lambda: pg(f"postgresql://postgres:postgres@127.0.0.1:{targets['pg_port']}/gatewayha"))
+
+    def write_venv():
+        with open(targets["site_packages"] + "/gatewayha_backdoor.pth", "w") as f:
+            f.write("import os\n")
+
+    probe("venv_write", write_venv)
+    probe("app_write", lambda: open(targets["app_file"], "a").write("# backdoor\n"))
+
+    def own_work():
+        p = os.path.join(os.environ["HOME"], "scratch")
+        with open(p, "w") as f:
+            f.write("mine")
+        return read(p)
+
+    probe("own_work_write", own_work)
+    # Other tenants' processes: absent from this tenant's /proc, and out of signal's reach.
+    visible = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                visible.append(read(f"/proc/{pid}/cmdline").decode(errors="replace"))
+            except OSError:
+                pass
+    out["sees_victim"] = any(targets["victim_name"] in c for c in visible)
+    out["sees_root_processes"] = any("gatewayha-worker" in c or "haproxy" in c for c in visible)
+    for pid in targets["victim_pids"]:
+        probe(f"kill_{pid}", lambda pid=pid: os.kill(pid, signal.SIGKILL))
+    probe("setuid_root", lambda: os.setuid(0))
+    probe("renice_up", lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    out["nproc_hard"] = hard
+    probe("raise_nproc", lambda: resource.setrlimit(resource.RLIMIT_NPROC, (hard + 1, hard + 1)))
+    return out
+
+
+def _pids_of(name: str) -> list[int]:
+    """Live processes (seen from the host) whose command line names the cluster."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if name in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def _cluster_dir(stack, name: str) -> Path:
+    return wait_until(
+        lambda: next((p for p in stack.state.glob(f"node-*/clusters/{name}") if (p / "api-token").exists()), None),
+        30,
+        f"the directory of {name}",
+    )
+
+
+@pytest.fixture(scope="module")
+def victim(stack):
+    """Another user's running cluster."""
+    env = {**stack.env, "GATEWAYHA_CONFIG": str(stack.state / "gatewayha.toml")}
+    subprocess.run(
+        [str(ROOT / ".venv/bin/gatewayha-admin"), "users", "add", "victim", "--password-stdin"],
+        input="victim-password-1\n",
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    gw = Gateway(stack.address, auth=BasicAuth("victim", "victim-password-1"))
+    cluster = gw.new_cluster()
+    yield gw, cluster
+    cluster.shutdown()
+    gw.close()
+
+
+def test_a_tenant_reaches_neither_the_control_plane_nor_another_tenant(stack, gateway, victim):
+    import site
+
+    victim_gw, victim = victim
+    pg_port = int((stack.state / "pg" / "port").read_text())
+    victim_dir = _cluster_dir(stack, victim.name)
+    victim_pids = _pids_of(victim.name)
+    assert victim_pids, "the victim's scheduler runs"
+    cluster = gateway.new_cluster()
+    cluster.scale(1)
+    client = cluster.get_client()
+    client.wait_for_workers(1, timeout=120)
+    own_dir = _cluster_dir(stack, cluster.name)
+    site_packages = next(p for p in site.getsitepackages() if p.startswith(str(ROOT / ".venv")))
+    targets = {
+        "config": str(stack.state / "gatewayha.toml"),
+        "secret": str(stack.state / "secret"),
+        "local_env": str(stack.state / "local.env"),
+        "victim_dir": str(victim_dir),
+        "victim_name": victim.name,
+        "victim_pids": victim_pids,
+        "clusters_dir": str(victim_dir.parent),
+        "own_dir": str(own_dir),
+        "haproxy_sock": str(stack.state / "run" / "haproxy.sock"),
+        "pg_dir": str(stack.state / "pg"),
+        "pg_port": pg_port,
+        "site_packages": site_packages,
+        "app_file": str(ROOT / "app" / "gatewayha" / "__init__.py"),
+    }
+    on_worker = client.submit(lambda t: attack(t), targets, pure=False).result(timeout=60)
+    on_scheduler = client.run_on_scheduler(lambda t: attack(t), targets)
+    for where, got in (("worker", on_worker), ("scheduler", on_scheduler)):
+        assert got["uid"] == got["euid"] == own_dir.joinpath("work").stat().st_uid != 0, (where, got)
+        refused = {
+            "config": "PermissionError",
+            "secret": "PermissionError",
+            "local_env": "PermissionError",
+            "victim_key": "PermissionError",
+            "victim_token": "PermissionError",
+            "victim_listing": "PermissionError",
+            "clusters_listing": "PermissionError",
+            "haproxy_admin": "PermissionError",
+            "pg_socket_dir": "PermissionError",
+            "pg_no_password": "OperationalError",
+            "pg_guessed_password": "OperationalError",
+            "venv_write": "PermissionError",
+            "app_write": "PermissionError",
+            "setuid_root": "PermissionError",
+            "renice_up": "PermissionError",
+        }
+        assert {k: got[k] for k in refused} == refused, (where, got)
+        # The pids of the victim do not exist in the tenant's PID namespace, or are not its to signal.
+        for pid in victim_pids:
+            assert got[f"kill_{pid}"] in ("ProcessLookupError", "PermissionError"), (where, got)
+        assert got["sees_victim"] is False and got["sees_root_processes"] is False, (where, got)
+        assert got["raise_nproc"] in ("ValueError", "PermissionError"), (where, got)
+        # What is the tenant's own works.
+        assert got["own_token"].startswith("OK"), (where, got)
+        assert got["own_work_write"] == "OK: b'mine'", (where, got)
+    # The victim is untouched, and the tenant's own work goes on: compute, scale, adapt.
+    assert all(Path(f"/proc/{pid}").exists() for pid in victim_pids)
+    assert victim_gw.get_cluster(victim.name).status.name == "RUNNING"
+    assert client.submit(sum, range(100)).result(timeout=60) == 4950
+    cluster.scale(2)
+    client.wait_for_workers(2, timeout=120)
+    cluster.adapt(minimum=1, maximum=2)
+    assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
+    client.close()
+    cluster.shutdown()
+
+
+def _heartbeat(stack, name: str, token: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"{stack.address}/api/v1/clusters/{name}/heartbeat",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_heartbeat_cannot_steer_routes_and_a_stopped_clusters_token_dies(stack, gateway):
+    """The tenant holds its cluster's token (its code can read it): it cannot move its route to
+    a gateway service or another host, and the token stops working when the cluster stops."""
+    cluster = gateway.new_cluster()
+    name = cluster.name
+    token = (_cluster_dir(stack, name) / "api-token").read_text()
+    with stack.db() as conn:
+        row = conn.execute(
+            "SELECT scheduler_address, dashboard_address, api_address FROM clusters WHERE name = %s", (name,)
+        ).fetchone()
+    assert row["scheduler_address"].startswith("tls://127.0.0.1:")
+    pg_port = int((stack.state / "pg" / "port").read_text())
+    base = {**row, "count": 0, "active_workers": [], "closing_workers": [], "closed_workers": []}
+    route_before = stack.haproxy(f"show map {stack.state}/haproxy/maps/sni.map")
+    assert f"daskgateway-{name} " in route_before
+    for evil in (
+        {"scheduler_address": f"tls://127.0.0.1:{pg_port}"},  # the database through the public port
+        {"scheduler_address": f"tls://127.0.0.1:{stack.api_ports[0]}"},
+        {"dashboard_address": f"http://127.0.0.1:{stack.port}"},
+        {"api_address": "http://127.0.0.2:8080"},
+    ):
+        status, body = _heartbeat(stack, name, token, {**base, **evil})
+        assert status == 409 and "fixed" in body["error"], (evil, status, body)
+    # The route did not move, and the genuine heartbeat is still accepted.
+    assert stack.haproxy(f"show map {stack.state}/haproxy/maps/sni.map") == route_before
+    assert _heartbeat(stack, name, token, base)[0] == 200
+    # A token is the cluster's own: not another cluster's, not derivable from the name.
+    other = gateway.new_cluster()
+    assert _heartbeat(stack, other.name, token, base)[0] == 403
+    other.shutdown()
+    cluster.shutdown()
+    wait_until(lambda: gateway.get_cluster(name).status.name == "STOPPED", 60, "the cluster to stop")
+    status, body = _heartbeat(stack, name, token, base)
+    assert status == 403, body
+    # Nor can the dead token delete anything.
+    req = urllib.request.Request(
+        f"{stack.address}/api/v1/clusters/{name}", headers={"Authorization": f"token {token}"}, method="DELETE"
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 403
+
+
+def test_a_create_asking_for_a_preload_or_jupyter_settings_is_refused(gateway):
+    opts = gateway.cluster_options()
+    opts.environment = {"DASK_DISTRIBUTED__SCHEDULER__PRELOAD": "evil_module", "JUPYTERHUB_API_TOKEN": "x"}
+    with pytest.raises(ValueError) as info:
+        gateway.new_cluster(opts)
+    assert "DASK_DISTRIBUTED__SCHEDULER__PRELOAD" in str(info.value)
+    opts.environment = {"OMP_NUM_THREADS": "1"}
+    cluster = gateway.new_cluster(opts)
+    cluster.shutdown()
