@@ -20,6 +20,8 @@ Commands
     reads    NAME --stop-file F                the stock client's reads (get_cluster, list_clusters)
     storm    --count N [--users a,b] [--addresses u,v] [--retrying]
                                               N concurrent creates until RUNNING (asyncio)
+    attack   NAME --targets JSON              tests/tenant_attack.py on a worker and on the
+                                              scheduler of NAME, then compute, scale, adapt
 """
 
 from __future__ import annotations
@@ -390,6 +392,36 @@ def cmd_storm(args) -> int:
     )
 
 
+def cmd_attack(args) -> int:
+    """The tenant's code of tests/tenant_attack.py, run as NAME's owner: every probe must fail,
+    and the cluster must still compute, scale and adapt afterwards."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+    from tenant_attack import attack, check_refused
+
+    targets = json.loads(args.targets)
+    gw = gateway(args.address)
+    cluster = gw.connect(args.name)
+    cluster.scale(1)
+    client = cluster.get_client(set_as_default=False)
+    wait_workers(client, 1)
+    result = {
+        "worker": client.submit(lambda t: attack(t), targets, pure=False).result(timeout=60),
+        "scheduler": client.run_on_scheduler(lambda t: attack(t), targets),
+    }
+    result["not_refused"] = {
+        where: check_refused(result[where], targets["victim_pids"]) for where in ("worker", "scheduler")
+    }
+    result["result"] = square_sum(client)
+    cluster.scale(2)
+    result["workers"] = wait_workers(client, 2)
+    cluster.adapt(minimum=1, maximum=2)
+    result["after_adapt"] = client.submit(lambda: 6 * 7).result(timeout=60)
+    client.close()
+    cluster.close(shutdown=False)
+    ok = not any(result["not_refused"].values()) and result["result"] == expected() and result["after_adapt"] == 42
+    return out(result, ok)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -440,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--addresses", default="", help="comma-separated; create i goes to address i %% len")
     c.add_argument("--retrying", action="store_true")
     c.add_argument("--timeout", type=float, default=180)
+    c = sub.add_parser("attack")
+    c.add_argument("name")
+    c.add_argument("--targets", required=True, help="JSON: paths and pids tenant_attack.attack probes")
     args = p.parse_args(argv)
     return {
         "create": cmd_create,
@@ -452,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "apiloop": cmd_apiloop,
         "reads": cmd_reads,
         "storm": cmd_storm,
+        "attack": cmd_attack,
     }[args.command](args)
 
 
