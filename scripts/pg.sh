@@ -14,6 +14,9 @@ dir=$(realpath -m "${2:?usage: pg.sh start|stop|dsn DIR [PORT]}")
 bin=/usr/lib/postgresql/15/bin
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A parent that postgres cannot traverse (e.g. /root) would stop it: open the path. On every
+# start and stop: a parent may have been closed since (a later pytest run sets its tmp root back to 0700).
+open_path() { local p="$dir"; while [ "$p" != / ]; do p=$(dirname "$p"); [ -x "$p" ] || chmod o+x "$p"; [ "$(id -u)" = 0 ] && chmod o+x "$p" 2>/dev/null || true; done; }
 dsn() { echo "postgresql://postgres:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/postgres"; }
 case "$cmd" in
 start)
@@ -21,12 +24,11 @@ start)
     mkdir -p "$dir"
     chmod 0700 "$dir"
     [ -s "$dir/password" ] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(16))' > "$dir/password")
+    open_path
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         port=${3:-$(free_port)}
         echo "$port" > "$dir/port"
         [ "$(id -u)" = 0 ] && chown postgres: "$dir" "$dir/password"
-        # A parent that postgres cannot traverse (e.g. /root) would stop it: open the path.
-        p="$dir"; while [ "$p" != / ]; do p=$(dirname "$p"); [ -x "$p" ] || chmod o+x "$p"; [ "$(id -u)" = 0 ] && chmod o+x "$p" 2>/dev/null || true; done
         as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
             --pwfile="$dir/password" -E UTF8 --no-locale >"$dir/initdb.log" 2>&1
         cat >> "$dir/data/postgresql.conf" <<CONF
@@ -54,6 +56,7 @@ CONF
     ;;
 stop)
     [ -d "$dir/data" ] || exit 0
+    open_path
     as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
     ;;
 dsn) dsn ;;

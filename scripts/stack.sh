@@ -31,17 +31,12 @@ pid_alive() {
 }
 alive() { [ -f "$1" ] && pid_alive "$(awk '{print $1; exit}' "$1")"; }
 
-stop_pidfile() {  # TERM the process group, wait, then KILL
-    local f=$1 pid
-    [ -f "$f" ] || return 0
-    pid=$(awk '{print $1; exit}' "$f")  # launcher pidfiles hold "<pid> <start time>"
-    if pid_alive "$pid"; then
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-}
+# Stopping: scripts/stack_procs.py finds a service's processes by the session its pidfile names
+# and a marker in their environment, so a group whose leader already died (a killed API
+# instance's granian worker, which keeps its port) is still stopped; GATEWAYHA_LOCAL_STACK is
+# set only in the processes `up` starts, never in the shells that source local.env.
+MARKER=GATEWAYHA_LOCAL_STACK=$STATE
+procs() { python3 "$ROOT/scripts/stack_procs.py" "$@"; }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     local t=$1 what=$2; shift 2
@@ -124,6 +119,7 @@ TOML
 }
 
 up() {
+    export "$MARKER"
     mkdir -p "$RUN" "$LOG" "$STATE/haproxy/maps" "$STATE/node-1" "$STATE/node-2"
     # Dask processes (under their own uids) reach the venv and their cluster's directory under
     # the node dirs by search permission alone: nothing else of the state dir is theirs to read.
@@ -146,6 +142,8 @@ up() {
     for p in $API_PORTS; do
         api_args+=(--api "127.0.0.1:$p")
         if ! alive "$RUN/api-$p.pid"; then
+            # A killed main process may leave its granian worker behind, holding the port.
+            procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" "$RUN/api-$p.pid" || true
             # granian refuses to start while its old pidfile names a live PID, and a killed,
             # not yet reaped (zombie) main process still counts as live for it.
             rm -f "$RUN/api-$p.pid"
@@ -204,12 +202,23 @@ down() {
         psql "$(python3 -c "import tomllib;print(tomllib.load(open('$CONFIG','rb'))['database']['dsn'])")" -qc \
             "UPDATE clusters SET status = CASE WHEN status = 'PENDING' THEN 'FAILED' ELSE 'STOPPED' END,
                     reason = coalesce(reason, 'local stack stopped'), stopped_at = now()
-             WHERE status IN ('PENDING','RUNNING','STOPPING')" >/dev/null 2>&1 || true
+             WHERE status IN ('PENDING','RUNNING','STOPPING');
+             DELETE FROM warm_pool" >/dev/null 2>&1 || true
     fi
-    for f in "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid; do stop_pidfile "$f"; done
+    # Job workers, API instances and HAProxy together (each session's leftovers too); the old
+    # marker (GATEWAYHA_CONFIG, set by stacks started before GATEWAYHA_LOCAL_STACK) also counts.
+    procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" \
+        "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid || true
+    rm -f "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid
     # Schedulers and workers launched by the local backend (pidfiles under each node's state dir).
-    find "$STATE" -path "$STATE/pg" -prune -o -name '*.pid' -print 2>/dev/null | while read -r f; do stop_pidfile "$f"; done
+    mapfile -t units < <(find "$STATE" -path "$STATE/pg" -prune -o -name '*.pid' -print 2>/dev/null)
+    if [ ${#units[@]} -gt 0 ]; then
+        procs stop --quiet --unit "${units[@]}" || true
+        rm -f "${units[@]}"
+    fi
     scripts/pg.sh stop "$STATE/pg"
+    # Last resort: anything this stack started that is still alive (it says what it stops).
+    procs sweep --marker "$MARKER" --unit-home "$STATE/"
     echo "gatewayha local stack stopped"
 }
 

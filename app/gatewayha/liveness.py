@@ -37,6 +37,15 @@ def report_node(conn: psycopg.Connection, node: str, host: str, interval: float)
     conn.execute(_NODE_SQL, {"name": node, "host": host, "gap": GAP_FACTOR * interval})
 
 
+def start_node(conn: psycopg.Connection, node: str, host: str, interval: float) -> None:
+    """This node's worker (re)started: report the node and begin its new incarnation
+    (``nodes.started_at``). Whatever the node ran before, it must show again that it lives
+    (gatewayha.warm_pool: pooled schedulers are not handed out until verified)."""
+    with conn.transaction():
+        report_node(conn, node, host, interval)
+        conn.execute("UPDATE nodes SET started_at = now() WHERE name = %s", (node,))
+
+
 def report_api(conn: psycopg.Connection, name: str) -> None:
     conn.execute(_API_SQL, {"name": name, "gap": GAP_FACTOR * API_INTERVAL})
 

@@ -5,6 +5,12 @@ prefix, and heartbeats like any scheduler. A create whose options give the same
 cluster config claims one with FOR UPDATE SKIP LOCKED and the cluster is RUNNING
 at once. Every node keeps ``cluster.warm_pool_size`` of its own; pooled
 schedulers are never visible to users.
+
+A pooled scheduler is handed out only while it is known to be alive: its node's worker
+reports, the entry belongs to the node's current incarnation (created, or checked by
+``verify``, since the worker last started: a restarted node's old schedulers may have died
+with it), and it heartbeated within a few heartbeat periods. Declining a live one costs a
+cold start; handing out a dead one costs the user a cluster that never answers.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import secrets
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gatewayha import tls
+from gatewayha import liveness, tls
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
@@ -35,15 +41,33 @@ def default_config(settings: Settings) -> tuple[dict, ClusterConfig]:
     return options, cluster_config(settings, options)
 
 
-def _fresh_clause(settings: Settings) -> tuple[str, dict]:
+def _fresh_clause(settings: Settings, t: str = "") -> tuple[str, dict]:
     """A pooled scheduler's idle clock runs from its start: hand out only those with at
-    least half of the idle timeout left, and only those still heartbeating."""
+    least half of the idle timeout left, and only those still heartbeating (``t``: the
+    table's alias with its dot)."""
     c = settings.cluster
-    clause = "ready_at IS NOT NULL AND last_heartbeat > now() - make_interval(secs => %(hb)s)"
+    clause = f"{t}ready_at IS NOT NULL AND {t}last_heartbeat > now() - make_interval(secs => %(hb)s)"
     params: dict = {"hb": c.heartbeat_timeout}
     if c.idle_timeout > 0:
-        clause += " AND created_at > now() - make_interval(secs => %(half_idle)s)"
+        clause += f" AND {t}created_at > now() - make_interval(secs => %(half_idle)s)"
         params["half_idle"] = c.idle_timeout / 2
+    return clause, params
+
+
+def _claimable_clause(settings: Settings) -> tuple[str, dict]:
+    """Fresh (above), and known alive now: its node's worker reported within the liveness gap,
+    the entry was created or verified in the node's current incarnation (``nodes.started_at``,
+    set by each start of the node's worker), and it heartbeated within a few periods (not the
+    whole heartbeat timeout, which is for judging a cluster dead, not for trusting one)."""
+    c = settings.cluster
+    fresh, params = _fresh_clause(settings, "w.")
+    clause = (
+        f"{fresh} AND w.last_heartbeat > now() - make_interval(secs => %(recent)s)"
+        " AND n.last_seen > now() - make_interval(secs => %(node_gap)s)"
+        " AND coalesce(w.verified_at, w.created_at) >= n.started_at"
+    )
+    params["recent"] = min(c.heartbeat_timeout, liveness.GAP_FACTOR * c.heartbeat_period)
+    params["node_gap"] = liveness.GAP_FACTOR * settings.worker.node_heartbeat_interval
     return clause, params
 
 
@@ -51,15 +75,15 @@ def claim(conn: psycopg.Connection, settings: Settings, cfg: ClusterConfig) -> d
     """Take one ready pooled scheduler for this config (inside the caller's transaction)."""
     if settings.cluster.warm_pool_size <= 0:
         return None
-    fresh, params = _fresh_clause(settings)
+    claimable, params = _claimable_clause(settings)
     return conn.execute(
         f"""
         DELETE FROM warm_pool WHERE name = (
-            SELECT name FROM warm_pool
-            WHERE config_key = %(key)s AND {fresh}
-            ORDER BY created_at
+            SELECT w.name FROM warm_pool w JOIN nodes n ON n.name = w.node
+            WHERE w.config_key = %(key)s AND {claimable}
+            ORDER BY w.created_at
             LIMIT 1
-            FOR UPDATE SKIP LOCKED
+            FOR UPDATE OF w SKIP LOCKED
         )
         RETURNING name, node, options, config, tls_cert, tls_key_enc, token_hash, token_enc,
                   scheduler_address, dashboard_address, api_address
@@ -86,6 +110,33 @@ def record_heartbeat(conn: psycopg.Connection, name: str, msg: dict) -> bool:
         (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"], name),
     ).fetchone()
     return row is not None
+
+
+def unverified(conn: psycopg.Connection, node: str) -> list[str]:
+    """This node's entries neither created nor verified since its worker last started."""
+    return [
+        r["name"]
+        for r in conn.execute(
+            "SELECT w.name FROM warm_pool w JOIN nodes n ON n.name = w.node"
+            " WHERE w.node = %s AND coalesce(w.verified_at, w.created_at) < n.started_at ORDER BY w.name",
+            (node,),
+        ).fetchall()
+    ]
+
+
+def record_verified(conn: psycopg.Connection, node: str, live: list[str], dead: list[str]) -> list[str]:
+    """Mark ``live`` entries as belonging to this incarnation; drop ``dead`` ones (returned)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE warm_pool SET verified_at = now() WHERE node = %s AND name = ANY(%s)",
+            (node, live),
+        )
+        return [
+            r["name"]
+            for r in conn.execute(
+                "DELETE FROM warm_pool WHERE node = %s AND name = ANY(%s) RETURNING name", (node, dead)
+            ).fetchall()
+        ]
 
 
 def request_refill(conn: psycopg.Connection, node: str) -> None:

@@ -54,10 +54,10 @@ class Stack:
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(ROOT / "scripts" / "stack.sh"), *args],
-            env=self.env,
+            env={**self.env, **env},
             check=check,
             capture_output=True,
             text=True,
@@ -65,6 +65,21 @@ class Stack:
 
     def pid(self, name: str) -> int:
         return int((self.state / "run" / f"{name}.pid").read_text())
+
+    def pids(self) -> list[int]:
+        """The PIDs in the stack's own pidfiles (API instances, job workers, HAProxy)."""
+        return [int(p.read_text()) for p in (self.state / "run").glob("*.pid") if p.read_text().strip().isdigit()]
+
+    def assert_down(self, down: subprocess.CompletedProcess, started: list[int]) -> None:
+        """`stack.sh down` succeeded and stopped everything `up` started (schedulers and
+        workers included, and any process left behind by a killed one): none alive, ports free."""
+        assert down.returncode == 0, f"{down.stdout}\n{down.stderr}"
+        alive = [pid for pid in started if _alive(pid)]
+        assert alive == [], f"still running after stack.sh down: {alive}"
+        leftovers = _processes_mentioning(str(self.state))
+        assert leftovers == [], f"processes of this stack still running after down: {leftovers}"
+        busy = [p for p in [self.port, *self.api_ports] if not _free(p)]
+        assert busy == [], f"ports still in use after down: {busy}"
 
     def db(self):
         import tomllib
@@ -116,21 +131,13 @@ def stack(tmp_path_factory):
     try:
         yield s
     finally:
-        started = [int(p.read_text()) for p in (state / "run").glob("*.pid") if p.read_text().strip().isdigit()]
+        started = s.pids()
         down = s.run("down", check=False)
-        # make down stops everything make up started (schedulers and workers included).
-        alive = [pid for pid in started if _alive(pid)]
-        leftovers = _processes_mentioning(str(state))
-        logs = state / "log"
-        if down.returncode != 0:
-            print(down.stdout, down.stderr)
-        for f in sorted(logs.glob("*.log")):
+        for f in sorted((state / "log").glob("*.log")):
             text = f.read_text(errors="replace")
             if "Traceback" in text:
                 print(f"--- {f.name} contains a traceback:\n{text[-4000:]}")
-        assert down.returncode == 0, down.stderr
-        assert alive == [], f"still running after stack.sh down: {alive}"
-        assert leftovers == [], f"processes of this stack still running after down: {leftovers}"
+        s.assert_down(down, started)
 
 
 @pytest.fixture

@@ -328,7 +328,26 @@ def warm_pool_tick(ctx: Context, job: Job) -> None:
     _fan_out(ctx, "refill_pool")
 
 
+def verify_pool(ctx: Context) -> list[str]:
+    """Check this node's pooled schedulers left from before its worker started (see
+    warm_pool): the live ones are claimable again, the dead ones are dropped (and their
+    files removed). Returns the names dropped."""
+    with ctx.pool.connection() as conn:
+        names = warm_pool.unverified(conn, ctx.node)
+    if not names:
+        return []
+    live = [n for n in names if ctx.backend.scheduler_running(n)]
+    with ctx.pool.connection() as conn:
+        dead = warm_pool.record_verified(conn, ctx.node, live, [n for n in names if n not in live])
+    for name in dead:
+        ctx.backend.stop_cluster(name)
+    log.info("warm pool on %s: %d pooled scheduler(s) from before this start alive, %d dead (dropped)",
+             ctx.node, len(live), len(dead))  # fmt: skip
+    return dead
+
+
 def refill_pool(ctx: Context, job: Job) -> None:
+    verify_pool(ctx)
     with ctx.pool.connection() as conn:
         to_start, to_stop = warm_pool.plan_refill(conn, ctx.settings, ctx.node)
     for name in to_stop:

@@ -239,8 +239,13 @@ class Worker:
             try:
                 if not state["started"]:
                     with self.pool.connection() as conn:
+                        # A new incarnation of this node first: a create no longer gets a
+                        # pooled scheduler of the last one until verify_pool found it alive.
+                        liveness.start_node(
+                            conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval
+                        )
                         queue.ensure_periodic(conn, handlers.periodic_tasks(self.settings))
-                        self._heartbeat_node(conn)
+                    handlers.verify_pool(self.ctx)
                     handlers.reap_orphans(self.ctx)
                     self.routes_dirty.set()
                     state["started"] = True

@@ -1,0 +1,101 @@
+"""The local stack's lifecycle: `down` after a killed process, `down && up` again, a node restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+from helpers import wait_until
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"  # a zombie is gone
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid and _alive(int(d.name)):
+                out.append(int(d.name))
+    return out
+
+
+def test_down_after_a_killed_api_main_process_then_down_and_up_twice(stack):
+    port = stack.api_ports[0]
+    main = stack.pid(f"api-{port}")
+    workers = children(main)
+    assert workers, "the API instance's granian worker"
+    os.kill(main, signal.SIGKILL)  # the main process only: its worker lives on, holding the port
+    wait_until(lambda: not _alive(main), 10, "the killed main process to go")
+    assert all(_alive(w) for w in workers) and not _free(port), "the orphaned granian worker keeps the port"
+
+    started = stack.pids() + workers
+    stack.assert_down(stack.run("down", check=False), started)
+
+    # `down && up` succeeds every time, the example (a create, which may claim a pooled
+    # scheduler, scale and compute) included.
+    for attempt in (1, 2):
+        up = stack.run("up", check=False, GATEWAYHA_EXAMPLE="1")
+        assert up.returncode == 0, f"up #{attempt}:\n{up.stdout}\n{up.stderr}"
+        assert "example done" in up.stdout, up.stdout
+        if attempt == 1:
+            started = stack.pids()
+            stack.assert_down(stack.run("down", check=False), started)
+    # The stack is up again for the other tests (and the fixture's own down).
+
+
+def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack, gateway):
+    """Both nodes' job workers and pooled schedulers die; the workers start again; a create at
+    once must not be handed a pooled scheduler that died (its heartbeat is not yet overdue)."""
+
+    def ready_pool():
+        with stack.db() as conn:
+            return conn.execute("SELECT name, node FROM warm_pool WHERE ready_at IS NOT NULL").fetchall()
+
+    pool = wait_until(lambda: len(ready_pool()) == 2 and ready_pool(), 90, "a ready pooled scheduler per node")
+    dead = {r["name"] for r in pool}
+    with stack.db() as conn:
+        before = {r["name"]: r["started_at"] for r in conn.execute("SELECT name, started_at FROM nodes")}
+    for n in (1, 2):
+        os.kill(stack.pid(f"worker-{n}"), signal.SIGKILL)
+    for name in dead:
+        node = next(r["node"] for r in pool if r["name"] == name)
+        pidfile = stack.state / f"node-{node.split('-')[1]}" / "run" / f"{name}-scheduler.pid"
+        os.killpg(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+    wait_until(lambda: not any(_alive(stack.pid(f"worker-{n}")) for n in (1, 2)), 10, "the workers to go")
+
+    assert stack.run("up", check=False).returncode == 0  # starts the two workers again
+
+    def restarted():
+        with stack.db() as conn:
+            now = {r["name"]: r["started_at"] for r in conn.execute("SELECT name, started_at FROM nodes")}
+        return all(now[n] > before[n] for n in before)
+
+    wait_until(restarted, 30, "both workers to start a new incarnation")
+    name = gateway.submit()  # at once: the dead entries' last heartbeats are within the timeout
+    assert name not in dead
+    cluster = gateway.connect(name)
+    try:
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        assert client.submit(lambda: 7 * 6).result() == 42
+        client.close()
+    finally:
+        cluster.shutdown()
