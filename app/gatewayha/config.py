@@ -54,6 +54,12 @@ class ServerSettings:
     # separated: never accepted as a scheduler's address. The public and API URLs' ports and the
     # database's are added by themselves.
     reserved_ports: str = ""
+    # Concurrent long polls (GET …?wait) of one user in one API process; beyond it a poll is
+    # answered at once without waiting (the stock client polls again 0.5 s later).
+    max_waits_per_user: int = 8
+    # Peers whose X-Forwarded-For is believed (comma-separated addresses or networks): the
+    # HAProxies in front of this instance. Everyone else's source is the peer address.
+    trusted_proxies: str = "127.0.0.1, ::1"
 
 
 @dataclass
@@ -63,6 +69,13 @@ class AuthSettings:
     type: str = "basic"
     simple_password: str = ""
     realm: str = "gatewayha"
+    # Login throttling (gatewayha.api.throttle), shared by all instances through Postgres:
+    # this many failed logins per user name / per source address in a window of
+    # throttle_window seconds (from the first failure) make further logins 429 until the
+    # window ends. Keep the window short: it is also how long an attacker can lock a user out.
+    throttle_window: float = 60.0
+    throttle_user_failures: int = 10
+    throttle_source_failures: int = 30
 
 
 @dataclass
@@ -155,10 +168,11 @@ class ClusterSettings:
 
 @dataclass
 class LimitSettings:
-    # Per user; 0 means unlimited.
-    max_clusters: int = 0
-    max_cores: float = 0.0
-    max_memory_gib: float = 0.0
+    # Per user, over the user's active clusters (schedulers and workers); 0 means unlimited
+    # (only when set explicitly: the defaults are finite).
+    max_clusters: int = 10
+    max_cores: float = 32.0
+    max_memory_gib: float = 64.0
 
 
 @dataclass
@@ -299,6 +313,20 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
     return settings
 
 
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``server.trusted_proxies``: comma-separated addresses or networks (may be empty)."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: not an address or network: {item!r}") from None
+    return out
+
+
 def validate(s: Settings) -> None:
     if len(s.server.secret) < 16:
         raise ConfigError("server.secret: set a random secret of at least 16 characters")
@@ -349,6 +377,17 @@ def validate(s: Settings) -> None:
         raise ConfigError("cluster.max_workers: must be >= 0")
     if s.cluster.heartbeat_timeout <= s.cluster.heartbeat_period:
         raise ConfigError("cluster.heartbeat_timeout must exceed cluster.heartbeat_period")
+    parse_networks(s.server.trusted_proxies)
+    if s.server.max_waits_per_user < 1:
+        raise ConfigError("server.max_waits_per_user: must be >= 1")
+    if not 1 <= s.auth.throttle_window <= 3600:
+        raise ConfigError(f"auth.throttle_window: 1 to 3600 seconds, got {s.auth.throttle_window:g}")
+    for name in ("throttle_user_failures", "throttle_source_failures"):
+        if getattr(s.auth, name) < 1:
+            raise ConfigError(f"auth.{name}: must be >= 1")
+    for name in ("max_clusters", "max_cores", "max_memory_gib"):
+        if getattr(s.limits, name) < 0:
+            raise ConfigError(f"limits.{name}: must be >= 0 (0: unlimited)")
 
 
 def state_path(s: Settings, *parts: str) -> Path:

@@ -52,3 +52,9 @@ class Unprocessable(GatewayError):
 
 class Unavailable(GatewayError):
     status = 503
+
+
+class TooManyRequests(GatewayError):
+    """Throttled (login attempts); carries Retry-After."""
+
+    status = 429

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import falcon
 
+from gatewayha.api.throttle import LoginThrottle, SourceAddress, plausible_credential
 from gatewayha.auth import secrets as sec
 from gatewayha.auth import users
 from gatewayha.config import Settings
@@ -94,8 +95,12 @@ class VerifiedPasswords:
         msg = "\0".join((name, password, stored)).encode("utf-8", "surrogatepass")
         return sec.hmac.new(self.secret, msg, "sha256").digest()
 
-    def verify(self, name: str, password: str, stored: str | None) -> bool:
+    def verify(self, name: str, password: str, stored: str | None, before_check=None) -> bool:
+        """``before_check`` runs right before scrypt does (not on a cache hit); it may raise
+        (the login throttle takes its slot there)."""
         if stored is None:
+            if before_check is not None:
+                before_check()
             return sec.verify_password(password, stored)  # constant work for unknown users
         key = self._key(name, password, stored)
         with self._lock:
@@ -103,18 +108,23 @@ class VerifiedPasswords:
                 return True
             gate = self._inflight.setdefault(key, threading.Lock())
         with gate:
-            with self._lock:
-                if self._fresh(key):  # the verification we waited for succeeded
-                    return True
-            ok = sec.verify_password(password, stored)
-            with self._lock:
-                if ok:
-                    self._seen[key] = time.monotonic() + self.ttl
-                    self._seen.move_to_end(key)
-                    while len(self._seen) > self.size:
-                        self._seen.popitem(last=False)
-                if self._inflight.get(key) is gate:
-                    del self._inflight[key]
+            ok = False
+            try:
+                with self._lock:
+                    if self._fresh(key):  # the verification we waited for succeeded
+                        return True
+                if before_check is not None:
+                    before_check()
+                ok = sec.verify_password(password, stored)
+            finally:
+                with self._lock:
+                    if ok:
+                        self._seen[key] = time.monotonic() + self.ttl
+                        self._seen.move_to_end(key)
+                        while len(self._seen) > self.size:
+                            self._seen.popitem(last=False)
+                    if self._inflight.get(key) is gate:
+                        del self._inflight[key]
         return ok
 
     def _fresh(self, key: bytes) -> bool:
@@ -135,6 +145,8 @@ class Authenticate:
         self.settings = settings
         self.pool = pool
         self.verified = VerifiedPasswords(settings.server.secret)
+        self.throttle = LoginThrottle(settings)
+        self.source = SourceAddress(settings)
         self.challenge = {"WWW-Authenticate": f'Basic realm="{settings.auth.realm}"'}
         self.secure_cookie = settings.server.public_url.startswith("https://")
 
@@ -145,6 +157,8 @@ class Authenticate:
         req.context.user = None
         req.context.cluster_token = None
         header = req.get_header("Authorization") or ""
+        if not plausible_credential(header):  # non-ASCII, control characters, oversized
+            raise Unauthorized("Malformed credentials", self.challenge)
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         value = value.strip()
@@ -163,7 +177,7 @@ class Authenticate:
         elif mode == "cluster_token":
             raise Unauthorized("A cluster token is required", {"WWW-Authenticate": "token"})
         elif scheme == "basic" and value:
-            req.context.user = self._basic(value)
+            req.context.user = self._basic(value, req)
             cookie = sec.make_session_cookie(
                 self.settings.server.secret, req.context.user, self.settings.server.cookie_max_age
             )
@@ -178,12 +192,13 @@ class Authenticate:
             )
         else:
             cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]
-            user = sec.check_session_cookie(self.settings.server.secret, cookie) if cookie else None
+            ok = cookie and plausible_credential(cookie)
+            user = sec.check_session_cookie(self.settings.server.secret, cookie) if ok else None
             if user is None:
                 raise Unauthorized("Authentication required", self.challenge)
             req.context.user = user
 
-    def _basic(self, value: str) -> str:
+    def _basic(self, value: str, req: falcon.Request) -> str:
         try:
             decoded = base64.b64decode(value, validate=True).decode("latin1")
             name, sep, password = decoded.partition(":")
@@ -192,14 +207,27 @@ class Authenticate:
         if not sep or not users.USER_NAME.match(name):
             raise Unauthorized("Invalid user name or password", self.challenge)
         auth = self.settings.auth
+        source = self.source(req)
+        # Throttled (429) before any password check: api.throttle.
         if auth.type == "simple":
-            if not sec.hmac.compare_digest(password.encode("latin1"), auth.simple_password.encode("latin1")):
-                raise Unauthorized("Invalid user name or password", self.challenge)
             with self.pool.connection() as conn:
+                self.throttle.lookup(conn, name, source)
+                if not sec.hmac.compare_digest(password.encode("latin1"), auth.simple_password.encode("latin1")):
+                    self.throttle.record_failure(conn, name, source)
+                    raise Unauthorized("Invalid user name or password", self.challenge)
                 users.ensure_user(conn, name)
             return name
         with self.pool.connection() as conn:
-            stored = users.password_hash(conn, name)
-        if not self.verified.verify(name, password, stored):
+            stored = self.throttle.lookup(conn, name, source)  # users.password_hash, and the check
+        slots = []
+
+        def reserve() -> None:
+            with self.pool.connection() as conn:
+                slots.append(self.throttle.reserve(conn, name, source))
+
+        if not self.verified.verify(name, password, stored, before_check=reserve):
             raise Unauthorized("Invalid user name or password", self.challenge)
+        if slots:  # a success does not count against the user or the source
+            with self.pool.connection() as conn:
+                self.throttle.release(conn, slots[0])
         return name

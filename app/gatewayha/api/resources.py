@@ -14,6 +14,7 @@ import falcon
 
 from gatewayha import __version__, clusters
 from gatewayha.api.gate import KeyedGate
+from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import Settings
 from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unavailable, Unprocessable
@@ -132,6 +133,8 @@ class Cluster(Base):
     def __init__(self, settings: Settings, pool, watch: ClusterWatch | None = None):
         super().__init__(settings, pool)
         self.watch = watch
+        # Long polls of one user in this process, at most server.max_waits_per_user at once.
+        self.waits = WaitSlots(settings.server.max_waits_per_user)
 
     def _poll_interval(self, started: float) -> float:
         if self.watch is not None and self.watch.listening.is_set():
@@ -152,7 +155,11 @@ class Cluster(Base):
     def on_get(self, req, resp, name):
         if req.context.user is None:
             raise NotFound(f"Cluster {name} does not exist")
-        wait = req.get_param("wait") is not None
+        # Beyond the user's cap, ?wait is answered at once (api.throttle.WaitSlots).
+        with self.waits.slot(req.context.user, req.get_param("wait") is not None) as wait:
+            self._report(req, resp, name, wait)
+
+    def _report(self, req, resp, name: str, wait: bool) -> None:
         started = time.monotonic()
         deadline = started + self.settings.server.wait_timeout
         with self.watch.watching(name) if wait and self.watch else nullcontext(threading.Event()) as changed:

@@ -47,7 +47,8 @@ def verify_password(password: str, stored: str | None) -> bool:
 
 
 def _mac(secret: str, purpose: bytes, msg: str) -> str:
-    return hmac.new(secret.encode(), purpose + b"\0" + msg.encode(), hashlib.sha256).hexdigest()
+    data = purpose + b"\0" + msg.encode("utf-8", "surrogateescape")
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
 
 
 def make_session_cookie(secret: str, user: str, max_age: int, now: float | None = None) -> str:
@@ -63,7 +64,7 @@ def check_session_cookie(secret: str, value: str, now: float | None = None) -> s
         expiry_i = int(expiry)
     except (ValueError, AttributeError):
         return None
-    if not hmac.compare_digest(mac, _mac(secret, b"session", f"{user}|{expiry}")):
+    if not _same(mac, _mac(secret, b"session", f"{user}|{expiry}")):
         return None
     if expiry_i < (now or time.time()):
         return None
@@ -87,6 +88,14 @@ def cluster_token_ok(secret: str, cluster_name: str, token: str, stored_hash: by
     if stored_hash is None:
         return hmac.compare_digest(legacy_cluster_token(secret, cluster_name).encode(), raw)
     return hmac.compare_digest(hashlib.sha256(raw).digest(), bytes(stored_hash))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a client's string with ours; False (never TypeError, as
+    compare_digest raises on non-ASCII str) for anything a client may send."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def new_api_token() -> tuple[str, str, bytes]:
