@@ -432,6 +432,7 @@ SANDBOX = (
     "RestrictRealtime=yes",
     "LockPersonality=yes",
     "RemoveIPC=yes",
+    "PrivateMounts=yes",
     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
     "SystemCallArchitectures=native",
     "SystemCallFilter=@system-service",
