@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import secrets
+import socket
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -71,24 +73,60 @@ def _claimable_clause(settings: Settings) -> tuple[str, dict]:
     return clause, params
 
 
+# A claim connects to a candidate's API port before handing it out: this long at most.
+PROBE_TIMEOUT_S = 0.25
+CLAIM_CANDIDATES = 3
+
+
+def answers(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something accepts a TCP connection at ``http://host:port`` (a pooled scheduler's
+    api_address: its HTTP server, which a connection closed at once leaves without a log line)."""
+    try:
+        parts = urlsplit(address or "")
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+            return True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def claim(conn: psycopg.Connection, settings: Settings, cfg: ClusterConfig) -> dict | None:
-    """Take one ready pooled scheduler for this config (inside the caller's transaction)."""
+    """Take one ready pooled scheduler for this config (inside the caller's transaction).
+
+    The database says which are alive (``_claimable_clause``), but a scheduler killed a moment
+    ago (its node restarting, an operator's kill) still looks alive there for a few seconds: so
+    the claim also connects to the candidate's own port, and drops the ones that do not answer
+    (their node's reconcile stops whatever is left of them)."""
     if settings.cluster.warm_pool_size <= 0:
         return None
     claimable, params = _claimable_clause(settings)
-    return conn.execute(
+    candidates = conn.execute(
         f"""
-        DELETE FROM warm_pool WHERE name = (
-            SELECT w.name FROM warm_pool w JOIN nodes n ON n.name = w.node
-            WHERE w.config_key = %(key)s AND {claimable}
-            ORDER BY w.created_at
-            LIMIT 1
-            FOR UPDATE OF w SKIP LOCKED
-        )
+        SELECT w.name, w.api_address FROM warm_pool w JOIN nodes n ON n.name = w.node
+        WHERE w.config_key = %(key)s AND {claimable}
+        ORDER BY w.created_at
+        LIMIT {CLAIM_CANDIDATES}
+        FOR UPDATE OF w SKIP LOCKED
+        """,
+        {"key": config_key(cfg), **params},
+    ).fetchall()
+    chosen, dead = None, []
+    for c in candidates:
+        if answers(c["api_address"]):
+            chosen = c["name"]
+            break
+        dead.append(c["name"])
+    if dead:
+        log.warning("warm pool: %s did not answer; dropped", ", ".join(dead))
+        conn.execute("DELETE FROM warm_pool WHERE name = ANY(%s)", (dead,))
+    if chosen is None:
+        return None
+    return conn.execute(
+        """
+        DELETE FROM warm_pool WHERE name = %s
         RETURNING name, node, options, config, tls_cert, tls_key_enc, token_hash, token_enc,
                   scheduler_address, dashboard_address, api_address
         """,
-        {"key": config_key(cfg), **params},
+        (chosen,),
     ).fetchone()
 
 

@@ -62,7 +62,9 @@ def test_down_after_a_killed_api_main_process_then_down_and_up_twice(stack):
 
 def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack, gateway):
     """Both nodes' job workers and pooled schedulers die; the workers start again; a create at
-    once must not be handed a pooled scheduler that died (its heartbeat is not yet overdue)."""
+    once, before the workers have even reported, must not be handed a pooled scheduler that died
+    (its heartbeat is not yet overdue and its node still looks alive: the claim's probe of its
+    port refuses it)."""
 
     def ready_pool():
         with stack.db() as conn:
@@ -80,6 +82,8 @@ def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack
         os.killpg(int(pidfile.read_text().split()[0]), signal.SIGKILL)
     wait_until(lambda: not any(_alive(stack.pid(f"worker-{n}")) for n in (1, 2)), 10, "the workers to go")
 
+    name = gateway.submit()  # at once: the dead entries' last heartbeats are within the timeout
+    assert name not in dead
     assert stack.run("up", check=False).returncode == 0  # starts the two workers again
 
     def restarted():
@@ -88,7 +92,8 @@ def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack
         return all(now[n] > before[n] for n in before)
 
     wait_until(restarted, 30, "both workers to start a new incarnation")
-    name = gateway.submit()  # at once: the dead entries' last heartbeats are within the timeout
+    gateway.stop_cluster(name)  # it was PENDING while no worker ran; start another one now
+    name = gateway.submit()
     assert name not in dead
     cluster = gateway.connect(name)
     try:

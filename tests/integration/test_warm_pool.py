@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -11,7 +13,13 @@ from gatewayha import liveness, warm_pool
 from gatewayha.db.pool import make_pool
 from gatewayha.jobs import handlers
 
-MSG = {"scheduler_address": "tls://127.0.0.1:1", "dashboard_address": "127.0.0.1:2", "api_address": "127.0.0.1:3"}
+# A pooled scheduler's API port must answer a claim's probe: a listening socket plays it.
+_LISTENER = socket.create_server(("127.0.0.1", 0))
+MSG = {
+    "scheduler_address": "tls://127.0.0.1:1",
+    "dashboard_address": "http://127.0.0.1:2",
+    "api_address": f"http://127.0.0.1:{_LISTENER.getsockname()[1]}",
+}
 
 
 @pytest.fixture
@@ -121,3 +129,20 @@ def test_verify_pool_keeps_the_live_and_drops_the_dead(conn, settings):
         pool.close()
     assert [r["name"] for r in conn.execute("SELECT name FROM warm_pool").fetchall()] == [alive]
     assert claimable(conn, settings) == alive
+
+
+def test_a_pooled_scheduler_that_does_not_answer_is_dropped_not_claimed(conn, settings):
+    """Killed a moment ago: the database still says alive (fresh heartbeat, node reporting),
+    but its port does not answer: the claim drops it and a second live one is taken instead."""
+    dead = pooled(conn, settings)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    conn.execute("UPDATE warm_pool SET api_address = %s WHERE name = %s", (f"http://127.0.0.1:{closed}", dead))
+    assert claimable(conn, settings) is None
+    _, cfg = warm_pool.default_config(settings)
+    with conn.transaction():
+        assert warm_pool.claim(conn, settings, cfg) is None
+    assert conn.execute("SELECT 1 FROM warm_pool WHERE name = %s", (dead,)).fetchone() is None
+    live = pooled(conn, settings, node="n2")
+    assert claimable(conn, settings) == live
