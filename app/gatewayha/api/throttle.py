@@ -1,7 +1,7 @@
 """Abuse bounds of the API: login throttling, a cap on one user's long polls, sane credentials.
 
 Login throttling (``LoginThrottle``) counts failed password checks per user name and per
-source address in Postgres (``login_failures``, migration 0008), so the limits hold across
+source address in Postgres (``login_failures``, migration 0007), so the limits hold across
 every API instance on every node. A fixed window of ``auth.throttle_window`` seconds starts at
 a key's first failure; once a key has ``auth.throttle_user_failures`` (user) or
 ``auth.throttle_source_failures`` (source) failures in its window, Basic logins for it are
