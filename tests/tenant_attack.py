@@ -104,7 +104,9 @@ def attack(targets: dict) -> dict:
             with psycopg.connect(dsn, connect_timeout=5) as conn:
                 return conn.execute("SELECT current_user").fetchone()
         except psycopg.OperationalError as exc:
-            if "password" in str(exc) or "authentication" in str(exc):
+            # Postgres itself refused the login: a missing or wrong password, or no pg_hba.conf
+            # entry admitting that user from here.
+            if any(w in str(exc) for w in ("password", "authentication", "pg_hba.conf")):
                 raise AuthRefused(str(exc)[:200]) from None
             raise
 
