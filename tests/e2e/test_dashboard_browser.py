@@ -180,18 +180,17 @@ def test_owner_sees_the_live_dashboard_and_its_page_cannot_use_the_visitors_sess
         session = cookies["gatewayha-session"]
         assert (session["httpOnly"], session["sameSite"], session["path"]) == (True, "Strict", "/api/")
         out = driver.execute_async_script(PAGE_SCRIPT, name)
+        assert out["cookie"] == ""  # HttpOnly: nothing to read
+        for key in ("list", "get", "delete"):
+            status, body = out[key]
+            assert status == 403, (key, status, body)
+            assert "web page" in body
+        assert gateway.get_cluster(name).status == ClusterStatus.RUNNING
 
         # Control: the same browser's own navigation (address bar) does use those
         # credentials, so the 403s above are the refusal of a page's calls, not a lack of them.
         driver.get(f"{stack.address}/api/v1/clusters/")
         assert name in json.loads(driver.find_element("tag name", "body").text)
-
-    assert out["cookie"] == ""  # HttpOnly: nothing to read
-    for key in ("list", "get", "delete"):
-        status, body = out[key]
-        assert status == 403, (key, status, body)
-        assert "web page" in body
-    assert gateway.get_cluster(name).status == ClusterStatus.RUNNING
 
 
 def test_another_user_gets_404_and_no_credentials_get_a_401_challenge(stack, cluster, other_user):
