@@ -23,6 +23,9 @@ down:
 status:
 	@scripts/stack.sh status
 
+bootstrap-browser:
+	@scripts/bootstrap-browser.sh
+
 bootstrap-ops:
 	@scripts/bootstrap-ops.sh
 
@@ -51,4 +54,4 @@ test: bootstrap bootstrap-ops
 bench: bootstrap
 	@bench/run.sh
 
-.PHONY: help bootstrap bootstrap-ops wheelhouse up down status lint molecule test test-ha bench
+.PHONY: help bootstrap bootstrap-browser bootstrap-ops wheelhouse up down status lint molecule test test-ha bench

@@ -17,7 +17,10 @@ with gateway.new_cluster(shutdown_on_close=True) as cluster:
     futures = client.map(lambda x: x * x, range(100))
     total = client.submit(sum, futures).result()
     print(f"sum of squares 0..99 on {len(client.scheduler_info()['workers'])} workers: {total}")
-    with urllib.request.urlopen(cluster.dashboard_link, timeout=10) as r:
+    # Dashboards are their owner's: log in (HAProxy then checks the token cookie per request).
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    login = urllib.request.Request(cluster.dashboard_link, headers=gateway.auth.pre_request(None)[0])
+    with opener.open(login, timeout=10) as r:
         print(f"dashboard answered {r.status}")
     client.close()
 print(f"example done in {time.monotonic() - t0:.1f}s; the cluster was shut down, the stack keeps running")

@@ -17,7 +17,8 @@ stage() {
 stage lint        make --no-print-directory lint
 stage unit        $PY -m pytest -q -p no:cacheprovider tests/unit
 stage integration $PY -m pytest -q -p no:cacheprovider tests/integration
-stage e2e         $PY -m pytest -q -p no:cacheprovider tests/e2e
+# e2e drives a real headless Chromium too (scripts/bootstrap-browser.sh installs it).
+stage e2e         bash -c "scripts/bootstrap-browser.sh && $PY -m pytest -q -p no:cacheprovider tests/e2e"
 # The appliance in Docker: gw1, gw2, db1 with systemd; converge, idempotence, appliance
 # checks, rolling upgrade under load, failover (make molecule starts dockerd and builds
 # the image and the wheelhouse when missing).

@@ -136,6 +136,7 @@ def cmd_clusters(settings, args) -> int:
 
 
 def cmd_render_haproxy(settings, args) -> int:
+    from gatewayha.dashboards import jwt_key
     from gatewayha.routes.render import default_template_path, render_haproxy_cfg, write_atomic
     from gatewayha.routes.sync import ensure_map_files
 
@@ -151,11 +152,13 @@ def cmd_render_haproxy(settings, args) -> int:
         pidfile=args.pidfile or "",
         api_servers=servers,
         maxconn=args.maxconn,
+        dashboard_jwt_key=jwt_key(settings.server.secret),
     )
     if args.out == "-":
         sys.stdout.write(text)
     else:
-        changed = write_atomic(args.out, text)
+        # It holds the dashboard token key: readable by root (HAProxy's master) only.
+        changed = write_atomic(args.out, text, mode=0o600)
         print(f"{'wrote' if changed else 'unchanged'} {args.out}")
     return 0
 

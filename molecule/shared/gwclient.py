@@ -116,8 +116,11 @@ def cmd_dashboard(args) -> int:
     link = cluster.dashboard_link
     cluster.close(shutdown=False)
     status, length, error = None, 0, None
+    # Dashboards are their owner's: the login sets the token cookie HAProxy checks, then redirects.
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    login = urllib.request.Request(link, headers=gw.auth.pre_request(None)[0])
     try:
-        with urllib.request.urlopen(link, timeout=20) as r:
+        with opener.open(login, timeout=20) as r:
             status, length = r.status, len(r.read())
     except urllib.error.HTTPError as e:
         status, error = e.code, str(e)

@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -64,9 +65,15 @@ def test_cluster_lifecycle_scale_compute_dashboard_and_routes(stack, gateway):
         # The route was added to the live HAProxy without a reload.
         assert f"daskgateway-{name}" in sni_map(stack)
         assert haproxy_worker_pid(stack) == pid_before
-        # Dashboard through HAProxy.
-        with urllib.request.urlopen(cluster.dashboard_link, timeout=15) as r:
-            assert r.status == 200
+        # Dashboard through HAProxy: its owner's only (tests/e2e/test_dashboard_browser.py).
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(cluster.dashboard_link, timeout=15)
+        assert anonymous.value.code == 401
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        login = urllib.request.Request(cluster.dashboard_link, headers=gateway.auth.pre_request(None)[0])
+        with opener.open(login, timeout=15) as r:  # token cookie set, redirected to the dashboard
+            assert (r.status, r.url) == (200, cluster.dashboard_link)
+            assert b"bokeh" in r.read().lower()
         client = cluster.get_client()
         cluster.scale(2)
         client.wait_for_workers(2, timeout=90)

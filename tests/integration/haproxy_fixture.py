@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gatewayha import tls
+from gatewayha.dashboards import jwt_key
 from gatewayha.routes import (
     HAProxyRuntime,
     RuntimeAPIError,
@@ -31,6 +32,8 @@ from gatewayha.routes import (
 from helpers import wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+# The server.secret the rendered config's dashboard token key is derived from.
+TEST_SECRET = "haproxy-fixture-secret-0123456789"
 
 
 def free_port() -> int:
@@ -61,6 +64,7 @@ class HAProxyProcess:
             "api_check_inter": "100ms",
             "api_check_fall": 1,
             "api_check_rise": 1,
+            "dashboard_jwt_key": jwt_key(TEST_SECRET),
             **params,
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -114,3 +114,23 @@ def test_bad_configuration_is_reported_with_its_name(dsn, tmp_path):
         env={**os.environ, "GATEWAYHA_DATABASE__DSN": dsn},
     )
     assert r.returncode == 2 and "server.secret" in r.stderr
+
+
+def test_render_haproxy_writes_the_dashboard_token_key_into_a_file_only_root_reads(dsn, tmp_path):
+    from gatewayha.dashboards import jwt_key
+
+    out = tmp_path / "haproxy.cfg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")}
+    env.update(GATEWAYHA_SERVER__SECRET=SECRET, GATEWAYHA_HAPROXY__MAP_DIR=str(tmp_path / "maps"))
+    env.update(GATEWAYHA_HAPROXY__ADMIN_SOCKET=str(tmp_path / "admin.sock"))
+    r = subprocess.run(
+        [sys.executable, "-m", "gatewayha.cli", "render-haproxy", "--out", str(out)]
+        + ["--bind", "127.0.0.1:8000", "--api", "127.0.0.1:8101"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f'jwt_verify("HS256","{jwt_key(SECRET)}")' in out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from haproxy_fixture import (
+    TEST_SECRET,
     HAProxyProcess,
     NamedHTTPServer,
     TLSSchedulerStandIn,
@@ -22,6 +23,7 @@ from haproxy_fixture import (
     tls_connect,
 )
 
+from gatewayha import dashboards
 from gatewayha.routes import RuntimeAPIError, RuntimeConnectionError, render_map, sync_maps
 from gatewayha.routes.render import map_paths
 
@@ -37,6 +39,11 @@ def new_name() -> str:
 
 def sni(name: str) -> str:
     return f"daskgateway-{name}"
+
+
+def dash_cookie(name: str) -> dict[str, str]:
+    """The dashboard token the API would set for this cluster's owner."""
+    return {"Cookie": f"{dashboards.COOKIE}={dashboards.make_token(TEST_SECRET, 'alice', name, 300)}"}
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +148,12 @@ def test_dashboard_path_routes_to_cluster_dashboard(haproxy, dashboard):
     name = new_name()
     sync_maps(haproxy.runtime, haproxy.map_dir, {}, {name: dashboard.address})
 
-    status, _, body = http_get(haproxy.port, f"/clusters/{name}/status")
+    status, _, body = http_get(haproxy.port, f"/clusters/{name}/status", dash_cookie(name))
     assert (status, body["name"], body["path"]) == (200, "dashboard", f"/clusters/{name}/status")
 
     # Another cluster's dashboard path is not routed there; the API answers it.
-    _, _, other = http_get(haproxy.port, f"/clusters/{new_name()}/status")
+    other_name = new_name()
+    _, _, other = http_get(haproxy.port, f"/clusters/{other_name}/status", dash_cookie(other_name))
     assert other["name"].startswith("api-")
 
 
@@ -293,7 +301,7 @@ def test_reload_keeps_routes_from_map_files(haproxy, scheduler, dashboard):
     assert haproxy.reload() != old_worker
 
     assert tls_connect(haproxy.port, sni(name)).peer_cert_der == scheduler.cert_der
-    assert http_get(haproxy.port, f"/clusters/{name}/status")[2]["name"] == "dashboard"
+    assert http_get(haproxy.port, f"/clusters/{name}/status", dash_cookie(name))[2]["name"] == "dashboard"
     assert http_get(haproxy.port, "/api/health")[0] == 200
 
 

@@ -47,6 +47,7 @@ def params(tmp_path: Path, **overrides):
             {"name": "node2-8101", "address": "localhost:8101"},
         ],
         "maxconn": 4096,
+        "dashboard_jwt_key": "ab" * 32,
         **overrides,
     }
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import falcon
 
 from gatewayha.api import errors, resources
+from gatewayha.api.browser_guard import RefuseBrowserPageCalls
+from gatewayha.api.dashboards import DashboardLogin
 from gatewayha.api.middleware import Authenticate, DrainBody, RequestId
 from gatewayha.config import Settings
 
@@ -22,7 +24,9 @@ DRAIN_BYTES = 8 * 1024 * 1024
 def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None, watch=None) -> falcon.App:
     heartbeat_pool = pool if heartbeat_pool is None else heartbeat_pool
     health_pool = pool if health_pool is None else health_pool
-    app = falcon.App(middleware=[RequestId(), DrainBody(DRAIN_BYTES), Authenticate(settings, pool)])
+    app = falcon.App(
+        middleware=[RequestId(), DrainBody(DRAIN_BYTES), RefuseBrowserPageCalls(), Authenticate(settings, pool)]
+    )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     errors.install(app)
@@ -35,4 +39,8 @@ def create_app(settings: Settings, pool, heartbeat_pool=None, health_pool=None, 
     app.add_route("/api/v1/clusters/{name}/scale", r.Scale(settings, pool))
     app.add_route("/api/v1/clusters/{name}/adapt", r.Adapt(settings, pool))
     app.add_route("/api/v1/clusters/{name}/heartbeat", r.Heartbeat(settings, heartbeat_pool))
+    # Dashboards without a valid token (HAProxy sends the others straight to the scheduler).
+    dashboard_login = DashboardLogin(settings, pool)
+    app.add_route("/clusters/{name}", dashboard_login)
+    app.add_route("/clusters/{name}/{rest:path}", dashboard_login)
     return app

@@ -185,10 +185,11 @@ class Authenticate:
                 self.settings.server.cookie_name,
                 cookie,
                 max_age=self.settings.server.cookie_max_age,
-                path="/",
+                # Only the API needs it: never sent with a dashboard request (api/browser_guard.py).
+                path="/api/",
                 secure=self.secure_cookie,
                 http_only=True,
-                same_site="Lax",
+                same_site="Strict",
             )
         else:
             cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]

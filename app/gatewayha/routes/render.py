@@ -32,6 +32,7 @@ _IPV4_RE = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4
 _PORT_RE = re.compile(r"[1-9]\d{0,4}")
 _SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NO_SPACE_RE = re.compile(r"[^\s;#'\"\\]+")
+_JWT_KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def default_template_path() -> Path:
@@ -103,6 +104,9 @@ def _check_params(params: dict[str, Any]) -> None:
             continue  # optional: empty means none
         if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
             raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
+    key = params.get("dashboard_jwt_key")
+    if key is not None and not _JWT_KEY_RE.fullmatch(str(key)):
+        raise ValueError("dashboard_jwt_key must be 64 hex characters (gatewayha.dashboards.jwt_key)")
     binds = params.get("bind")
     for bind in [binds] if isinstance(binds, str) else binds or []:
         if not _NO_SPACE_RE.fullmatch(str(bind)):
