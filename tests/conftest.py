@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gatewayha.auth import secrets as sec
 from gatewayha.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +62,17 @@ def db_dsn(pg_server):
     with psycopg.connect(dsn, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         migrate(conn)
     return dsn
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch):
+    """Every password hash computed (sec.verify_password) while the test runs."""
+    calls = []
+    real = sec.verify_password
+
+    def counting(password, stored):
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(sec, "verify_password", counting)
+    return calls

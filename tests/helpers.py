@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -28,3 +34,29 @@ def datagrams(sock, seconds: float) -> list[bytes]:
         except TimeoutError:
             pass
     return got
+
+
+@contextlib.contextmanager
+def real_api(tmp_path: Path, bind: str, **env: str) -> Iterator[subprocess.Popen]:
+    """A real gatewayha-api (granian + the app) on ``bind``, configured by ``env`` only (nothing
+    of this process's GATEWAYHA_* settings), its output in ``tmp_path/api.log``; stopped
+    (TERM, then KILL) with its whole process group at the end."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")}
+    full.update(env)
+    with open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "gatewayha.api.serve", "--bind", bind],
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield api
+        finally:
+            os.killpg(api.pid, signal.SIGTERM)
+            try:
+                api.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(api.pid, signal.SIGKILL)
+                api.wait(10)

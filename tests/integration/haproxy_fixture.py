@@ -6,6 +6,7 @@ Everything started here is stopped by its own PID or handle.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -129,6 +130,16 @@ class HAProxyProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_haproxy(tmp_path: Path, api_instances) -> Any:
+    """A started HAProxyProcess in front of ``api_instances`` (NamedHTTPServer), stopped after."""
+    proc = HAProxyProcess(tmp_path, [{"name": s.name, "address": s.address} for s in api_instances])
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
 
 
 def make_self_signed_cert(directory: Path, common_name: str) -> tuple[Path, Path]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,12 +20,11 @@ from psycopg.rows import dict_row
 
 from conftest import SECRET, new_database
 from gatewayha.api.app import create_app
-from gatewayha.auth import secrets as sec
 from gatewayha.auth import users
 from gatewayha.config import load_settings
 from gatewayha.db.migrate import migrate
 from gatewayha.db.pool import make_pool
-from helpers import wait_until
+from helpers import real_api, wait_until
 
 CONFIG = """
 [server]
@@ -85,20 +80,6 @@ def new_user(db, password="right-password") -> str:
 def new_source() -> str:
     n = uuid.uuid4().int
     return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250 + 1}"
-
-
-@pytest.fixture
-def scrypt_calls(monkeypatch):
-    """Every password hash computed (sec.verify_password) while the test runs."""
-    calls = []
-    real = sec.verify_password
-
-    def counting(password, stored):
-        calls.append(password)
-        return real(password, stored)
-
-    monkeypatch.setattr(sec, "verify_password", counting)
-    return calls
 
 
 def login(client, user, password, source=None, **kw):
@@ -392,22 +373,13 @@ def test_bad_credentials_through_a_real_gatewayha_api_are_401_never_500(env, tmp
     PEP 3333 way, and falcon's TestClient) is covered by the tests above."""
     settings, _, dsn = env
     port = free_port()
-    envvars = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")}
-    envvars.update(
+    env = dict(
         GATEWAYHA_DATABASE__DSN=dsn,
         GATEWAYHA_SERVER__SECRET=SECRET,
         GATEWAYHA_NODE__STATE_DIR=str(tmp_path / "node"),
         GATEWAYHA_API_THREADS="8",
     )
-    log = open(tmp_path / "api.log", "wb")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "gatewayha.api.serve", "--bind", f"127.0.0.1:{port}"],
-        env=envvars,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+    with real_api(tmp_path, f"127.0.0.1:{port}", **env):
 
         def up():
             try:
@@ -422,12 +394,4 @@ def test_bad_credentials_through_a_real_gatewayha_api_are_401_never_500(env, tmp
                 status, body = _raw(port, req + header + b"\r\n\r\n")
                 assert status == 401, (method, path, header[:60], status, body[:200])
                 assert body.startswith(b'{"error"'), body[:200]
-    finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        try:
-            api.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(api.pid, signal.SIGKILL)
-            api.wait(10)
-        log.close()
     assert b"Traceback" not in (tmp_path / "api.log").read_bytes()

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from haproxy_fixture import TEST_SECRET, HAProxyProcess, NamedHTTPServer, http_get
+from haproxy_fixture import TEST_SECRET, NamedHTTPServer, http_get, running_haproxy
 
 from gatewayha import dashboards
 from gatewayha.routes import sync_maps
@@ -68,11 +68,8 @@ def api_instances():
 
 @pytest.fixture
 def haproxy(tmp_path: Path, api_instances):
-    proc = HAProxyProcess(tmp_path, [{"name": s.name, "address": s.address} for s in api_instances])
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    with running_haproxy(tmp_path, api_instances) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from haproxy_fixture import (
     TLSSchedulerStandIn,
     free_port,
     http_get,
+    running_haproxy,
     tls_connect,
 )
 
@@ -56,11 +57,8 @@ def api_instances():
 
 @pytest.fixture
 def haproxy(tmp_path: Path, api_instances):
-    proc = HAProxyProcess(tmp_path, [{"name": s.name, "address": s.address} for s in api_instances])
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    with running_haproxy(tmp_path, api_instances) as proc:
+        yield proc
 
 
 @pytest.fixture

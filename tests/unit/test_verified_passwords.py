@@ -5,23 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from gatewayha.api import middleware
 from gatewayha.auth import secrets as sec
-
-
-@pytest.fixture
-def scrypt_calls(monkeypatch):
-    calls = []
-    real = sec.verify_password
-
-    def counting(password, stored):
-        calls.append(password)
-        return real(password, stored)
-
-    monkeypatch.setattr(sec, "verify_password", counting)
-    return calls
 
 
 def test_a_repeated_login_skips_scrypt(scrypt_calls):
