@@ -139,10 +139,10 @@ def finish(proc: subprocess.Popen, timeout: float) -> dict:
     return result
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, Any]:
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int | None, Any]:
     """(status, parsed JSON or text); status None when no HTTP answer came."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
             body = r.read().decode()
             status = r.status
     except urllib.error.HTTPError as e:
@@ -153,6 +153,27 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int | None, Any]:
         return status, json.loads(body)
     except ValueError:
         return status, body
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def dashboard_cookie(name: str, address: str = ADDRESS_A, user: str = "demo", password: str = "demo-password") -> str:
+    """The owner's dashboard login (through the API): the ``Cookie`` header value HAProxy then
+    checks by itself on every request to the cluster's dashboard."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(f"{address}/clusters/{name}/status", headers={"Authorization": f"Basic {basic}"})
+    try:
+        urllib.request.build_opener(_NoRedirect).open(req, timeout=10)
+        raise AssertionError("the dashboard login did not redirect")
+    except urllib.error.HTTPError as e:
+        assert e.code == 303, (e.code, e.read()[:200])
+        cookies = [c.split(";", 1)[0] for c in e.headers.get_all("Set-Cookie") or []]
+    token = [c for c in cookies if c.startswith("gatewayha-dashboard=")]
+    assert token, cookies
+    return token[0]
 
 
 API_PORTS = (8101, 8102)  # gatewayha_api_ports in molecule/default/molecule.yml

@@ -358,9 +358,11 @@ def test_postgres_restart_under_load_answers_503_json_and_loses_no_job():
 
 def test_control_plane_down_data_plane_up():
     """Every API instance and worker stopped for longer than the heartbeat and node timeouts:
-    the cluster keeps computing and its dashboard answers; back up, nothing is failed or doubled."""
+    the cluster keeps computing and its dashboard answers (to its owner's token, which HAProxy
+    verifies by itself); back up, nothing is failed or doubled."""
     created = gwtest.gwclient("create", "--workers", "1")
     name = created["name"]
+    cookie = {"Cookie": gwtest.dashboard_cookie(name)}
     placed_before = scheduler_placement()[name]
     hold = Background("hold", name, "--seconds", "200")
     units = "gatewayha-worker.service 'gatewayha-api@*.service'"
@@ -371,7 +373,7 @@ def test_control_plane_down_data_plane_up():
     assert status == 503
     dashboards = []
     while time.monotonic() - t0 < NODE_TIMEOUT + 5:  # past both timeouts
-        st, _ = gwtest.http_get(f"{gwtest.ADDRESS_A}/clusters/{name}/status", 5)
+        st, _ = gwtest.http_get(f"{gwtest.ADDRESS_A}/clusters/{name}/status", 5, cookie)
         dashboards.append(st)
         time.sleep(2)
     for gw in (GW1, GW2):
