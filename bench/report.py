@@ -118,7 +118,8 @@ def main() -> None:
     add("")
     add(
         "The anchor is dask-gateway-server 2026.3.0 with its local backend (`UnsafeLocalBackend`: "
-        "processes as the service's user, as gatewayha's local stack runs them), `SimpleAuthenticator` with a "
+        "processes as the service's user; gatewayha's local stack runs each cluster under a uid of its own, "
+        "in PID and mount namespaces of its own: README.md \"Security model\"), `SimpleAuthenticator` with a "
         "password, its proxy on one public port (API + scheduler TLS), schedulers started as `dask scheduler` "
         "(`dask-scheduler` is gone from distributed ≥ 2026.6) from a venv with the same distributed, dask and bokeh "
         "as gatewayha's (so both sides' schedulers serve dashboards), 1-core/1 GiB workers, heartbeat every 2 s "
