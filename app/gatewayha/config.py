@@ -27,7 +27,9 @@ class DatabaseSettings:
     # primary switch.
     dsn: str = "postgresql://gatewayha@127.0.0.1:5432/gatewayha"
     pool_min: int = 1
-    pool_max: int = 8
+    # A login takes up to three short checkouts (its hash and the throttle's slot, taken and given
+    # back) besides the request's own: 8 ran out (503 after pool_timeout) in a 100-create storm.
+    pool_max: int = 16
     connect_timeout: int = 3  # seconds, per connection attempt
     pool_timeout: float = 5.0  # seconds a request waits for a connection
     statement_timeout_ms: int = 10_000
