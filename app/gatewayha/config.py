@@ -28,7 +28,8 @@ class DatabaseSettings:
     dsn: str = "postgresql://gatewayha@127.0.0.1:5432/gatewayha"
     pool_min: int = 1
     # A login takes up to three short checkouts (its hash and the throttle's slot, taken and given
-    # back) besides the request's own: 8 ran out (503 after pool_timeout) in a 100-create storm.
+    # back) besides the request's own. With 8, one 100-create storm in CI got five 503s (not
+    # reproduced since; a pool wait past pool_timeout is the suspected cause).
     pool_max: int = 16
     connect_timeout: int = 3  # seconds, per connection attempt
     pool_timeout: float = 5.0  # seconds a request waits for a connection
