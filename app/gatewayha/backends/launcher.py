@@ -409,8 +409,8 @@ class ProcessLauncher(Launcher):
 # --------------------------------------------------------------------------- systemd
 
 
-# The sandbox of a tenant's unit (systemd.exec(5), systemd 252). Left out, found by trying:
-# MemoryDenyWriteExecute (numba's JIT and some numpy/BLAS builds map W+X memory) and
+# The sandbox of a tenant's unit (systemd.exec(5), systemd 252). Left out, as recorded from
+# earlier trials (not re-tried here): MemoryDenyWriteExecute (numba's JIT and some numpy/BLAS builds map W+X memory) and
 # ProcSubset=pid (psutil, which Dask's system monitor uses, reads /proc/meminfo and /proc/stat).
 SANDBOX = (
     "NoNewPrivileges=yes",
