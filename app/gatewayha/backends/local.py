@@ -211,7 +211,8 @@ class LocalBackend(Backend):
                         used.add(os.stat(Path(entry.path) / "work", follow_symlinks=False).st_uid)
         return used
 
-    def _prepare_dir(self, cluster_name: str, tls_cert: str, tls_key: str) -> Path:
+    def _prepare_dir(self, cluster_name: str, tls_cert: str, tls_key: str) -> tuple[Path, Identity | None]:
+        """The cluster's directory with its TLS files, and the identity its processes run as."""
         d = self.cluster_dir(cluster_name)
         with self._uid_lock():
             work = d / "work"
@@ -237,7 +238,7 @@ class LocalBackend(Backend):
                 os.chmod(d, 0o700)
         _write_secret(d / "tls.crt", tls_cert, uid)
         _write_secret(d / "tls.key", tls_key, uid)
-        return d
+        return d, (Identity(uid, uid) if uid is not None else None)
 
     def dask_command(self, sub: str) -> list[str]:
         """``<bin>/dask <sub>`` next to the configured interpreter, else ``python -m``."""
@@ -349,8 +350,7 @@ class LocalBackend(Backend):
         _check_pem("tls_key", spec.tls_key)
         if self.launcher.is_running(unit):
             return
-        d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
-        ident = self.identity(spec.cluster_name)
+        d, ident = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
         # No newline: the preload uses it verbatim.
         _write_secret(d / "api-token", spec.token, ident.gid if ident else None)
         argv, env = self.scheduler_command(spec, d)
@@ -373,7 +373,7 @@ class LocalBackend(Backend):
         _check_pem("tls_key", spec.tls_key)
         if self.launcher.is_running(unit):
             return
-        d = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
+        d, ident = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
         argv, env = self.worker_command(spec, d)
         cfg: ClusterConfig = spec.config
         resources = Resources(float(cfg.worker_cores), int(float(cfg.worker_memory_gib) * GIB) + NANNY_HEADROOM_BYTES)
@@ -384,7 +384,7 @@ class LocalBackend(Backend):
             cwd=d,
             log_path=d / "logs" / f"{unit}.log",
             resources=resources,
-            identity=self.identity(spec.cluster_name),
+            identity=ident,
         )
 
     def stop_worker(self, cluster_name: str, worker_name: str) -> None:
