@@ -286,6 +286,53 @@ def test_a_freshly_started_worker_does_not_declare_the_others_lost(db, workers):
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
 
 
+def test_a_cluster_failing_while_its_node_is_swept_ends_failed(db, db_dsn, tmp_path):
+    """check_clusters ("no heartbeat") and sweep_nodes ("node lost") judge the same cluster at
+    the same moment on two nodes (CI saw it: molecule's heartbeat timeout 12 s, node timeout 15 s).
+    The sweep's UPDATE waits for the failing transaction's row lock; once that commits, the
+    sweep must see its stop_cluster job (final FAILED) and leave the cluster FAILED, not STOPPED."""
+    import threading
+
+    from gatewayha.db.pool import make_pool
+    from gatewayha.jobs import handlers
+
+    db.execute(
+        "INSERT INTO nodes (name, host, last_seen, up_since) VALUES"
+        " ('judge', '127.0.0.1', now(), now() - interval '1 hour'),"
+        " ('gone', '10.9.9.9', now() - interval '1 hour', now() - interval '2 hours')"
+    )
+    name = _running_cluster(db, "gone", heartbeat_age_s=60)
+    settings = make_settings(db_dsn, tmp_path, worker={"node_timeout": 4})
+    pool = make_pool(settings.database, "test-sweep-race", open_wait=True)
+    errors = []
+
+    def sweep():
+        try:
+            handlers.sweep_nodes(handlers.Context(settings, pool, None, "judge"), None)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    sweeper = threading.Thread(target=sweep)
+    try:
+        with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as checker:
+            with checker.transaction():
+                assert clusters.stop_cluster(checker, name, "no heartbeat for 3 s", failed=True)
+                sweeper.start()
+                wait_until(
+                    lambda: db.execute(
+                        "SELECT 1 FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')"
+                    ).fetchone(),
+                    10,
+                    "the sweep to wait for the failing cluster's row lock",
+                )
+        sweeper.join(10)
+    finally:
+        pool.close()
+    assert not sweeper.is_alive() and not errors, errors
+    row = db.execute("SELECT status, reason FROM clusters WHERE name = %s", (name,)).fetchone()
+    assert (row["status"], row["reason"]) == ("FAILED", "no heartbeat for 3 s")
+
+
 def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers):
     db.execute("INSERT INTO nodes (name, host, last_seen) VALUES ('ghost', '10.9.9.9', now() - interval '1 hour')")
     name = _running_cluster(db, "ghost")

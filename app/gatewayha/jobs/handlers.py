@@ -265,6 +265,16 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                 if not row or not row["dead"]:
                     continue
                 reason = f"node {node} lost (unseen for {timeout:g} s)"
+                # Lock its clusters first, in a statement of its own: a check_clusters failing one
+                # of them right now ("no heartbeat") holds its row until it commits, and only a
+                # statement begun after that commit sees the stop_cluster job it queued (READ
+                # COMMITTED: a waiting UPDATE re-reads the row, but its subqueries keep the old
+                # snapshot, and the cluster would end STOPPED).
+                conn.execute(
+                    "SELECT 1 FROM clusters WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
+                    " ORDER BY name FOR UPDATE",
+                    (node,),
+                )
                 # A cluster already stopping because it failed (e.g. no heartbeat) stays FAILED.
                 failed = conn.execute(
                     "UPDATE clusters c SET status = CASE WHEN c.status = 'STOPPING' AND NOT EXISTS ("
