@@ -2,7 +2,10 @@
 # The local stack: one machine playing two gateway nodes.
 #   scripts/stack.sh up | down | status
 # Environment: GATEWAYHA_STATE (default .state), GATEWAYHA_PORT (public port, default 8000),
-# GATEWAYHA_API_PORTS (default "8101 8102"), GATEWAYHA_EXAMPLE=0 to skip the example run.
+# GATEWAYHA_API_PORTS (default "8101 8102"), GATEWAYHA_EXAMPLE=0 to skip the example run,
+# GATEWAYHA_TLS=1 (make up TLS=1) to serve HTTPS with a CA made under $STATE/tls,
+# GATEWAYHA_BIND (make up BIND=...; default 127.0.0.1: loopback only) the public address,
+# GATEWAYHA_PUBLIC_HOST (default 127.0.0.1) the host name or address users reach it by.
 # Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian + Falcon), 2 job workers (nodes
 # local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
 set -euo pipefail
@@ -11,6 +14,10 @@ ROOT=$(pwd)
 STATE=$(realpath -m "${GATEWAYHA_STATE:-.state}")
 PORT=${GATEWAYHA_PORT:-8000}
 API_PORTS=${GATEWAYHA_API_PORTS:-"8101 8102"}
+TLS=${GATEWAYHA_TLS:-0}
+BIND=${GATEWAYHA_BIND:-127.0.0.1}
+PUBLIC_HOST=${GATEWAYHA_PUBLIC_HOST:-127.0.0.1}
+SCHEME=http; [ "$TLS" = 1 ] && SCHEME=https
 RUN=$STATE/run
 LOG=$STATE/log
 VENV=$ROOT/.venv
@@ -57,7 +64,7 @@ dsn = "$dsn"
 
 [server]
 secret = "$(cat "$STATE/secret")"
-public_url = "http://127.0.0.1:$PORT"
+public_url = "$SCHEME://$PUBLIC_HOST:$PORT"
 api_url = "http://127.0.0.1:$PORT/api"
 reserved_ports = "$(echo $API_PORTS | tr ' ' ',')"
 
@@ -163,9 +170,18 @@ up() {
         fi
     done
 
+    # HTTPS: a CA of this stack's own (kept), and a server certificate it signs.
+    tls_args=()
+    if [ "$TLS" = 1 ]; then
+        sans=(--san 127.0.0.1 --san localhost --san ::1 --san "$(hostname)")
+        [ "$PUBLIC_HOST" != 127.0.0.1 ] && sans+=(--san "$PUBLIC_HOST")
+        gatewayha-admin pki --dir "$STATE/tls" "${sans[@]}" > "$STATE/tls.out"
+        tls_args=(--tls-crt "$STATE/tls/server.pem")
+    fi
+
     # HAProxy (master-worker); config re-rendered, reloaded only when it changed.
     GATEWAYHA_HAPROXY__ADMIN_SOCKET="$RUN/haproxy.sock" gatewayha-admin render-haproxy \
-        --out "$STATE/haproxy/haproxy.cfg" --bind "127.0.0.1:$PORT" "${api_args[@]}" \
+        --out "$STATE/haproxy/haproxy.cfg" --bind "$BIND:$PORT" "${api_args[@]}" "${tls_args[@]}" \
         --abns-name "gatewayha-$(echo "$STATE" | md5sum | cut -c1-8)" > "$STATE/haproxy/render.out"
     haproxy -c -q -f "$STATE/haproxy/haproxy.cfg"
     if ! alive "$RUN/haproxy.pid"; then
@@ -177,18 +193,38 @@ up() {
 
     for p in $API_PORTS; do wait_for 30 "API on :$p" curl -sf "http://127.0.0.1:$p/api/health"; done
     wait_for 30 "HAProxy on :$PORT" curl -sf "http://127.0.0.1:$PORT/api/health"
+    # A reload keeps the old process serving a moment: wait for the one serving the new config.
+    if [ "$TLS" = 1 ]; then
+        wait_for 30 "HTTPS on :$PORT" curl -sf --cacert "$STATE/tls/ca.crt" "https://127.0.0.1:$PORT/api/health"
+    fi
 
     cat > "$STATE/local.env" <<ENV
 # source this file: . $STATE/local.env
-export DASK_GATEWAY__ADDRESS=http://127.0.0.1:$PORT
+export DASK_GATEWAY__ADDRESS=$SCHEME://$PUBLIC_HOST:$PORT
 export DASK_GATEWAY__AUTH__TYPE=basic
 export DASK_GATEWAY__AUTH__KWARGS__USERNAME=demo
 export DASK_GATEWAY__AUTH__KWARGS__PASSWORD=$(cat "$STATE/demo-password")
 export GATEWAYHA_CONFIG=$CONFIG
 export PATH=$VENV/bin:\$PATH
 ENV
+    if [ "$TLS" = 1 ]; then
+        # The stock client (aiohttp) and curl trust what OpenSSL's SSL_CERT_FILE names: the
+        # system's CAs plus this stack's.
+        cat >> "$STATE/local.env" <<ENV
+export SSL_CERT_FILE=$STATE/tls/ca-bundle.pem
+export CURL_CA_BUNDLE=$STATE/tls/ca-bundle.pem
+ENV
+    fi
     chmod 0600 "$STATE/local.env"
-    echo "gatewayha is up at http://127.0.0.1:$PORT (user demo; credentials in $STATE/local.env)"
+    echo "gatewayha is up at $SCHEME://$PUBLIC_HOST:$PORT (user demo; credentials in $STATE/local.env)"
+    case "$BIND" in
+        127.*|localhost|::1) echo "Listening on $BIND:$PORT only (loopback): other machines cannot reach it; make up BIND=0.0.0.0 TLS=1 to serve them" ;;
+        *) if [ "$TLS" = 1 ]; then echo "Listening on $BIND:$PORT: reachable from other machines, over HTTPS"
+           else echo "Listening on $BIND:$PORT: reachable from other machines IN CLEAR (passwords, tokens, keys): use TLS=1"; fi ;;
+    esac
+    if [ "$TLS" = 1 ]; then
+        echo "HTTPS with this stack's own CA: $STATE/tls/ca.crt (local.env sets SSL_CERT_FILE to trust it; plain HTTP is redirected)"
+    fi
     if [ "${GATEWAYHA_EXAMPLE:-1}" = 1 ]; then
         ( . "$STATE/local.env"; python "$ROOT/scripts/example.py" )
     fi

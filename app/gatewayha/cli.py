@@ -1,4 +1,4 @@
-"""gatewayha-admin: migrate, users, tokens, nodes, clusters, render-haproxy."""
+"""gatewayha-admin: migrate, users, tokens, nodes, clusters, render-haproxy, pki."""
 
 from __future__ import annotations
 
@@ -153,6 +153,7 @@ def cmd_render_haproxy(settings, args) -> int:
         api_servers=servers,
         maxconn=args.maxconn,
         dashboard_jwt_key=jwt_key(settings.server.secret),
+        tls_crt=str(Path(args.tls_crt).resolve()) if args.tls_crt else "",
     )
     if args.out == "-":
         sys.stdout.write(text)
@@ -160,6 +161,18 @@ def cmd_render_haproxy(settings, args) -> int:
         # It holds the dashboard token key: readable by root (HAProxy's master) only.
         changed = write_atomic(args.out, text, mode=0o600)
         print(f"{'wrote' if changed else 'unchanged'} {args.out}")
+    return 0
+
+
+def cmd_pki(settings, args) -> int:
+    from gatewayha import pki
+
+    result = pki.ensure(args.dir, args.san)
+    print(
+        f"{'created' if result.ca_created else 'kept'} CA {result.ca_crt}; "
+        f"{'issued' if result.server_issued else 'kept'} server certificate {result.server_pem} "
+        f"for {', '.join(args.san)}; trust bundle {result.bundle}"
+    )
     return 0
 
 
@@ -205,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--abns-name")
     r.add_argument("--pidfile")
     r.add_argument("--maxconn", type=int, default=4096)
+    r.add_argument("--tls-crt", help="PEM (certificate chain, then key): serve HTTPS on the public port")
+
+    k = sub.add_parser("pki", help="a local CA and a server certificate it signs (make up TLS=1)")
+    k.add_argument("--dir", required=True, help="directory of ca.crt, ca.key, server.pem, ca-bundle.pem")
+    k.add_argument("--san", action="append", required=True, help="name or IP the server answers to (repeatable)")
     return p
 
 
@@ -215,6 +233,7 @@ COMMANDS = {
     "nodes": cmd_nodes,
     "clusters": cmd_clusters,
     "render-haproxy": cmd_render_haproxy,
+    "pki": cmd_pki,
 }
 
 

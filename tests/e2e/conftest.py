@@ -1,7 +1,8 @@
-"""A local stack of its own (ports 18000/18101/18102, state in a temp dir) for the e2e tests."""
+"""Local stacks of their own (plain: ports 18000/18101/18102; TLS: +200; state in temp dirs) for the e2e tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -49,10 +50,15 @@ class Stack:
     port: int
     api_ports: list[int]
     env: dict
+    up_output: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.env.get("GATEWAYHA_TLS") == "1"
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def run(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -103,14 +109,13 @@ class Stack:
         return out.decode()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    base = int(os.environ.get("GATEWAYHA_E2E_PORT", "18000"))
+@contextlib.contextmanager
+def _running_stack(tmp_path_factory, base: int, label: str, **extra_env: str):
     ports = [base, base + 101, base + 102]
     busy = [p for p in ports if not _free(p)]
     if busy:
         pytest.fail(f"ports {busy} are in use; set GATEWAYHA_E2E_PORT")
-    state = tmp_path_factory.mktemp("stack")
+    state = tmp_path_factory.mktemp(label)
     env = {
         **os.environ,
         "GATEWAYHA_STATE": str(state),
@@ -122,9 +127,11 @@ def stack(tmp_path_factory):
         # One pre-started scheduler per node: creates with default options take it,
         # others (custom options) start a scheduler; the e2e tests cover both paths.
         "GATEWAYHA_CLUSTER__WARM_POOL_SIZE": "1",
+        **extra_env,
     }
     s = Stack(state, ports[0], ports[1:], env)
     up = s.run("up", check=False)
+    s.up_output = up.stdout
     if up.returncode != 0:
         s.run("down", check=False)
         pytest.fail(f"stack up failed:\n{up.stdout}\n{up.stderr}")
@@ -138,6 +145,24 @@ def stack(tmp_path_factory):
             if "Traceback" in text:
                 print(f"--- {f.name} contains a traceback:\n{text[-4000:]}")
         s.assert_down(down, started)
+
+
+def e2e_base_port() -> int:
+    return int(os.environ.get("GATEWAYHA_E2E_PORT", "18000"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The plain-HTTP stack (make up): most e2e tests use it."""
+    with _running_stack(tmp_path_factory, e2e_base_port(), "stack") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def tls_stack(tmp_path_factory):
+    """A second stack as `make up TLS=1` starts it: HTTPS with a CA of its own under its state dir."""
+    with _running_stack(tmp_path_factory, e2e_base_port() + 200, "tls-stack", GATEWAYHA_TLS="1") as s:
+        yield s
 
 
 @pytest.fixture

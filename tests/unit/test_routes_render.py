@@ -421,3 +421,44 @@ def test_replace_map_prepares_fills_in_chunks_and_commits(fake_admin):
     assert all(len(p) < 16384 for p in payloads)
     lines = [line for p in payloads for line in p.splitlines()[1:] if line]
     assert dict(line.split(" ") for line in lines) == entries
+
+
+@needs_haproxy
+def test_https_config_passes_haproxy_check_and_keeps_health_plain(tmp_path: Path):
+    from gatewayha import pki
+
+    crt = pki.ensure(tmp_path / "tls", ["127.0.0.1"]).server_pem
+    cfg = render_haproxy_cfg(
+        default_template_path(),
+        **params(tmp_path, tls_crt=str(crt), limit_exempt=["10.0.0.0/8"], limit_http_rate=10, hsts_max_age=60),
+    )
+    result = haproxy_check(tmp_path, cfg)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ssl crt {crt}" in cfg
+    assert "redirect scheme https code 308 if !{ ssl_fc } !{ path /api/health }" in cfg
+    assert 'Strict-Transport-Security "max-age=60"' in cfg
+    assert "acl limit_exempt src 127.0.0.1 ::1 10.0.0.0/8" in cfg
+    assert "sc_http_req_rate(1) gt 10" in cfg
+
+
+def test_plain_config_has_no_tls_and_no_redirect(tmp_path: Path):
+    cfg = render_haproxy_cfg(default_template_path(), **params(tmp_path))
+    rules = "\n".join(line for line in cfg.splitlines() if not line.lstrip().startswith("#"))
+    assert "ssl crt" not in rules and "redirect" not in rules and "Strict-Transport-Security" not in rules
+    assert "be_https_chain" not in rules
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tls_crt": "/etc/a b.pem"},
+        {"limit_exempt": ["not-a-network"]},
+        {"limit_http_rate": -1},
+        {"limit_conn_cur": "10; reject"},
+        {"hsts_max_age": True},
+    ],
+)
+def test_bad_tls_and_limit_parameters_are_refused(tmp_path: Path, overrides):
+    with pytest.raises(ValueError):
+        render_haproxy_cfg(default_template_path(), **params(tmp_path, **overrides))

@@ -6,6 +6,7 @@ HAProxy verbatim, and its value becomes the address HAProxy connects to.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
@@ -98,15 +99,24 @@ def render_map(entries: Mapping[str, str], kind: MapKind | None = None) -> str:
 
 
 def _check_params(params: dict[str, Any]) -> None:
-    for name in ("abns_name", "admin_socket", "pidfile", "map_dir"):
+    for name in ("abns_name", "admin_socket", "pidfile", "map_dir", "tls_crt"):
         value = params.get(name)
-        if name == "pidfile" and not value:
+        if name in ("pidfile", "tls_crt") and not value:
             continue  # optional: empty means none
         if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
             raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
     key = params.get("dashboard_jwt_key")
     if key is not None and not _JWT_KEY_RE.fullmatch(str(key)):
         raise ValueError("dashboard_jwt_key must be 64 hex characters (gatewayha.dashboards.jwt_key)")
+    for name in ("limit_conn_cur", "limit_conn_rate", "limit_http_rate", "hsts_max_age"):
+        value = params.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    for network in params.get("limit_exempt") or []:
+        try:
+            ipaddress.ip_network(str(network), strict=False)
+        except ValueError:
+            raise ValueError(f"limit_exempt: not an address or network: {network!r}") from None
     binds = params.get("bind")
     for bind in [binds] if isinstance(binds, str) else binds or []:
         if not _NO_SPACE_RE.fullmatch(str(bind)):
