@@ -1,4 +1,4 @@
-"""gatewayha-admin: migrate, users, tokens, nodes, clusters, render-haproxy, pki."""
+"""gatewayha-admin: migrate, users, tokens, nodes, clusters, render-haproxy, pki, reencrypt."""
 
 from __future__ import annotations
 
@@ -153,6 +153,7 @@ def cmd_render_haproxy(settings, args) -> int:
         api_servers=servers,
         maxconn=args.maxconn,
         dashboard_jwt_key=jwt_key(settings.server.secret),
+        dashboard_jwt_previous_keys=[jwt_key(s) for s in settings.server.secrets[1:]],
         tls_crt=str(Path(args.tls_crt).resolve()) if args.tls_crt else "",
     )
     if args.out == "-":
@@ -162,6 +163,18 @@ def cmd_render_haproxy(settings, args) -> int:
         changed = write_atomic(args.out, text, mode=0o600)
         print(f"{'wrote' if changed else 'unchanged'} {args.out}")
     return 0
+
+
+def cmd_reencrypt(settings, args) -> int:
+    from gatewayha import clusters
+
+    with _conn(settings) as conn:
+        counts = clusters.reencrypt(conn, settings)
+    print(
+        f"checked {counts['checked']} clusters and pooled schedulers: {counts['moved']} moved to the current"
+        f" secret, {counts['unreadable']} unreadable"
+    )
+    return 1 if counts["unreadable"] else 0
 
 
 def cmd_pki(settings, args) -> int:
@@ -220,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--maxconn", type=int, default=4096)
     r.add_argument("--tls-crt", help="PEM (certificate chain, then key): serve HTTPS on the public port")
 
+    sub.add_parser(
+        "reencrypt",
+        help="after a rotation of server.secret: move stored keys and tokens to the current secret",
+    )
+
     k = sub.add_parser("pki", help="a local CA and a server certificate it signs (make up TLS=1)")
     k.add_argument("--dir", required=True, help="directory of ca.crt, ca.key, server.pem, ca-bundle.pem")
     k.add_argument("--san", action="append", required=True, help="name or IP the server answers to (repeatable)")
@@ -234,6 +252,7 @@ COMMANDS = {
     "clusters": cmd_clusters,
     "render-haproxy": cmd_render_haproxy,
     "pki": cmd_pki,
+    "reencrypt": cmd_reencrypt,
 }
 
 

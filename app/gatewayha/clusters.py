@@ -12,10 +12,12 @@ import logging
 import math
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import psycopg
+from cryptography.exceptions import InvalidTag
 from psycopg.types.json import Jsonb
 
 from gatewayha import tls, warm_pool
@@ -182,11 +184,49 @@ CLUSTER_COLUMNS = (
 )
 
 
-def cluster_token(secret: str, row: dict) -> str:
-    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm)."""
+def cluster_token(secrets: str | Sequence[str], row: dict) -> str:
+    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm).
+
+    ``secrets``: the key ring (current first). A legacy row's token is the HMAC under the
+    secret of its day, taken to be the current one: rotate once such clusters are gone."""
     if row["token_enc"] is None:
-        return sec.legacy_cluster_token(secret, row["name"])
-    return tls.decrypt_token(secret, row["token_enc"], row["name"])
+        return sec.legacy_cluster_token(sec.ring(secrets)[0], row["name"])
+    return tls.decrypt_token(secrets, row["token_enc"], row["name"])
+
+
+def reencrypt(conn: psycopg.Connection, settings: Settings) -> dict[str, int]:
+    """Move every stored TLS key and cluster token (clusters and warm pool, any status) to the
+    current server secret; return counts {"checked", "moved", "unreadable"}. Idempotent, safe
+    while the service runs (each row under its lock); after it, previous_secrets may go."""
+    current, ring = settings.server.secret, settings.server.secrets
+    counts = {"checked": 0, "moved": 0, "unreadable": 0}
+    for table in ("clusters", "warm_pool"):  # fixed names, never input
+        names = [r["name"] for r in conn.execute(f"SELECT name FROM {table}").fetchall()]
+        for name in names:
+            with conn.transaction():
+                row = conn.execute(
+                    f"SELECT tls_key_enc, token_enc FROM {table} WHERE name = %s FOR UPDATE",
+                    (name,),
+                ).fetchone()
+                if row is None:
+                    continue  # deleted meanwhile
+                counts["checked"] += 1
+                fields = {"tls_key_enc": name, "token_enc": f"{name}:token"}
+                new = {}
+                try:
+                    for column, bound in fields.items():
+                        blob = row[column]
+                        if blob is not None and tls.needs_reencryption(current, blob, bound):
+                            new[column] = tls.encrypt_key(current, tls.decrypt_key(ring, blob, bound), bound)
+                except InvalidTag:
+                    counts["unreadable"] += 1
+                    log.error("%s %s: encrypted under a secret not in server.secret/previous_secrets", table, name)
+                    continue
+                if new:
+                    sets = ", ".join(f"{c} = %({c})s" for c in new)
+                    conn.execute(f"UPDATE {table} SET {sets} WHERE name = %(name)s", {**new, "name": name})
+                    counts["moved"] += 1
+    return counts
 
 
 def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str, token: str | None) -> None:
@@ -199,7 +239,7 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
             " UNION ALL SELECT token_hash FROM warm_pool WHERE name = %s",
             (name, name),
         ).fetchone()
-    if row is None or not sec.cluster_token_ok(settings.server.secret, name, token, row["token_hash"]):
+    if row is None or not sec.cluster_token_ok(settings.server.secrets, name, token, row["token_hash"]):
         raise Forbidden("Invalid cluster token")
 
 
@@ -264,12 +304,12 @@ def _epoch_ms(ts) -> int | None:
     return None if ts is None else int(ts.timestamp() * 1000)
 
 
-def cluster_model(row: dict, secret: str, full: bool = True) -> dict:
+def cluster_model(row: dict, secrets: str | Sequence[str], full: bool = True) -> dict:
     """The wire form: exactly the keys ClusterReport(**msg) accepts."""
     running = row["status"] == "RUNNING"
     key = None
     if running and full:
-        key = tls.decrypt_key(secret, row["tls_key_enc"], row["name"])
+        key = tls.decrypt_key(secrets, row["tls_key_enc"], row["name"])
     return {
         "name": row["name"],
         "dashboard_route": f"/clusters/{row['name']}/status" if running and row["dashboard_address"] else None,
@@ -368,7 +408,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
         row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None:
             pooled = warm_pool.lock_entry(conn, name)
-            if pooled is None or not sec.cluster_token_ok(settings.server.secret, name, token, pooled["token_hash"]):
+            if pooled is None or not sec.cluster_token_ok(settings.server.secrets, name, token, pooled["token_hash"]):
                 raise Forbidden("Invalid cluster token")
             if pooled["scheduler_address"] is None:
                 check_addresses(settings, name, _node_host(conn, pooled["node"]), msg)
@@ -376,7 +416,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
             warm_pool.record_heartbeat(conn, name, msg)
             return
         if row["status"] not in ACTIVE or not sec.cluster_token_ok(
-            settings.server.secret, name, token, row["token_hash"]
+            settings.server.secrets, name, token, row["token_hash"]
         ):
             raise Forbidden("Invalid cluster token")
         if row["status"] == "STOPPING":

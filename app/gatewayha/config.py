@@ -41,6 +41,9 @@ class ServerSettings:
     # HMAC secret for session cookies and cluster tokens, and the key that
     # encrypts TLS keys at rest. Must be equal on every node.
     secret: str = ""
+    # Rotation: secrets signed or encrypted with before ``secret``, still accepted (checked and
+    # decrypted, never used to sign): comma- or space-separated. See docs/security.md.
+    previous_secrets: str = ""
     # Address users give to Gateway(); used for links only.
     public_url: str = "http://127.0.0.1:8000"
     # Address schedulers heartbeat to (the gateway's /api through the local HAProxy).
@@ -63,6 +66,12 @@ class ServerSettings:
     # Peers whose X-Forwarded-For is believed (comma-separated addresses or networks): the
     # HAProxies in front of this instance. Everyone else's source is the peer address.
     trusted_proxies: str = "127.0.0.1, ::1"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The key ring: ``secret`` first, then ``previous_secrets`` (to check and decrypt)."""
+        previous = [s for s in self.previous_secrets.replace(",", " ").split() if s != self.secret]
+        return (self.secret, *previous)
 
 
 @dataclass
@@ -333,6 +342,8 @@ def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netw
 def validate(s: Settings) -> None:
     if len(s.server.secret) < 16:
         raise ConfigError("server.secret: set a random secret of at least 16 characters")
+    if any(len(p) < 16 for p in s.server.secrets[1:]):
+        raise ConfigError("server.previous_secrets: each at least 16 characters, separated by commas or spaces")
     if s.auth.type not in ("basic", "simple"):
         raise ConfigError(f"auth.type: 'basic' or 'simple', got {s.auth.type!r}")
     if s.auth.type == "simple" and not s.auth.simple_password:

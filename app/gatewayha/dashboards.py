@@ -11,7 +11,9 @@ admins and groups in :func:`may_view`).
 
 The signing key is derived from ``server.secret`` (:func:`jwt_key`) and rendered into
 haproxy.cfg (mode 0600). The Ansible role derives the same key with
-``('gatewayha-dashboard-jwt:' ~ secret) | hash('sha256')``.
+``('gatewayha-dashboard-jwt:' ~ secret) | hash('sha256')``. During a rotation of the server
+secret HAProxy and :func:`check_token` also accept tokens signed under
+``server.previous_secrets`` (rendered as ``dashboard_jwt_previous_keys``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from gatewayha.auth.secrets import key_id, keys_named
 
 COOKIE = "gatewayha-dashboard"
 _KEY_PREFIX = "gatewayha-dashboard-jwt:"
@@ -56,26 +60,33 @@ def _unb64(text: str) -> bytes:
 
 
 def make_token(secret: str, user: str, cluster: str, ttl: int, now: float | None = None) -> str:
-    """A dashboard token for one user and one cluster, valid for ``ttl`` seconds."""
+    """A dashboard token for one user and one cluster, valid for ``ttl`` seconds; its header
+    names the key (``kid``), so a check during a rotation knows which one to try."""
     issued = int(now if now is not None else time.time())
     claims = {"sub": user, "aud": cluster, "iat": issued, "exp": issued + int(ttl)}
     encode = lambda obj: _b64(json.dumps(obj, separators=(",", ":")).encode())  # noqa: E731
-    signing_input = f"{encode(_HEADER)}.{encode(claims)}"
+    signing_input = f"{encode({**_HEADER, 'kid': key_id(secret)})}.{encode(claims)}"
     mac = hmac.new(jwt_key(secret).encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(mac)}"
 
 
-def check_token(secret: str, token: str | None, cluster: str, now: float | None = None) -> str | None:
+def check_token(secrets: str | Sequence[str], token: str | None, cluster: str, now: float | None = None) -> str | None:
     """The user a valid, unexpired token for this cluster names; None otherwise.
 
-    The same checks HAProxy makes (signature, ``aud`` equal to the cluster, ``exp`` ahead).
+    The same checks HAProxy makes (signature under the current or a previous key, ``aud``
+    equal to the cluster, ``exp`` ahead).
     """
     try:
         header, payload, mac = (token or "").split(".")
-        expected = hmac.new(jwt_key(secret).encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(_unb64(mac), expected):
+        head = json.loads(_unb64(header))
+        if head.get("alg") != "HS256":
             return None
-        if json.loads(_unb64(header)).get("alg") != "HS256":
+        given = _unb64(mac)
+        signed = f"{header}.{payload}".encode()
+        if not any(
+            hmac.compare_digest(given, hmac.new(jwt_key(k).encode(), signed, hashlib.sha256).digest())
+            for k in keys_named(secrets, head.get("kid"))
+        ):
             return None
         claims = json.loads(_unb64(payload))
         if claims.get("aud") != cluster or int(claims["exp"]) <= (now if now is not None else time.time()):

@@ -14,8 +14,10 @@ import functools
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -59,9 +61,29 @@ def encrypt_key(secret: str, key_pem: str, cluster_name: str) -> bytes:
     return nonce + _aead(secret).encrypt(nonce, key_pem.encode(), cluster_name.encode())
 
 
-def decrypt_key(secret: str, blob: bytes, cluster_name: str) -> str:
+def decrypt_key(secrets: str | Sequence[str], blob: bytes, cluster_name: str) -> str:
+    """Decrypt with the current secret, else a previous one (AES-GCM tells which key fits:
+    a wrong one fails authentication). ``gatewayha-admin reencrypt`` moves every stored key
+    to the current secret, so previous ones can then be dropped."""
     blob = bytes(blob)
-    return _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
+    keys = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+    for i, secret in enumerate(keys):
+        try:
+            return _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
+        except InvalidTag:
+            if i == len(keys) - 1:
+                raise
+    raise ValueError("no secret to decrypt with")
+
+
+def needs_reencryption(secret: str, blob: bytes, cluster_name: str) -> bool:
+    """Whether ``blob`` was encrypted under another secret than ``secret`` (the current one)."""
+    blob = bytes(blob)
+    try:
+        _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode())
+    except InvalidTag:
+        return True
+    return False
 
 
 def encrypt_token(secret: str, token: str, cluster_name: str) -> bytes:
@@ -69,5 +91,5 @@ def encrypt_token(secret: str, token: str, cluster_name: str) -> bytes:
     return encrypt_key(secret, token, f"{cluster_name}:token")
 
 
-def decrypt_token(secret: str, blob: bytes, cluster_name: str) -> str:
+def decrypt_token(secret: str | Sequence[str], blob: bytes, cluster_name: str) -> str:
     return decrypt_key(secret, blob, f"{cluster_name}:token")

@@ -134,3 +134,44 @@ def test_render_haproxy_writes_the_dashboard_token_key_into_a_file_only_root_rea
     assert r.returncode == 0, r.stderr
     assert f'jwt_verify("HS256","{jwt_key(SECRET)}")' in out.read_text()
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_reencrypt_moves_stored_keys_to_the_current_secret_after_a_rotation(dsn, tmp_path):
+    """Clusters made under SECRET; the service then runs with a new secret and SECRET as a
+    previous one: keys still decrypt, `reencrypt` moves them, and after it SECRET may go."""
+    from gatewayha import tls
+
+    admin(dsn, "users", "add", "ivy", "--password-stdin", stdin="pw\n")
+    settings = make_settings(dsn, tmp_path)
+    new = "rotated-secret-0123456789abcdef"
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        name = clusters.create_cluster(conn, settings, "ivy", {})
+        before = conn.execute("SELECT tls_key_enc, token_enc FROM clusters WHERE name = %s", (name,)).fetchone()
+        key_pem = tls.decrypt_key(SECRET, before["tls_key_enc"], name)
+
+        def run(*secrets: str):
+            return subprocess.run(
+                [sys.executable, "-m", "gatewayha.cli", "reencrypt"],
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")},
+                    "GATEWAYHA_DATABASE__DSN": dsn,
+                    "GATEWAYHA_SERVER__SECRET": secrets[0],
+                    "GATEWAYHA_SERVER__PREVIOUS_SECRETS": " ".join(secrets[1:]),
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        # Without the old secret in the ring, nothing can be read, nothing is changed.
+        lost = run(new)
+        assert lost.returncode == 1 and "unreadable" in lost.stdout, lost.stdout + lost.stderr
+        moved = run(new, SECRET)
+        assert moved.returncode == 0, moved.stderr
+        assert " 0 unreadable" in moved.stdout and "moved" in moved.stdout
+        after = conn.execute("SELECT tls_key_enc, token_enc FROM clusters WHERE name = %s", (name,)).fetchone()
+        assert tls.decrypt_key(new, after["tls_key_enc"], name) == key_pem
+        assert tls.decrypt_token(new, after["token_enc"], name) == tls.decrypt_token(SECRET, before["token_enc"], name)
+        assert not tls.needs_reencryption(new, after["tls_key_enc"], name)
+        again = run(new)  # the old secret may now go: everything reads under the new one alone
+        assert again.returncode == 0 and " 0 moved" in again.stdout, again.stdout

@@ -216,6 +216,33 @@ def test_basic_login_sets_a_signed_cookie_any_instance_accepts(env, client):
     assert r2.status_code == 200
 
 
+def test_after_a_rotation_of_the_secret_sessions_and_clusters_of_the_old_one_keep_working(env, client, db):
+    """An instance restarted with a new server.secret and the old one in previous_secrets
+    accepts the sessions signed before, hands out new ones under the new key and still
+    decrypts what was stored under the old one; without the old secret the old session fails."""
+    import dataclasses
+
+    settings, pool, _ = env
+    old_cookie = client.simulate_get("/api/v1/clusters/", headers=ALICE).cookies["gatewayha-session"].value
+    name = create(client)
+    place(name)
+    assert heartbeat(client, name).status_code == 200
+    new = "rotated-secret-0123456789abcdef"
+    rotated = dataclasses.replace(
+        settings, server=dataclasses.replace(settings.server, secret=new, previous_secrets=SECRET)
+    )
+    after = falcon.testing.TestClient(create_app(rotated, pool))
+    r = after.simulate_get(f"/api/v1/clusters/{name}", cookies={"gatewayha-session": old_cookie})
+    assert r.status_code == 200 and r.json["tls_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    fresh = after.simulate_get("/api/v1/clusters/", headers=ALICE).cookies["gatewayha-session"].value
+    assert fresh.split("|")[2] == sec.key_id(new)
+    dropped = dataclasses.replace(settings, server=dataclasses.replace(settings.server, secret=new))
+    later = falcon.testing.TestClient(create_app(dropped, pool))
+    assert later.simulate_get("/api/v1/clusters/", cookies={"gatewayha-session": old_cookie}).status_code == 401
+    assert later.simulate_get("/api/v1/clusters/", cookies={"gatewayha-session": fresh}).status_code == 200
+    stop_all(db)
+
+
 def test_forged_or_expired_cookie_is_challenged(client):
     forged = "alice|9999999999|" + "0" * 64
     expired = sec.make_session_cookie(SECRET, "alice", -10)

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from haproxy_fixture import TEST_SECRET, NamedHTTPServer, http_get, running_haproxy
+from haproxy_fixture import TEST_SECRET, HAProxyProcess, NamedHTTPServer, http_get, running_haproxy
 
 from gatewayha import dashboards
 from gatewayha.routes import sync_maps
@@ -162,3 +162,34 @@ def test_a_token_for_a_cluster_without_a_route_goes_to_the_api(haproxy):
     name = uuid.uuid4().hex
     cookie = {"Cookie": f"{dashboards.COOKIE}={token(name)}"}
     assert http_get(haproxy.port, f"/clusters/{name}/status", cookie)[2]["name"] == "api-1"
+
+
+def test_during_a_secret_rotation_tokens_of_the_previous_key_still_pass_and_others_do_not(tmp_path, api_instances):
+    """HAProxy rendered with server.secret = NEW and previous_secrets = TEST_SECRET (as
+    `gatewayha-admin render-haproxy` does): tokens signed before the rotation reach the
+    dashboard, new ones too, a token of a key outside the ring goes to the API; and a token
+    for another cluster, valid under the previous key, does not pass for this one."""
+    new = "rotated-secret-0123456789abcdef"
+    proc = HAProxyProcess(
+        tmp_path,
+        [{"name": s.name, "address": s.address} for s in api_instances],
+        dashboard_jwt_key=dashboards.jwt_key(new),
+        dashboard_jwt_previous_keys=[dashboards.jwt_key(TEST_SECRET)],
+    )
+    tenant = TenantDashboard()
+    try:
+        proc.start()
+        name = uuid.uuid4().hex
+        sync_maps(proc.runtime, proc.map_dir, {}, {name: tenant.address})
+
+        def who(value: str) -> str:
+            return get(proc.port, f"/clusters/{name}/status", {"Cookie": f"{dashboards.COOKIE}={value}"})[2]["name"]
+
+        assert who(token(name)) == "tenant"  # signed under the previous key
+        assert who(token(name, secret=new)) == "tenant"
+        assert who(token(name, secret="outside-the-ring-0123456789")) == "api-1"
+        assert who(token(uuid.uuid4().hex)) == "api-1"
+        assert who(forged(name)) == "api-1"
+    finally:
+        tenant.close()
+        proc.stop()

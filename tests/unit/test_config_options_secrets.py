@@ -126,10 +126,59 @@ def test_session_cookie_is_bound_to_secret_user_and_expiry():
     c = sec.make_session_cookie("k" * 20, "ann", 60)
     assert sec.check_session_cookie("k" * 20, c) == "ann"
     assert sec.check_session_cookie("other-secret-xxxxx", c) is None
-    user, exp, mac = c.split("|")
-    assert sec.check_session_cookie("k" * 20, f"bob|{exp}|{mac}") is None
-    assert sec.check_session_cookie("k" * 20, f"ann|{int(exp) + 999}|{mac}") is None
+    user, exp, kid, mac = c.split("|")
+    assert kid == sec.key_id("k" * 20)
+    assert sec.check_session_cookie("k" * 20, f"bob|{exp}|{kid}|{mac}") is None
+    assert sec.check_session_cookie("k" * 20, f"ann|{int(exp) + 999}|{kid}|{mac}") is None
+    assert sec.check_session_cookie("k" * 20, f"ann|{exp}|{sec.key_id('other-secret-xxxxx')}|{mac}") is None
     assert sec.check_session_cookie("k" * 20, c, now=time.time() + 120) is None
+
+
+OLD, NEW = "old-secret-0123456789", "new-secret-9876543210"
+
+
+def test_a_rotated_secret_still_verifies_during_the_grace_period_and_not_after():
+    """server.secret = NEW, previous_secrets = OLD: what OLD signed still passes, what NEW
+    signs names NEW's key id; once OLD leaves the ring, OLD's cookies are refused."""
+    old_cookie = sec.make_session_cookie(OLD, "ann", 60)
+    ring = (NEW, OLD)
+    assert sec.check_session_cookie(ring, old_cookie) == "ann"
+    new_cookie = sec.make_session_cookie(NEW, "ann", 60)
+    assert new_cookie.split("|")[2] == sec.key_id(NEW) != sec.key_id(OLD)
+    assert sec.check_session_cookie(ring, new_cookie) == "ann"
+    assert sec.check_session_cookie((NEW,), old_cookie) is None
+    # A key id naming NEW with OLD's signature: only the named key is tried.
+    user, exp, _, mac = old_cookie.split("|")
+    assert sec.check_session_cookie(ring, f"{user}|{exp}|{sec.key_id(NEW)}|{mac}") is None
+    # Cookies of the previous release (user|expiry|mac, no key id) are tried against the ring.
+    legacy_body = f"ann|{exp}"
+    legacy = f"{legacy_body}|{sec._mac(OLD, b'session', legacy_body)}"
+    assert sec.check_session_cookie(ring, legacy) == "ann"
+    assert sec.check_session_cookie((NEW,), legacy) is None
+
+
+def test_keys_encrypted_under_a_previous_secret_decrypt_and_are_marked_for_reencryption():
+    from cryptography.exceptions import InvalidTag
+
+    from gatewayha import tls
+
+    blob = tls.encrypt_key(OLD, "PEM", "a" * 32)
+    assert tls.decrypt_key((NEW, OLD), blob, "a" * 32) == "PEM"
+    assert tls.needs_reencryption(NEW, blob, "a" * 32)
+    assert not tls.needs_reencryption(OLD, blob, "a" * 32)
+    with pytest.raises(InvalidTag):
+        tls.decrypt_key((NEW,), blob, "a" * 32)
+    with pytest.raises(InvalidTag):
+        tls.decrypt_key((NEW, OLD), blob, "b" * 32)  # bound to its cluster, whatever the key
+
+
+def test_previous_secrets_are_parsed_and_checked(tmp_path):
+    from gatewayha.config import ConfigError, load_settings
+
+    env = {"GATEWAYHA_SERVER__SECRET": NEW, "GATEWAYHA_SERVER__PREVIOUS_SECRETS": f"{OLD}, {NEW} x" + "y" * 16}
+    assert load_settings(environ=env).server.secrets == (NEW, OLD, "x" + "y" * 16)
+    with pytest.raises(ConfigError, match="previous_secrets"):
+        load_settings(environ={**env, "GATEWAYHA_SERVER__PREVIOUS_SECRETS": "short"})
 
 
 def test_cluster_tokens_are_per_cluster_and_per_secret():

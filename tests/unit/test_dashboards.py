@@ -8,6 +8,7 @@ import json
 import time
 
 from gatewayha import dashboards
+from gatewayha.auth import secrets as sec
 
 SECRET = "unit-secret-0123456789abcdef"
 NAME = "0123456789abcdef0123456789abcdef"
@@ -23,7 +24,11 @@ def test_token_is_an_hs256_jwt_naming_user_cluster_and_expiry():
     token = dashboards.make_token(SECRET, "alice", NAME, 600, now=1_000_000)
     header, payload, _ = token.split(".")
     pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
-    assert json.loads(base64.urlsafe_b64decode(pad(header))) == {"alg": "HS256", "typ": "JWT"}
+    assert json.loads(base64.urlsafe_b64decode(pad(header))) == {
+        "alg": "HS256",
+        "typ": "JWT",
+        "kid": sec.key_id(SECRET),
+    }
     claims = json.loads(base64.urlsafe_b64decode(pad(payload)))
     assert claims == {"sub": "alice", "aud": NAME, "iat": 1_000_000, "exp": 1_000_600}
 
@@ -46,3 +51,11 @@ def test_only_the_owner_may_view_today():
     assert dashboards.may_view("alice", row)
     assert not dashboards.may_view("bob", row)
     assert not dashboards.may_view("", row)
+
+
+def test_a_token_signed_under_a_previous_secret_passes_while_that_secret_is_in_the_ring():
+    old, new = "old-secret-0123456789abcdef", SECRET
+    token = dashboards.make_token(old, "alice", NAME, 600)
+    assert dashboards.check_token((new, old), token, NAME) == "alice"
+    assert dashboards.check_token((new,), token, NAME) is None
+    assert dashboards.check_token((new, old), dashboards.make_token(new, "bob", NAME, 600), NAME) == "bob"

@@ -43,7 +43,7 @@ class DashboardLogin:
         if row["status"] != "RUNNING" or not row.get("dashboard_address"):
             raise NotFound(f"Cluster {name} has no dashboard now (it is {row['status']})")
         held = (req.get_cookie_values(dashboards.COOKIE) or [None])[0]
-        if dashboards.check_token(self.settings.server.secret, held, name) == user:
+        if dashboards.check_token(self.settings.server.secrets, held, name) == user:
             # A valid token came here all the same: HAProxy has no route for it yet (the
             # route sync lags the database by a moment). Redirecting would loop.
             raise Unavailable("The dashboard's route is not ready yet, try again shortly", {"Retry-After": "1"})

@@ -194,7 +194,7 @@ class Authenticate:
         else:
             cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]
             ok = cookie and plausible_credential(cookie)
-            user = sec.check_session_cookie(self.settings.server.secret, cookie) if ok else None
+            user = sec.check_session_cookie(self.settings.server.secrets, cookie) if ok else None
             if user is None:
                 raise Unauthorized("Authentication required", self.challenge)
             req.context.user = user

@@ -110,8 +110,7 @@ class Clusters(Base):
                 raise Unprocessable(f"Invalid cluster status {raw!r}")
         with self.pool.connection() as conn:
             rows = clusters.list_clusters(conn, req.context.user, statuses)
-        secret = self.settings.server.secret
-        resp.media = {r["name"]: clusters.cluster_model(r, secret, full=False) for r in rows}
+        resp.media = {r["name"]: clusters.cluster_model(r, self.settings.server.secrets, full=False) for r in rows}
 
     def on_post(self, req, resp):
         data = read_json(req, self.settings.server.max_body_bytes)
@@ -171,7 +170,7 @@ class Cluster(Base):
                 if not wait or row["status"] != "PENDING" or left <= 0:
                     break
                 changed.wait(min(self._poll_interval(started), left))
-        resp.media = clusters.cluster_model(row, self.settings.server.secret)
+        resp.media = clusters.cluster_model(row, self.settings.server.secrets)
 
     def on_delete(self, req, resp, name):
         resp.status = 204
@@ -208,7 +207,7 @@ class _Forward(Base):
             return clusters.worker_allowance(conn, self.settings, row, wanted)
 
     def _send(self, row: dict, msg: dict) -> None:
-        token = clusters.cluster_token(self.settings.server.secret, row)
+        token = clusters.cluster_token(self.settings.server.secrets, row)
         request = urllib.request.Request(
             row["api_address"].rstrip("/") + "/api/comm",
             data=json.dumps(msg).encode(),

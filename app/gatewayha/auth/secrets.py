@@ -1,9 +1,13 @@
 """Credential primitives shared by every instance: nothing here keeps state.
 
 - Passwords: scrypt (stdlib hashlib), ``scrypt$n$r$p$salt$hash`` in the users table.
-- Session cookie: ``user|expiry|hmac``; any instance holding the server secret
+- Session cookie: ``user|expiry|kid|hmac``; any instance holding the server secret
   accepts it, so a client moved between instances is not challenged again and
   the password hash is not recomputed per request.
+- Rotation: what is signed or encrypted uses ``server.secret``; what is checked or decrypted
+  also accepts ``server.previous_secrets`` (a *ring*: the current secret first). A signed value
+  names its key (``kid``, :func:`key_id`), so the check tries that one key; values made before
+  key ids (3-field cookies) are tried against every key of the ring.
 - Cluster tokens: random per cluster; only their sha256 is checked (``cluster_token_ok``). The
   HMAC of the name under the server secret (``legacy_cluster_token``) is accepted only for
   clusters made by a release before 0005_cluster_tokens.sql, until they stop.
@@ -18,6 +22,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Sequence
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 
@@ -51,20 +56,41 @@ def _mac(secret: str, purpose: bytes, msg: str) -> str:
     return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
 
 
+def ring(secrets_: str | Sequence[str]) -> tuple[str, ...]:
+    """The keys a check may use, the current one first (a lone secret is a ring of one)."""
+    return (secrets_,) if isinstance(secrets_, str) else tuple(secrets_)
+
+
+def key_id(secret: str) -> str:
+    """A short public name of a secret: says which key signed, tells nothing about it."""
+    return hashlib.sha256(b"gatewayha-key-id\0" + secret.encode()).hexdigest()[:8]
+
+
+def keys_named(secrets_: str | Sequence[str], kid: str | None) -> tuple[str, ...]:
+    """The keys of the ring a value signed under ``kid`` may have used (all of them for None)."""
+    keys = ring(secrets_)
+    return keys if kid is None else tuple(k for k in keys if key_id(k) == kid)
+
+
 def make_session_cookie(secret: str, user: str, max_age: int, now: float | None = None) -> str:
     expiry = int((now or time.time()) + max_age)
-    body = f"{user}|{expiry}"
+    body = f"{user}|{expiry}|{key_id(secret)}"
     return f"{body}|{_mac(secret, b'session', body)}"
 
 
-def check_session_cookie(secret: str, value: str, now: float | None = None) -> str | None:
+def check_session_cookie(secrets_: str | Sequence[str], value: str, now: float | None = None) -> str | None:
     """The user name a valid, unexpired cookie names; None for anything else."""
     try:
-        user, expiry, mac = value.split("|")
+        parts = value.split("|")
+        if len(parts) == 4:
+            user, expiry, kid, mac = parts
+        else:  # made before key ids: user|expiry|mac
+            (user, expiry, mac), kid = parts, None
         expiry_i = int(expiry)
     except (ValueError, AttributeError):
         return None
-    if not _same(mac, _mac(secret, b"session", f"{user}|{expiry}")):
+    body = "|".join(parts[:-1])
+    if not any(_same(mac, _mac(key, b"session", body)) for key in keys_named(secrets_, kid)):
         return None
     if expiry_i < (now or time.time()):
         return None
@@ -82,11 +108,11 @@ def new_cluster_token() -> tuple[str, bytes]:
     return token, hashlib.sha256(token.encode()).digest()
 
 
-def cluster_token_ok(secret: str, cluster_name: str, token: str, stored_hash: bytes | None) -> bool:
+def cluster_token_ok(secrets_: str | Sequence[str], cluster_name: str, token: str, stored_hash: bytes | None) -> bool:
     """Whether ``token`` is the cluster's, given the row's token_hash (None: a legacy row)."""
     raw = token.encode("utf-8", "surrogateescape")
     if stored_hash is None:
-        return hmac.compare_digest(legacy_cluster_token(secret, cluster_name).encode(), raw)
+        return any(hmac.compare_digest(legacy_cluster_token(k, cluster_name).encode(), raw) for k in ring(secrets_))
     return hmac.compare_digest(hashlib.sha256(raw).digest(), bytes(stored_hash))
 
 

@@ -41,8 +41,9 @@ class Context:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def secret(self) -> str:
-        return self.settings.server.secret
+    def secrets(self) -> tuple[str, ...]:
+        """The key ring: what was encrypted under the current or a previous server secret."""
+        return self.settings.server.secrets
 
 
 def _cluster_name(job: Job) -> str:
@@ -84,10 +85,10 @@ def start_cluster(ctx: Context, job: Job) -> None:
         )
     spec = SchedulerSpec(
         cluster_name=name,
-        token=clusters.cluster_token(ctx.secret, row),
+        token=clusters.cluster_token(ctx.secrets, row),
         api_url=ctx.settings.server.api_url,
         tls_cert=row["tls_cert"],
-        tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
+        tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
         config=ClusterConfig.from_json(row["config"]),
     )
     ctx.backend.start_scheduler(spec)
@@ -164,9 +165,9 @@ def start_worker(ctx: Context, job: Job) -> None:
             cluster_name=name,
             worker_name=worker,
             scheduler_address=row["scheduler_address"],
-            token=clusters.cluster_token(ctx.secret, row),
+            token=clusters.cluster_token(ctx.secrets, row),
             tls_cert=row["tls_cert"],
-            tls_key=tls.decrypt_key(ctx.secret, row["tls_key_enc"], name),
+            tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
             config=ClusterConfig.from_json(row["config"]),
         )
     )

@@ -105,9 +105,9 @@ def _check_params(params: dict[str, Any]) -> None:
             continue  # optional: empty means none
         if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
             raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
-    key = params.get("dashboard_jwt_key")
-    if key is not None and not _JWT_KEY_RE.fullmatch(str(key)):
-        raise ValueError("dashboard_jwt_key must be 64 hex characters (gatewayha.dashboards.jwt_key)")
+    for key in [params.get("dashboard_jwt_key"), *(params.get("dashboard_jwt_previous_keys") or [])]:
+        if key is not None and not _JWT_KEY_RE.fullmatch(str(key)):
+            raise ValueError("dashboard JWT keys must be 64 hex characters (gatewayha.dashboards.jwt_key)")
     for name in ("limit_conn_cur", "limit_conn_rate", "limit_http_rate", "hsts_max_age"):
         value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
