@@ -183,7 +183,8 @@ CLUSTER_COLUMNS = (
 
 
 def cluster_token(secret: str, row: dict) -> str:
-    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm)."""
+    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm,
+    over TLS: gatewayha.control)."""
     if row["token_enc"] is None:
         return sec.legacy_cluster_token(secret, row["name"])
     return tls.decrypt_token(secret, row["token_enc"], row["name"])
@@ -204,7 +205,11 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
 
 
 # The addresses a heartbeat reports: they become HAProxy routes and the target of the API's calls.
-ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("http",)}
+# api_address: https, the control API over TLS with the cluster's cert; http is what a scheduler
+# of an earlier release reports (one a node still on it starts during a rolling upgrade too): it
+# is recorded, so the cluster runs and computes, but the API sends it nothing, no token in clear
+# (gatewayha.control: a scale answers 503, shut the cluster down and create a new one).
+ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("https", "http")}
 
 
 def reserved_ports(settings: Settings) -> set[int]:
