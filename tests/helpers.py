@@ -25,6 +25,27 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         time.sleep(interval)
 
 
+def plain_http_comm(host: str, port: int, token: str, msg: dict) -> int | None:
+    """POST ``msg`` with ``token`` to a scheduler's ``/api/comm`` in plain HTTP (what the gateway
+    sent before the control API was TLS): the HTTP status, or None when no HTTP answer came."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/api/comm",
+            body=json.dumps(msg),
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        )
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
 def datagrams(sock, seconds: float) -> list[bytes]:
     """Every datagram ``sock`` (a socket with a short timeout) receives within ``seconds``."""
     got, end = [], time.monotonic() + seconds

@@ -185,7 +185,8 @@ CLUSTER_COLUMNS = (
 
 
 def cluster_token(secrets: str | Sequence[str], row: dict) -> str:
-    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm).
+    """The token a cluster's scheduler holds (the API presents it to the scheduler's /api/comm,
+    over TLS: gatewayha.control).
 
     ``secrets``: the key ring (current first). A legacy row's token is the HMAC under the
     secret of its day, taken to be the current one: rotate once such clusters are gone."""
@@ -244,7 +245,11 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
 
 
 # The addresses a heartbeat reports: they become HAProxy routes and the target of the API's calls.
-ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("http",)}
+# api_address: https, the control API over TLS with the cluster's cert; http is what a scheduler
+# of an earlier release reports (one a node still on it starts during a rolling upgrade too): it
+# is recorded, so the cluster runs and computes, but the API sends it nothing, no token in clear
+# (gatewayha.control: a scale answers 503, shut the cluster down and create a new one).
+ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("https", "http")}
 
 
 def reserved_ports(settings: Settings) -> set[int]:

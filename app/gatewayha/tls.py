@@ -2,7 +2,9 @@
 
 The dask-gateway client trusts the cluster cert as its CA, does not check host
 names, and presents the same cert+key as its client cert; schedulers and
-workers use the same pair. The key is stored encrypted (AES-GCM under a key
+workers use the same pair. The scheduler's control API (``/api/comm``) serves it
+too, and the API trusts that one cert and nothing else there
+(``gatewayha.control``). The key is stored encrypted (AES-GCM under a key
 derived from the server secret) and only decrypted to hand it to the owner or
 to a launcher.
 """
@@ -23,6 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
+# The one name in every cluster cert (what Dask's TLS expects; clients do not check it).
+CLUSTER_SAN = "dask-internal"
+
 
 def new_keypair(cluster_name: str, days: int = 3650) -> tuple[str, str]:
     """Return (cert_pem, key_pem) for one cluster, SAN ``dask-internal``."""
@@ -37,7 +42,7 @@ def new_keypair(cluster_name: str, days: int = 3650) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(CLUSTER_SAN)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )

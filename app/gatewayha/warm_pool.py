@@ -46,9 +46,13 @@ def default_config(settings: Settings) -> tuple[dict, ClusterConfig]:
 def _fresh_clause(settings: Settings, t: str = "") -> tuple[str, dict]:
     """A pooled scheduler's idle clock runs from its start: hand out only those with at
     least half of the idle timeout left, and only those still heartbeating (``t``: the
-    table's alias with its dot)."""
+    table's alias with its dot). Only those whose control API is TLS, too: one started by an
+    earlier release reports ``http://`` and could never be scaled (gatewayha.control)."""
     c = settings.cluster
-    clause = f"{t}ready_at IS NOT NULL AND {t}last_heartbeat > now() - make_interval(secs => %(hb)s)"
+    clause = (
+        f"{t}ready_at IS NOT NULL AND {t}last_heartbeat > now() - make_interval(secs => %(hb)s)"
+        f" AND {t}api_address LIKE 'https://%%'"
+    )
     params: dict = {"hb": c.heartbeat_timeout}
     if c.idle_timeout > 0:
         clause += f" AND {t}created_at > now() - make_interval(secs => %(half_idle)s)"
@@ -79,8 +83,9 @@ CLAIM_CANDIDATES = 3
 
 
 def answers(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether something accepts a TCP connection at ``http://host:port`` (a pooled scheduler's
-    api_address: its HTTP server, which a connection closed at once leaves without a log line)."""
+    """Whether something accepts a TCP connection at ``https://host:port`` (a pooled scheduler's
+    api_address: its HTTPS server, which a connection closed before the TLS handshake leaves
+    without a log line)."""
     try:
         parts = urlsplit(address or "")
         with socket.create_connection((parts.hostname, parts.port), timeout=timeout):

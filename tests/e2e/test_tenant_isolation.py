@@ -18,7 +18,7 @@ import pytest
 from dask_gateway import BasicAuth, Gateway
 from tenant_attack import attack, check_refused
 
-from helpers import wait_until
+from helpers import plain_http_comm, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,6 +185,35 @@ def test_a_heartbeat_cannot_steer_routes_and_a_stopped_clusters_token_dies(stack
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 403
+
+
+def test_the_schedulers_control_api_speaks_tls_only(stack, gateway):
+    """scale/adapt go from whichever API instance serves them to the scheduler's control port
+    (/api/comm) with the cluster's token: over TLS with the cluster's own certificate. A plain
+    HTTP request to that port, right token and all, gets no HTTP answer and changes nothing; the
+    stock client's scale and adapt work."""
+    import ssl
+
+    cluster = gateway.new_cluster()  # default options: a pooled scheduler when one is ready
+    name = cluster.name
+    token = (_cluster_dir(stack, name) / "api-token").read_text()
+    with stack.db() as conn:
+        row = conn.execute("SELECT api_address, tls_cert FROM clusters WHERE name = %s", (name,)).fetchone()
+    assert row["api_address"].startswith("https://127.0.0.1:"), row
+    host, port = row["api_address"].removeprefix("https://").split(":")
+    served = ssl.get_server_certificate((host, int(port)), timeout=10)
+    assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(row["tls_cert"])
+    assert plain_http_comm(host, int(port), token, {"op": "scale", "count": 2}) is None
+    cluster.scale(1)
+    client = cluster.get_client()
+    client.wait_for_workers(1, timeout=120)
+    assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
+    with stack.db() as conn:
+        target = conn.execute("SELECT target_workers FROM clusters WHERE name = %s", (name,)).fetchone()
+    assert target["target_workers"] == 1  # the plain request's count of 2 never landed
+    cluster.adapt(minimum=0, maximum=1)
+    client.close()
+    cluster.shutdown()
 
 
 def test_a_create_asking_for_a_preload_or_jupyter_settings_is_refused(gateway):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import datetime as dt
+import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -15,7 +19,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from conftest import SECRET, new_database
-from gatewayha import clusters
+from gatewayha import clusters, tls
 from gatewayha.api.app import create_app
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.auth import secrets as sec
@@ -152,7 +156,7 @@ def heartbeat(client, name, token=None, **overrides):
     body = {
         "scheduler_address": "tls://127.0.0.1:40001",
         "dashboard_address": "http://127.0.0.1:40002",
-        "api_address": "http://127.0.0.1:40003",
+        "api_address": "https://127.0.0.1:40003",
         "count": 0,
         "active_workers": [],
         "closing_workers": [],
@@ -164,6 +168,91 @@ def heartbeat(client, name, token=None, **overrides):
     return client.simulate_post(
         f"/api/v1/clusters/{name}/heartbeat", headers={"Authorization": f"token {token}"}, json=body
     )
+
+
+# --- stand-ins for a scheduler's control port -----------------------------------
+
+
+def cluster_keypair(name: str) -> tuple[str, str]:
+    """The cluster's own cert and key (what its scheduler's control API serves)."""
+    with psycopg.connect(_DSN["dsn"], autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT tls_cert, tls_key_enc FROM clusters WHERE name = %s", (name,)).fetchone()
+    return row["tls_cert"], tls.decrypt_key(SECRET, row["tls_key_enc"], name)
+
+
+def server_context(tmp_path, cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    cert_file, key_file = tmp_path / f"{time.monotonic_ns()}.crt", tmp_path / f"{time.monotonic_ns()}.key"
+    cert_file.write_text(cert_pem)
+    key_file.write_text(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+@contextlib.contextmanager
+def tls_scheduler(ctx: ssl.SSLContext, handler):
+    """An HTTPS server on the node's host playing a scheduler's control API."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class Sniffer:
+    """A listener on the node's host that records every byte the API sends it: in clear (what
+    anyone on the LAN sees), or, given a cert and key, what arrives after a TLS handshake that
+    the listener attempts with them (an impostor's view)."""
+
+    def __init__(self, ctx: ssl.SSLContext | None = None):
+        self.ctx = ctx
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = bytearray()
+        self.handshake: str | None = None  # "ok", or the listener's TLS error
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:  # closed: nobody connected
+            return
+        self.connections += 1
+        conn.settimeout(1.0)
+        with conn:
+            if self.ctx is not None:
+                try:
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                    self.handshake = "ok"
+                except (ssl.SSLError, OSError) as exc:
+                    self.handshake = repr(exc)
+                    return
+            # Everything until the API goes quiet (a TLS client waits for the server's hello
+            # after its own) or closes.
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    self.received += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+def calls_to(client, name: str, sniffer: Sniffer, scheme: str = "https", calls=(("scale", {"count": 1}),)) -> list:
+    """The cluster's first report points its api_address at ``sniffer``; then the owner's calls
+    (their answers returned), and the sniffer is closed, holding what it received."""
+    try:
+        assert heartbeat(client, name, api_address=f"{scheme}://127.0.0.1:{sniffer.port}").status_code == 200
+        return [
+            client.simulate_post(f"/api/v1/clusters/{name}/{path}", headers=ALICE, json=body) for path, body in calls
+        ]
+    finally:
+        sniffer.close()
 
 
 # --- public endpoints ---------------------------------------------------------
@@ -530,14 +619,13 @@ def test_bad_scale_and_adapt_bodies_are_422(client, db, path, body):
     assert r.status_code == 422 and "error" in r.json
 
 
-def test_absurd_scale_is_clamped_and_forwarded(client, db):
-    """scale(10**12) is clamped to max_workers with ok: false; it reaches the scheduler's api."""
-    import http.server
-
+def test_absurd_scale_is_clamped_and_forwarded(client, db, tmp_path):
+    """scale(10**12) is clamped to max_workers with ok: false; it reaches the scheduler's api,
+    over TLS with the cluster's own certificate."""
     got = []
 
     class H(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
+        def do_POST(self):  # noqa: N802
             got.append(
                 (
                     self.headers["Authorization"],
@@ -550,14 +638,12 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        stop_all(db)
-        name = create(client)
-        heartbeat(client, name, api_address=f"http://127.0.0.1:{srv.server_port}")
+    stop_all(db)
+    name = create(client)
+    with tls_scheduler(server_context(tmp_path, *cluster_keypair(name)), H) as srv:
+        heartbeat(client, name, api_address=f"https://127.0.0.1:{srv.server_port}")
         r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 10**12})
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
         assert r.json["ok"] is False and "5" in r.json["msg"]
         assert got[-1] == (f"token {cluster_token(name)}", {"op": "scale", "count": 5})
         r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 2})
@@ -569,8 +655,6 @@ def test_absurd_scale_is_clamped_and_forwarded(client, db):
         )
         assert r.json["ok"] is False
         assert got[-1][1] == {"op": "adapt", "minimum": 1, "maximum": 5, "active": True}
-    finally:
-        srv.shutdown()
 
 
 def test_scale_when_scheduler_is_unreachable_is_503_json(client, db):
@@ -579,9 +663,98 @@ def test_scale_when_scheduler_is_unreachable_is_503_json(client, db):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    assert heartbeat(client, name, api_address=f"http://127.0.0.1:{closed}").status_code == 200
+    assert heartbeat(client, name, api_address=f"https://127.0.0.1:{closed}").status_code == 200
     r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
     assert r.status_code == 503 and "error" in r.json
+
+
+# --- what crosses the LAN to a scheduler's control port ---------------------------
+
+
+def test_a_sniffer_on_the_control_port_sees_a_tls_client_hello_and_no_token(client, db):
+    """A plain TCP listener poses as the scheduler (what anyone on the path sees): the API's
+    first bytes are a TLS ClientHello, then nothing; the token, the request and its path never
+    appear. The API answers 503."""
+    stop_all(db)
+    name = create(client)
+    token = cluster_token(name)
+    sniffer = Sniffer()
+    [r] = calls_to(client, name, sniffer)
+    assert r.status_code == 503 and "error" in r.json, r.text
+    seen = bytes(sniffer.received)
+    # A TLS record of type handshake (22), version 3.x, carrying a ClientHello (1).
+    assert (seen[0], seen[1], seen[5]) == (0x16, 0x03, 0x01), seen[:16]
+    for secret in (token.encode(), b"Authorization", b"/api/comm", b"scale"):
+        assert secret not in seen, secret
+
+
+def test_an_http_api_address_gets_no_connection_and_no_token(client, db):
+    """A scheduler of an earlier release reports http://: the API does not connect at all (the
+    token would cross the LAN in clear) and says to restart the cluster."""
+    stop_all(db)
+    name = create(client)
+    token = cluster_token(name)
+    sniffer = Sniffer()
+    answers = calls_to(
+        client, name, sniffer, scheme="http", calls=(("scale", {"count": 1}), ("adapt", {"minimum": 0, "maximum": 2}))
+    )
+    assert token.encode() not in sniffer.received, "the token crossed the network in clear"
+    assert sniffer.connections == 0 and bytes(sniffer.received) == b""
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert "without TLS" in r.json["error"] and "create a new one" in r.json["error"]
+
+
+def test_a_control_port_with_another_clusters_certificate_never_gets_the_token(client, db, tmp_path):
+    """A tenant pointing its api_address at another cluster's scheduler, or an impostor on the
+    node: the listener holds a valid cluster keypair, but not this cluster's. The API refuses the
+    handshake; no request, no token reaches the listener. 503."""
+    stop_all(db)
+    victim, other = create(client), create(client)
+    token = cluster_token(victim)
+    sniffer = Sniffer(server_context(tmp_path, *cluster_keypair(other)))
+    [r] = calls_to(client, victim, sniffer)
+    assert r.status_code == 503 and "certificate" in r.json["error"], r.text
+    assert sniffer.connections == 1
+    assert sniffer.handshake != "ok", "the API completed a handshake with another cluster's certificate"
+    assert bytes(sniffer.received) == b"" and token.encode() not in sniffer.received
+
+
+def test_a_certificate_signed_by_the_cluster_key_but_not_the_cluster_cert_gets_no_token(client, db, tmp_path):
+    """The chain verifies and the name matches, but the server's certificate is not exactly the
+    cluster's own: the pin refuses it after the handshake, before a byte of the request."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    stop_all(db)
+    name = create(client)
+    token = cluster_token(name)
+    ca_pem, ca_key_pem = cluster_keypair(name)
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{name}-leaf")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(tls.CLUSTER_SAN)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    sniffer = Sniffer(server_context(tmp_path, leaf_pem, key_pem))
+    [r] = calls_to(client, name, sniffer)
+    assert r.status_code == 503 and "certificate" in r.json["error"], r.text
+    assert sniffer.handshake == "ok"  # the chain is valid: only the pin stops it
+    assert bytes(sniffer.received) == b"" and token.encode() not in sniffer.received
 
 
 # --- malformed requests -------------------------------------------------------
@@ -787,6 +960,9 @@ def test_heartbeat_addresses_are_pinned_to_the_placed_host_and_fixed_after_the_f
         {"scheduler_address": "tls://127.0.0.2:40001"},  # not the node's host
         {"dashboard_address": "http://localhost:40002"},
         {"api_address": "http://127.0.0.1:22"},  # privileged
+        {"api_address": "https://127.0.0.1:22"},
+        {"api_address": "https://127.0.0.2:40003"},  # not the node's host
+        {"api_address": "ftp://127.0.0.1:40003"},  # neither https nor (an earlier release's) http
         {"scheduler_address": f"tls://127.0.0.1:{pg_port}"},  # the database
         {"dashboard_address": "http://127.0.0.1:80"},  # the public URL's port
     ):
@@ -799,7 +975,12 @@ def test_heartbeat_addresses_are_pinned_to_the_placed_host_and_fixed_after_the_f
         "SELECT scheduler_address, dashboard_address, api_address FROM clusters WHERE name = %s", (name,)
     )
     before = before.fetchone()
-    for moved in ({"scheduler_address": "tls://127.0.0.1:40009"}, {"api_address": "http://127.0.0.1:40009"}):
+    assert before["api_address"] == "https://127.0.0.1:40003"
+    for moved in (
+        {"scheduler_address": "tls://127.0.0.1:40009"},
+        {"api_address": "https://127.0.0.1:40009"},
+        {"api_address": "http://127.0.0.1:40003"},  # back to plain HTTP
+    ):
         r = heartbeat(client, name, **moved)
         assert r.status_code == 409 and "fixed" in r.json["error"], r.text
     after = db.execute(
@@ -840,11 +1021,9 @@ def test_a_legacy_clusters_hmac_token_works_until_it_stops(client, db):
     assert heartbeat(client, name, token=legacy).status_code == 403
 
 
-def test_calls_to_a_scheduler_follow_no_redirect(client, db):
+def test_calls_to_a_scheduler_follow_no_redirect(client, db, tmp_path):
     """A tenant's scheduler answering a scale call with a redirect gets no second request (which
     would carry the cluster token to wherever it points)."""
-    import http.server
-
     hits = []
 
     class Target(http.server.BaseHTTPRequestHandler):
@@ -856,24 +1035,19 @@ def test_calls_to_a_scheduler_follow_no_redirect(client, db):
         def log_message(self, *a):
             pass
 
-    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    stop_all(db)
+    name = create(client)
+    ctx = server_context(tmp_path, *cluster_keypair(name))
+    with tls_scheduler(ctx, Target) as target:
 
-    class Redirect(Target):
-        def do_POST(self):  # noqa: N802
-            self.send_response(307)
-            self.send_header("Location", f"http://127.0.0.1:{target.server_port}/api/comm")
-            self.end_headers()
+        class Redirect(Target):
+            def do_POST(self):  # noqa: N802
+                self.send_response(307)
+                self.send_header("Location", f"https://127.0.0.1:{target.server_port}/api/comm")
+                self.end_headers()
 
-    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    for srv in (target, redirect):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        stop_all(db)
-        name = create(client)
-        assert heartbeat(client, name, api_address=f"http://127.0.0.1:{redirect.server_port}").status_code == 200
-        r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
-        assert r.status_code == 503 and "307" in r.json["error"]
-        assert hits == []
-    finally:
-        target.shutdown()
-        redirect.shutdown()
+        with tls_scheduler(ctx, Redirect) as redirect:
+            assert heartbeat(client, name, api_address=f"https://127.0.0.1:{redirect.server_port}").status_code == 200
+            r = client.simulate_post(f"/api/v1/clusters/{name}/scale", headers=ALICE, json={"count": 1})
+            assert r.status_code == 503 and "307" in r.json["error"]
+    assert hits == []

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from gatewayha import tls
+from gatewayha import control, tls
 from gatewayha.backends import get_backend
 from gatewayha.backends.base import SchedulerSpec, WorkerSpec
 from gatewayha.backends.launcher import MARKER_VAR, ProcessLauncher, scheduler_unit
 from gatewayha.backends.local import LocalBackend
 from gatewayha.config import NodeSettings, Settings
 from gatewayha.options import ClusterConfig
-from helpers import wait_until
+from helpers import plain_http_comm, wait_until
 
 GIB = 2**30
 
@@ -127,15 +127,10 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(e.decode().split("=", 1) for e in raw.split(b"\0") if e)
 
 
-def post_comm(api_address: str, token: str, msg: dict) -> int:
-    req = urllib.request.Request(
-        f"{api_address}/api/comm",
-        data=json.dumps(msg).encode(),
-        method="POST",
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status
+def post_comm(api_address: str, token: str, msg: dict, cert: str) -> int:
+    """What the API sends for scale and adapt, with its own client (TLS to ``cert`` only)."""
+    control.post_comm(api_address, cert, token, msg)  # raises Unavailable otherwise
+    return 200
 
 
 def config(**overrides) -> ClusterConfig:
@@ -204,7 +199,7 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
     hb = first["json"]
     assert hb["scheduler_address"].startswith("tls://127.0.0.1:")
     assert hb["dashboard_address"].startswith("http://127.0.0.1:")
-    assert hb["api_address"].startswith("http://127.0.0.1:")
+    assert hb["api_address"].startswith("https://127.0.0.1:")
     assert hb["count"] == 0 and hb["active_workers"] == []
 
     # The dashboard is served under the prefix HAProxy routes on.
@@ -213,7 +208,7 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
 
     # The gateway forwards scale before it starts workers (as dask-gateway-server
     # does): a worker that joins while count is 0 is retired by the next heartbeat.
-    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}) == 200
+    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}, cert) == 200
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and r["json"]["count"] == 1)
 
     worker_name = f"{name}-w1"
@@ -282,18 +277,60 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
     backend.stop_cluster(name)  # idempotent
 
 
+def test_the_control_api_is_served_over_tls_with_the_clusters_own_certificate_only(backend, recorder, keypair):
+    """The scheduler's /api/comm (dask-gateway's preload, through backends/control_tls.py) speaks
+    TLS only, with the cluster's own cert: a plain-HTTP request carrying the right token gets no
+    HTTP answer, a client that trusts another cluster's cert refuses the server, and the API's
+    own client (gatewayha.control) scales the cluster."""
+    import socket
+    import ssl
+
+    from gatewayha.errors import Unavailable
+
+    cert, key = keypair
+    name, token = new_name(), uuid.uuid4().hex
+    backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, config()))
+    hb = recorder.wait_for(heartbeat_of(name, token))["json"]
+    assert hb["api_address"].startswith("https://127.0.0.1:")
+    host, port = hb["api_address"].removeprefix("https://").split(":")
+    port = int(port)
+    log = backend.cluster_dir(name) / "logs" / f"{scheduler_unit(name)}.log"
+    assert f"control API over TLS at {hb['api_address']}" in log.read_text()
+
+    # The certificate served is exactly the cluster's.
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with control.client_context(cert).wrap_socket(raw, server_hostname=tls.CLUSTER_SAN) as s:
+            assert s.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(cert)
+            assert s.version() in ("TLSv1.2", "TLSv1.3")
+
+    # Plain HTTP, token and all (what the gateway sent before): no HTTP answer, the scale is not done.
+    assert plain_http_comm(host, port, token, {"op": "scale", "count": 3}) is None
+
+    # A client trusting another cluster's cert does not talk to this scheduler.
+    other_cert, _ = tls.new_keypair("dask-internal")
+    with pytest.raises(Unavailable) as info:
+        control.post_comm(hb["api_address"], other_cert, token, {"op": "scale", "count": 3})
+    assert "certificate" in info.value.message
+
+    # The API's client, with this cluster's cert: the scale lands (count 1, never 3).
+    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}, cert) == 200
+    beat = recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and r["json"]["count"] != 0)
+    assert beat["json"]["count"] == 1
+    backend.stop_cluster(name)
+
+
 def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, keypair):
     cert, key = keypair
     name, token = new_name(), uuid.uuid4().hex
     cfg = config()
     backend.start_scheduler(SchedulerSpec(name, token, recorder.api_url, cert, key, cfg))
     hb = recorder.wait_for(heartbeat_of(name, token))["json"]
-    post_comm(hb["api_address"], token, {"op": "scale", "count": 1})
+    post_comm(hb["api_address"], token, {"op": "scale", "count": 1}, cert)
     worker_name = f"{name}-a"
     backend.start_worker(WorkerSpec(name, worker_name, hb["scheduler_address"], token, cert, key, cfg))
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["active_workers"])
 
-    post_comm(hb["api_address"], token, {"op": "scale", "count": 0})
+    post_comm(hb["api_address"], token, {"op": "scale", "count": 0}, cert)
     recorder.wait_for(lambda r: heartbeat_of(name, token)(r) and worker_name in r["json"]["closing_workers"])
     # Retiring closes the worker *and* its nanny (no restart): the unit ends by itself.
     wait_until(lambda: not backend.worker_running(name, worker_name), 30, "the worker to exit", interval=0.05)
@@ -321,7 +358,7 @@ def test_the_start_and_a_joining_worker_are_reported_at_once_not_at_the_next_hea
     # The scheduler's count is 1 once the comm returns. (The stock preload's own report of a
     # scale is lost when it lands while a heartbeat is in flight: with a 600 s period that
     # report cannot be waited for here; the join's report below carries the count.)
-    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}) == 200
+    assert post_comm(hb["api_address"], token, {"op": "scale", "count": 1}, cert) == 200
     worker_name = f"{name}-j"
     launched = time.monotonic()
     backend.start_worker(WorkerSpec(name, worker_name, hb["scheduler_address"], token, cert, key, cfg))

@@ -18,7 +18,7 @@ _LISTENER = socket.create_server(("127.0.0.1", 0))
 MSG = {
     "scheduler_address": "tls://127.0.0.1:1",
     "dashboard_address": "http://127.0.0.1:2",
-    "api_address": f"http://127.0.0.1:{_LISTENER.getsockname()[1]}",
+    "api_address": f"https://127.0.0.1:{_LISTENER.getsockname()[1]}",
 }
 
 
@@ -101,6 +101,22 @@ def test_a_pooled_scheduler_silent_for_a_few_periods_is_not_claimed_within_the_h
     assert claimable(conn, settings) == name
 
 
+def test_a_pooled_scheduler_of_an_earlier_release_serving_plain_http_is_not_claimed_but_replaced(conn, settings):
+    """Rolling upgrade: a pooled scheduler started before this release reports an http:// control
+    API, which the API never sends a token to (gatewayha.control): a cluster made of it could not
+    be scaled. It is never handed out (though it answers and is fresh), and the next refill drops
+    it and starts a new one."""
+    name = pooled(conn, settings)
+    assert claimable(conn, settings) == name
+    old = {**MSG, "api_address": MSG["api_address"].replace("https://", "http://")}
+    conn.execute("UPDATE warm_pool SET api_address = %s WHERE name = %s", (old["api_address"], name))
+    assert warm_pool.record_heartbeat(conn, name, old)
+    assert warm_pool.answers(old["api_address"])  # alive: only the scheme keeps it out
+    assert claimable(conn, settings) is None
+    to_start, stopped = warm_pool.plan_refill(conn, settings, "n1")
+    assert stopped == [name] and len(to_start) == 1
+
+
 class FakeBackend:
     def __init__(self, running: set[str]):
         self.running = running
@@ -138,7 +154,7 @@ def test_a_pooled_scheduler_that_does_not_answer_is_dropped_not_claimed(conn, se
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    conn.execute("UPDATE warm_pool SET api_address = %s WHERE name = %s", (f"http://127.0.0.1:{closed}", dead))
+    conn.execute("UPDATE warm_pool SET api_address = %s WHERE name = %s", (f"https://127.0.0.1:{closed}", dead))
     assert claimable(conn, settings) is None
     _, cfg = warm_pool.default_config(settings)
     with conn.transaction():

@@ -6,18 +6,16 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import nullcontext
 
 import falcon
 
-from gatewayha import __version__, clusters
+from gatewayha import __version__, clusters, control
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import Settings
-from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unavailable, Unprocessable
+from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 from gatewayha.options import options_spec
 
 STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
@@ -191,7 +189,7 @@ class Cluster(Base):
 
 
 class _Forward(Base):
-    """Scale and adapt are forwarded to the scheduler's gateway API (/api/comm)."""
+    """Scale and adapt are forwarded to the scheduler's gateway API (/api/comm, over TLS)."""
 
     def _running(self, req, name) -> dict:
         with self.pool.connection() as conn:
@@ -207,31 +205,10 @@ class _Forward(Base):
             return clusters.worker_allowance(conn, self.settings, row, wanted)
 
     def _send(self, row: dict, msg: dict) -> None:
+        # Over TLS to that cluster's own certificate only; never to an http:// address
+        # (gatewayha.control says why, and what that means for clusters of an older release).
         token = clusters.cluster_token(self.settings.server.secrets, row)
-        request = urllib.request.Request(
-            row["api_address"].rstrip("/") + "/api/comm",
-            data=json.dumps(msg).encode(),
-            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            # No redirect is followed (the token would go along), and the scheduler gets
-            # SCHEDULER_TIMEOUT_S per connect and per read.
-            with _NO_REDIRECTS.open(request, timeout=SCHEDULER_TIMEOUT_S) as r:
-                r.read(65_536)
-        except urllib.error.HTTPError as exc:
-            raise Unavailable(f"The scheduler refused the request ({exc.code})") from None
-        except (urllib.error.URLError, OSError):
-            raise Unavailable("The scheduler did not answer; try again shortly") from None
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises HTTPError with the 3xx status
-
-
-_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
-SCHEDULER_TIMEOUT_S = 3.0
+        control.post_comm(row["api_address"], row["tls_cert"], token, msg)
 
 
 class Scale(_Forward):
@@ -277,7 +254,9 @@ _HOSTPORT = r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}"
 _ADDRESS_PATTERNS = {
     "scheduler_address": re.compile(rf"^tls://{_HOSTPORT}$"),
     "dashboard_address": re.compile(rf"^(http://{_HOSTPORT})?$"),
-    "api_address": re.compile(rf"^http://{_HOSTPORT}$"),
+    # https: the control API over TLS (gatewayha.control). http: a scheduler of an earlier
+    # release, whose heartbeats keep it alive; the API sends it nothing.
+    "api_address": re.compile(rf"^https?://{_HOSTPORT}$"),
 }
 
 

@@ -14,9 +14,11 @@ on the temporary file and a rename, so no link planted by a tenant is followed.
 ``stop_cluster`` stops the processes, then deletes the directory, which frees the uid.
 
 Schedulers reuse dask-gateway's scheduler preload (heartbeats, ``/api/comm``,
-adaptive scaling, idle timeout); workers are plain ``dask worker`` processes with a
-nanny. Everything speaks TLS with the cluster's own certificate, which is both CA and
-leaf, so only holders of the cluster key can talk to its scheduler.
+adaptive scaling, idle timeout), through ``control_tls.py``, which serves its control API
+(``/api/comm``) over TLS; workers are plain ``dask worker`` processes with a nanny.
+Everything speaks TLS with the cluster's own certificate, which is both CA and leaf, so only
+holders of the cluster key can talk to its scheduler (the control API authenticates the API
+by the cluster token, which the API sends only to a server holding that key).
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ WORKER_DEATH_TIMEOUT = 60
 # is 3 s) and an idle scheduler costs about 0.5 %.
 DASK_DEFAULTS = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
 
-# Loaded by path (node.python's environment need not hold gatewayha): reports the start and worker joins at once.
+# Loaded by path (node.python's environment need not hold gatewayha). In place of
+# dask_gateway.scheduler_preload: the stock gateway service, its control API over TLS.
+CONTROL_TLS_PRELOAD = str(Path(__file__).with_name("control_tls.py"))
+# Reports the start and worker joins at once.
 PROMPT_REPORTS_PRELOAD = str(Path(__file__).with_name("prompt_reports.py"))
 
 _HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
@@ -287,7 +292,7 @@ class LocalBackend(Backend):
             "--tls-ca-file", cert,
             "--tls-cert", cert,
             "--tls-key", key,
-            "--preload", "dask_gateway.scheduler_preload",
+            "--preload", CONTROL_TLS_PRELOAD,
             "--preload", PROMPT_REPORTS_PRELOAD,
             "--dg-api-address", f"{host}:0",
             "--dg-heartbeat-period", _number("heartbeat_period", cfg.heartbeat_period),
