@@ -108,8 +108,9 @@ def test_start_is_idempotent_no_second_process(launcher, tmp_path):
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 7 + [True]
-    assert len(marked(UNIT)) == 1
-    assert len(marked(other)) == 1
+    # A child shows its marker once it has exec'd: wait for each, then it must be exactly one.
+    assert len(wait_until(lambda: marked(UNIT), 10, "the first unit's marker", interval=0.02)) == 1
+    assert len(wait_until(lambda: marked(other), 10, "the second unit's marker", interval=0.02)) == 1
     assert launcher.units() == {UNIT, other}
 
 
@@ -169,7 +170,8 @@ def test_recycled_pid_is_not_mistaken_for_our_process(launcher, tmp_path):
     launcher.stop(UNIT, timeout=0.5)  # must not signal us
     (launcher.run_dir / f"{UNIT}.pid").write_text(f"{os.getpid()} {stat[19]}\n")
     assert start_sleeper(launcher, UNIT, tmp_path) is True  # starts the real one
-    (pid,) = marked(UNIT)
+    # Until the child has exec'd, /proc shows the parent's environment (no marker yet).
+    (pid,) = wait_until(lambda: marked(UNIT), 10, "the real unit's marker", interval=0.02)
     assert pid != os.getpid()
     assert launcher.is_running(UNIT)
 
