@@ -262,3 +262,15 @@ def test_a_slowloris_client_is_dropped_and_the_api_stays_responsive(haproxy):
         # neither http-error nor errorfile reach it (tried). The status is what clients act on.
         assert answer[0].startswith(b"HTTP/1.1 408"), answer[0][:80]
     assert latencies and max(latencies) < 2.0, latencies
+
+
+def test_an_unknown_server_name_gets_the_public_certificate_which_does_not_verify_for_it(haproxy, ca):
+    """A TLS client asking for a name this gateway is not (and not daskgateway-*) is answered
+    with the public certificate: a verifying client refuses the connection itself."""
+    context = ssl.create_default_context(cafile=str(ca.ca_crt))
+    with socket.create_connection(("127.0.0.1", haproxy.port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+            context.wrap_socket(raw, server_hostname="evil.example")
+    with socket.create_connection(("127.0.0.1", haproxy.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
