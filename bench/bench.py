@@ -302,24 +302,32 @@ class MemSampler(threading.Thread):
 # ---------------------------------------------------------------- (a) sequential creates
 
 
+async def one_create(t: Target) -> float | str:
+    """One new Gateway's new_cluster() until it returns (seconds), or the error; then shutdown()
+    and a wait until the scheduler process is gone."""
+    gw = t.gateway(asynchronous=True)
+    t0 = time.perf_counter()
+    try:
+        cluster = await asyncio.wait_for(gw.new_cluster(), 120)
+    except Exception as exc:  # noqa: BLE001
+        await gw.close()
+        return err(exc)
+    dt = time.perf_counter() - t0
+    name = cluster.name
+    await cluster.shutdown()
+    await gw.close()
+    await asyncio.to_thread(wait_gone, t, [name], 30)
+    return dt
+
+
 async def seq_creates(t: Target, n: int, warmup: bool) -> dict:
     times, errors = [], []
     for i in range(n + (1 if warmup else 0)):
-        gw = t.gateway(asynchronous=True)
-        t0 = time.perf_counter()
-        try:
-            cluster = await asyncio.wait_for(gw.new_cluster(), 120)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(err(exc))
-            await gw.close()
-            continue
-        dt = time.perf_counter() - t0
-        name = cluster.name
-        await cluster.shutdown()
-        await gw.close()
-        await asyncio.to_thread(wait_gone, t, [name], 30)
-        if i > 0 or not warmup:
-            times.append(dt)
+        r = await one_create(t)
+        if isinstance(r, str):
+            errors.append(r)
+        elif i > 0 or not warmup:
+            times.append(r)
     await stop_strays(t, set())
     return {"times": times, "errors": errors, **summary(times)}
 
@@ -765,8 +773,8 @@ def phase_g(targets, results):
 # ---------------------------------------------------------------- https: HTTPS vs HTTP
 
 
-HTTPS_REPS = int(os.environ.get("BENCH_HTTPS_REPS", "4"))
-HTTPS_N_SEQ = int(os.environ.get("BENCH_HTTPS_N_SEQ", "5"))
+HTTPS_REPS = int(os.environ.get("BENCH_HTTPS_REPS", "5"))
+HTTPS_CREATE_PAIRS = int(os.environ.get("BENCH_HTTPS_CREATE_PAIRS", "15"))
 HTTPS_SECONDS = float(os.environ.get("BENCH_HTTPS_SECONDS", "5"))
 HTTPS_RTT_PAIRS = int(os.environ.get("BENCH_HTTPS_RTT_PAIRS", "300"))
 
@@ -905,27 +913,49 @@ def https_throughput(plain: Target, tls: Target, http_tls: Target) -> dict:
     return out
 
 
+HTTPS_BLOCKS = 3
+
+
+def paired(times: dict[str, list[float]]) -> dict:
+    """HTTPS / HTTP of interleaved samples: the ratio of the medians, and the same ratio in
+    HTTPS_BLOCKS consecutive blocks of the pairs (how much it moves by itself: the noise)."""
+    step = max(len(times["http"]) // HTTPS_BLOCKS, 1)
+    blocks = [(times["http"][i : i + step], times["https"][i : i + step]) for i in range(0, len(times["http"]), step)]
+    return {
+        "ratio": ratio(median(times["http"]), median(times["https"])),
+        "block_ratios": [ratio(median(h), median(s)) for h, s in blocks[:HTTPS_BLOCKS] if h and s],
+    }
+
+
 def https_creates(plain: Target, tls: Target) -> dict:
-    """(a) on both stacks: the stock client's new_cluster() over http:// (the plain stack) and
-    https:// (the TLS stack), no warm pool on either, alternating."""
+    """(a) on both stacks: a new Gateway's new_cluster() over http:// (the plain stack) and https://
+    (the TLS stack), no warm pool on either, one create of each side after the other (order
+    alternating), so the machine's drift (other work, Postgres checkpoints) falls on both."""
     sides = {"http": plain, "https": tls}
-    runs = {k: [] for k in sides}
-    ratios = []
-    for rep in range(REPS):
-        per = {}
-        for k in ("http", "https") if rep % 2 == 0 else ("https", "http"):
-            r = asyncio.run(seq_creates(sides[k], HTTPS_N_SEQ, warmup=(rep < 2)))
-            log(f"(https) create rep {rep} {k}: median {r['median']} p95 {r['p95']} errors {len(r['errors'])}")
-            runs[k].append(r)
-            per[k] = r["median"]
-        ratios.append(ratio(per["http"], per["https"]))
-    out = {k: pooled(v) for k, v in runs.items()}
-    out["ratio_median"] = median([x for x in ratios if x is not None])
-    out["ratios"] = ratios
+    times = {k: [] for k in sides}
+    errors = {k: [] for k in sides}
+
+    async def run():
+        for t in sides.values():  # warm-up, unmeasured
+            await one_create(t)
+        for i in range(HTTPS_CREATE_PAIRS):
+            for k in ("http", "https") if i % 2 == 0 else ("https", "http"):
+                r = await one_create(sides[k])
+                (errors if isinstance(r, str) else times)[k].append(r)
+        for t in sides.values():
+            await stop_strays(t, set())
+
+    asyncio.run(run())
+    out = {
+        k: {**summary(times[k]), "times": times[k], "errors": len(errors[k]), "error_samples": errors[k][:3]}
+        for k in sides
+    }
+    out.update(paired(times))
+    log(
+        f"(https) create: http median {out['http']['median']} https {out['https']['median']}; "
+        f"ratio {out['ratio']} blocks {out['block_ratios']}; errors {len(errors['http'])} / {len(errors['https'])}"
+    )
     return out
-
-
-HTTPS_RTT_BLOCKS = 3
 
 
 def https_rtt(tls: Target, http_tls: Target) -> dict:
@@ -961,14 +991,7 @@ def https_rtt(tls: Target, http_tls: Target) -> dict:
         gw.close()
         wait_gone(tls, [name], 60)
     out = {k: {"n": len(v), "median_ms": median(v) * 1000, "p99_ms": pct(v, 99) * 1000} for k, v in rtt.items()}
-    out["ratio"] = out["https"]["median_ms"] / out["http"]["median_ms"]
-    # the same pairs in blocks: how much the ratio moves by itself
-    step = max(len(rtt["http"]) // HTTPS_RTT_BLOCKS, 1)
-    out["block_ratios"] = [
-        median(rtt["https"][i : i + step]) / median(rtt["http"][i : i + step])
-        for i in range(0, step * HTTPS_RTT_BLOCKS, step)
-        if rtt["http"][i : i + step]
-    ]
+    out.update(paired(rtt))
     out["scheduler_addresses"] = addrs
     return out
 
@@ -1005,7 +1028,7 @@ def phase_https(targets, results):
     th, cr, rt = out.get("throughput", {}), out.get("create", {}), out.get("rtt", {})
     log(
         f"(https) throughput https/http {th.get('ratio_median')} {th.get('ratios')}; create https/http "
-        f"{cr.get('ratio_median')} {cr.get('ratios')}; round trip https/http {rt.get('ratio')} "
+        f"{cr.get('ratio')} {cr.get('block_ratios')}; round trip https/http {rt.get('ratio')} "
         f"{rt.get('block_ratios')}"
     )
 
