@@ -19,7 +19,7 @@
 #   BENCH_PHASES (a,sentinel,d,b20,b100,c,e,f,g,https)  BENCH_SCALE=0 skips the scale(10**12) phase;
 #                                 a BENCH_PHASES given runs the warm pool's (a) only if it names a,
 #                                 and scale only if it names scale
-#   BENCH_HTTPS_REPS (5), BENCH_HTTPS_CREATE_PAIRS (15), BENCH_HTTPS_SECONDS (5), BENCH_HTTPS_RTT_PAIRS (300)
+#   BENCH_HTTPS_REPS (9), BENCH_HTTPS_CREATE_PAIRS (15), BENCH_HTTPS_SECONDS (3), BENCH_HTTPS_RTT_PAIRS (300)
 #   BENCH_REPORT (docs/benchmarks.md)
 #
 # BENCH_PHASES=https alone updates only the "HTTPS vs HTTP" section (and its goal rows) of the
