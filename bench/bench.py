@@ -5,7 +5,7 @@ servers and describes them in the environment (see common.targets_from_env). Eve
 alternates the two sides (anchor first on even repetitions, gatewayha first on odd ones)
 and each side's ratio is computed per repetition, then the median of the ratios is reported.
 
-  bench.py --out results.json [--phases a,sentinel,d,b20,b100,c,e,f,g,scale] [--tag warm]
+  bench.py --out results.json [--phases a,sentinel,d,b20,b100,c,e,f,g,https,scale] [--tag warm]
 
 Phases:
   a     sequential create -> RUNNING (new_cluster returns; then shutdown), N per repetition
@@ -16,6 +16,9 @@ Phases:
   e     task round trip and 1000-task batches: through the gateway's proxy vs direct to the scheduler
   f     route publish latency (gatewayha): HAProxy's sni.map polled every 2 ms vs clusters.started_at
   g     job queue claims/s (gatewayha.jobs.queue against the stack's Postgres, app venv)
+  https HTTPS vs HTTP on gatewayha (the plain stack and a second one with GATEWAYHA_TLS=1):
+        GET throughput (wrk), create -> RUNNING, task round trip (bench/run.sh runs it apart,
+        with SSL_CERT_FILE set)
   scale scale(10**12) on a running cluster: /api/health p99 right after, on each side (last:
         the anchor is killed after it, if it no longer answers)
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing as mp
 import operator
@@ -43,7 +47,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     Target,
+    cpu_seconds,
     dask_procs,
+    machine_busy,
     median,
     memory,
     pct,
@@ -51,6 +57,7 @@ from common import (  # noqa: E402
     rss_kib,
     summary,
     targets_from_env,
+    tls_target_from_env,
     tree,
     wait_gone,
     write_json,
@@ -295,24 +302,32 @@ class MemSampler(threading.Thread):
 # ---------------------------------------------------------------- (a) sequential creates
 
 
+async def one_create(t: Target) -> float | str:
+    """One new Gateway's new_cluster() until it returns (seconds), or the error; then shutdown()
+    and a wait until the scheduler process is gone."""
+    gw = t.gateway(asynchronous=True)
+    t0 = time.perf_counter()
+    try:
+        cluster = await asyncio.wait_for(gw.new_cluster(), 120)
+    except Exception as exc:  # noqa: BLE001
+        await gw.close()
+        return err(exc)
+    dt = time.perf_counter() - t0
+    name = cluster.name
+    await cluster.shutdown()
+    await gw.close()
+    await asyncio.to_thread(wait_gone, t, [name], 30)
+    return dt
+
+
 async def seq_creates(t: Target, n: int, warmup: bool) -> dict:
     times, errors = [], []
     for i in range(n + (1 if warmup else 0)):
-        gw = t.gateway(asynchronous=True)
-        t0 = time.perf_counter()
-        try:
-            cluster = await asyncio.wait_for(gw.new_cluster(), 120)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(err(exc))
-            await gw.close()
-            continue
-        dt = time.perf_counter() - t0
-        name = cluster.name
-        await cluster.shutdown()
-        await gw.close()
-        await asyncio.to_thread(wait_gone, t, [name], 30)
-        if i > 0 or not warmup:
-            times.append(dt)
+        r = await one_create(t)
+        if isinstance(r, str):
+            errors.append(r)
+        elif i > 0 or not warmup:
+            times.append(r)
     await stop_strays(t, set())
     return {"times": times, "errors": errors, **summary(times)}
 
@@ -476,9 +491,10 @@ def session_cookie(url: str, user: str, password: str) -> str:
 
 def _load(url: str, seconds: float, cookie: str | None = None) -> dict:
     """wrk: 16 keep-alive connections on 2 threads for `seconds`, every request with the same
-    session cookie. A load generator in C: the earlier Python one (http.client, 16 threads) used
+    session cookie (over https://, one TLS handshake per connection: wrk does not verify the
+    certificate). A load generator in C: the earlier Python one (http.client, 16 threads) used
     most of a core itself and saturated before the anchor did (bench/profile.md, finding 16)."""
-    if not url.startswith("http://127.0.0.1:"):
+    if not url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
         raise ValueError(f"load only goes to 127.0.0.1, not {url}")
     cmd = ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "-s", os.path.join(HERE, "wrk_report.lua")]
     if cookie:
@@ -754,6 +770,276 @@ def phase_g(targets, results):
         log(f"(g) {r['threads']} threads, batch {r['batch']}: {r['claims_per_s']:.0f} claims/s")
 
 
+# ---------------------------------------------------------------- https: HTTPS vs HTTP
+
+
+# Many short runs rather than a few long ones: on this shared machine the other work's load moves
+# within seconds, and runs next to each other see more of the same (5 runs of 5 s: 0.84-1.02x).
+HTTPS_REPS = int(os.environ.get("BENCH_HTTPS_REPS", "9"))
+HTTPS_CREATE_PAIRS = int(os.environ.get("BENCH_HTTPS_CREATE_PAIRS", "15"))
+HTTPS_SECONDS = float(os.environ.get("BENCH_HTTPS_SECONDS", "3"))
+HTTPS_WARMUP = 1.0
+HTTPS_RTT_PAIRS = int(os.environ.get("BENCH_HTTPS_RTT_PAIRS", "300"))
+
+
+def get_status(url: str, cookie: str) -> int:
+    """One GET, redirects not followed (https: verified against SSL_CERT_FILE, as the client does)."""
+    import http.client
+    import ssl
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=10, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request("GET", u.path, headers={"Cookie": cookie})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def tls_session_info(address: str) -> dict:
+    """The protocol and cipher the public port negotiates with a default (OpenSSL) client."""
+    import ssl
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(address)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as raw:
+        ctx = ssl.create_default_context()
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with ctx.wrap_socket(raw, server_hostname=u.hostname) as tls:
+            name, version, bits = tls.cipher()
+            return {"version": tls.version(), "cipher": name, "bits": bits, "alpn": tls.selected_alpn_protocol()}
+
+
+def _load_cpu(t: Target, url: str, seconds: float, cookie: str) -> dict:
+    """_load, and the CPU seconds each of the stack's components and wrk itself used meanwhile
+    (/proc and getrusage), with the machine's busy fraction: where an HTTPS request's cost goes."""
+    import resource
+
+    pids = {comp: fn() for comp, fn in t.service_pids.items() if comp != "worker"}
+    before = {comp: sum(cpu_seconds(p) for p in ps) for comp, ps in pids.items()}
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    m0 = machine_busy()
+    r = _load(url, seconds, cookie)
+    m1 = machine_busy()
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {comp: sum(cpu_seconds(p) for p in ps) - before[comp] for comp, ps in pids.items()}
+    cpu["wrk"] = ch1.ru_utime + ch1.ru_stime - ch0.ru_utime - ch0.ru_stime
+    r["cpu_s"] = cpu
+    r["cpu_ms_per_req"] = {k: v * 1000 / r["n"] for k, v in cpu.items()} if r["n"] else {}
+    r["machine_busy"] = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1)
+    return r
+
+
+def _sentinel(t: Target) -> str:
+    gw = t.gateway()
+    try:
+        c = gw.new_cluster()
+        c.close(shutdown=False)
+        return c.name
+    finally:
+        gw.close()
+
+
+def _stop(t: Target, names: list[str]) -> None:
+    gw = t.gateway()
+    try:
+        for name in names:
+            gw.stop_cluster(name)
+    finally:
+        gw.close()
+    wait_gone(t, names, 60)
+
+
+def https_throughput(plain: Target, tls: Target, http_tls: Target) -> dict:
+    """The (d) request (wrk, 16 keep-alive connections, a session cookie) on the TLS stack over
+    https:// and over http:// (loopback: its plain GET of /api/v1/clusters/<id> is what the
+    schedulers' own calls use, so HAProxy answers it instead of redirecting; checked first), and
+    on the plain stack over http:// as a cross-check, alternating every run."""
+    names = {plain.key: _sentinel(plain), tls.key: _sentinel(tls)}
+    try:
+        urls = {
+            "http": f"{http_tls.address}/api/v1/clusters/{names[tls.key]}",
+            "https": f"{tls.address}/api/v1/clusters/{names[tls.key]}",
+            "plain": f"{plain.address}/api/v1/clusters/{names[plain.key]}",
+        }
+        stack = {"http": tls, "https": tls, "plain": plain}
+        tls_cookie = session_cookie(urls["https"], tls.user, tls.password)
+        cookies = {"http": tls_cookie, "https": tls_cookie}
+        cookies["plain"] = session_cookie(urls["plain"], plain.user, plain.password)
+        for k, url in urls.items():
+            status = get_status(url, cookies[k])
+            if status != 200:  # wrk counts a 308 as success: it must not measure redirects
+                raise RuntimeError(f"GET {url} answered {status}, not 200")
+        runs = {k: [] for k in urls}
+        ratios, plain_ratios = [], []
+        keys = ["http", "https", "plain"]
+        for rep in range(HTTPS_REPS):
+            for k in keys if rep % 2 == 0 else keys[::-1]:
+                # Every run follows HTTPS_WARMUP s of its own request, unmeasured, so none starts on an
+                # API that sat idle while the other stack ran (in one run without it, the https runs
+                # right after the plain stack's were 0.76-0.93x, the others 0.97-1.01x; with it the
+                # pattern did not recur, the spread did: it is the machine's other work).
+                _load(urls[k], HTTPS_WARMUP, cookies[k])
+                r = _load_cpu(stack[k], urls[k], HTTPS_SECONDS, cookies[k])
+                runs[k].append(r)
+                cpu = " ".join(f"{c} {v:.3f}" for c, v in r["cpu_ms_per_req"].items())
+                log(
+                    f"(https) rep {rep} {k}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.1f} ms errors {r['errors']}; "
+                    f"CPU ms/request: {cpu}; machine {r['machine_busy']:.0%} busy"
+                )
+            ratios.append(ratio(runs["http"][-1]["rps"], runs["https"][-1]["rps"]))
+            plain_ratios.append(ratio(runs["plain"][-1]["rps"], runs["http"][-1]["rps"]))
+    finally:
+        for t in (plain, tls):
+            _stop(t, [names[t.key]])
+    out = {}
+    for k, v in runs.items():
+        comps = v[0]["cpu_ms_per_req"].keys() if v else []
+        out[k] = {
+            "url": urls[k],
+            "rps": median([r["rps"] for r in v]),
+            "p50_ms": median([r["p50_ms"] for r in v]),
+            "p99_ms": median([r["p99_ms"] for r in v]),
+            "errors": sum(r["errors"] for r in v),
+            "cpu_ms_per_req": {c: median([r["cpu_ms_per_req"][c] for r in v]) for c in comps},
+            "machine_busy": median([r["machine_busy"] for r in v]),
+            "runs": v,
+        }
+    out["seconds"] = HTTPS_SECONDS
+    out["warmup_seconds"] = HTTPS_WARMUP
+    out["ratio_median"] = median([x for x in ratios if x is not None])
+    out["ratios"] = ratios
+    out["http_vs_plain_median"] = median([x for x in plain_ratios if x is not None])
+    out["http_vs_plain"] = plain_ratios
+    return out
+
+
+HTTPS_BLOCKS = 3
+
+
+def paired(times: dict[str, list[float]]) -> dict:
+    """HTTPS / HTTP of interleaved samples: the ratio of the medians, and the same ratio in
+    HTTPS_BLOCKS consecutive blocks of the pairs (how much it moves by itself: the noise)."""
+    step = max(len(times["http"]) // HTTPS_BLOCKS, 1)
+    blocks = [(times["http"][i : i + step], times["https"][i : i + step]) for i in range(0, len(times["http"]), step)]
+    return {
+        "ratio": ratio(median(times["http"]), median(times["https"])),
+        "block_ratios": [ratio(median(h), median(s)) for h, s in blocks[:HTTPS_BLOCKS] if h and s],
+    }
+
+
+def https_creates(plain: Target, tls: Target) -> dict:
+    """(a) on both stacks: a new Gateway's new_cluster() over http:// (the plain stack) and https://
+    (the TLS stack), no warm pool on either, one create of each side after the other (order
+    alternating), so the machine's drift (other work, Postgres checkpoints) falls on both."""
+    sides = {"http": plain, "https": tls}
+    times = {k: [] for k in sides}
+    errors = {k: [] for k in sides}
+
+    async def run():
+        for t in sides.values():  # warm-up, unmeasured
+            await one_create(t)
+        for i in range(HTTPS_CREATE_PAIRS):
+            for k in ("http", "https") if i % 2 == 0 else ("https", "http"):
+                r = await one_create(sides[k])
+                (errors if isinstance(r, str) else times)[k].append(r)
+        for t in sides.values():
+            await stop_strays(t, set())
+
+    asyncio.run(run())
+    out = {
+        k: {**summary(times[k]), "times": times[k], "errors": len(errors[k]), "error_samples": errors[k][:3]}
+        for k in sides
+    }
+    out.update(paired(times))
+    log(
+        f"(https) create: http median {out['http']['median']} https {out['https']['median']}; "
+        f"ratio {out['ratio']} blocks {out['block_ratios']}; errors {len(errors['http'])} / {len(errors['https'])}"
+    )
+    return out
+
+
+def https_rtt(tls: Target, http_tls: Target) -> dict:
+    """One cluster on the TLS stack with one worker; one client through an https:// Gateway (the
+    one that created it) and one through an http:// Gateway's connect(); submit().result()
+    interleaved one by one. Both reach the scheduler the same way (TLS by SNI through HAProxy,
+    gateway://<host>:<port>/<name>): only the Gateway's scheme differs."""
+    gw = tls.gateway()
+    cluster = gw.new_cluster()
+    gw_http = http_tls.gateway()
+    clients, cl_http = {}, None
+    try:
+        cluster.scale(1)
+        clients["https"] = cluster.get_client(set_as_default=False)
+        clients["https"].wait_for_workers(1, timeout=120)
+        cl_http = gw_http.connect(cluster.name)
+        clients["http"] = cl_http.get_client(set_as_default=False)
+        addrs = {"https": cluster.scheduler_address, "http": cl_http.scheduler_address}
+        for c in clients.values():  # warm up
+            task_rtt(c, 20)
+        rtt = {"http": [], "https": []}
+        for i in range(HTTPS_RTT_PAIRS):
+            for k in ("http", "https") if i % 2 == 0 else ("https", "http"):
+                rtt[k].extend(task_rtt(clients[k], 1))
+    finally:
+        for c in clients.values():
+            c.close()
+        if cl_http is not None:
+            cl_http.close()
+        gw_http.close()
+        name = cluster.name
+        cluster.shutdown()
+        gw.close()
+        wait_gone(tls, [name], 60)
+    out = {k: {"n": len(v), "median_ms": median(v) * 1000, "p99_ms": pct(v, 99) * 1000} for k, v in rtt.items()}
+    out.update(paired(rtt))
+    out["scheduler_addresses"] = addrs
+    return out
+
+
+def phase_https(targets, results):
+    """HTTPS vs HTTP on gatewayha: the TLS stack (bench/run.sh: GATEWAYHA_TLS=1, ports 194xx) and
+    the plain bench stack. Run with SSL_CERT_FILE naming the TLS stack's CA bundle (run.sh sets
+    it for this phase's process: aiohttp reads it when imported), as local.env does for users."""
+    plain = targets["gatewayha"]
+    tls = tls_target_from_env()
+    http_tls = dataclasses.replace(tls, key="gatewayha_tls_http", address=tls.address.replace("https:", "http:", 1))
+    out = {
+        "stacks": {"plain": plain.address, "tls": tls.address},
+        "tls": tls_session_info(tls.address),
+        "ssl_cert_file": os.environ.get("SSL_CERT_FILE"),
+    }
+    results["https"] = out
+    for part, fn in (
+        ("throughput", lambda: https_throughput(plain, tls, http_tls)),
+        ("create", lambda: https_creates(plain, tls)),
+        ("rtt", lambda: https_rtt(tls, http_tls)),
+    ):
+        try:
+            out[part] = fn()
+        except Exception as exc:  # noqa: BLE001  (one part failing must not lose the others)
+            log(f"(https) {part} failed: {exc!r}")
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            out.setdefault("failed", {})[part] = repr(exc)[:500]
+            for t in (plain, tls):
+                try:
+                    wait_gone(t, asyncio.run(stop_strays(t, set())), 60)
+                except Exception:  # noqa: BLE001
+                    pass
+    th, cr, rt = out.get("throughput", {}), out.get("create", {}), out.get("rtt", {})
+    log(
+        f"(https) throughput https/http {th.get('ratio_median')} {th.get('ratios')}; create https/http "
+        f"{cr.get('ratio')} {cr.get('block_ratios')}; round trip https/http {rt.get('ratio')} "
+        f"{rt.get('block_ratios')}"
+    )
+
+
 # ---------------------------------------------------------------- scale(10**12)
 
 
@@ -879,6 +1165,8 @@ def main():
                 phase_f(targets, results)
             elif ph == "g":
                 phase_g(targets, results)
+            elif ph == "https":
+                phase_https(targets, results)
             elif ph == "scale":
                 phase_scale(targets, results)
         except Exception as exc:  # noqa: BLE001  (one phase failing must not lose the others)

@@ -29,27 +29,45 @@ class Target:
         return Gateway(self.address, auth=BasicAuth(self.user, self.password), asynchronous=asynchronous)
 
 
+def gatewayha_target(key: str, label: str, state: str, port: str, api_ports: list[str], scheme="http") -> Target:
+    """A gatewayha local stack (scripts/stack.sh) with its state dir and ports."""
+    t = Target(
+        key=key,
+        label=label,
+        address=f"{scheme}://127.0.0.1:{port}",
+        user="demo",
+        password=open(os.path.join(state, "demo-password")).read().strip(),
+        marker=state.rstrip("/") + "/",
+    )
+    run = os.path.join(state, "run")
+    t.service_pids = {
+        "api": lambda: [p for port in api_ports for p in tree(pidfile(os.path.join(run, f"api-{port}.pid")))],
+        "worker": lambda: [p for n in (1, 2) for p in tree(pidfile(os.path.join(run, f"worker-{n}.pid")))],
+        "haproxy": lambda: tree(pidfile(os.path.join(run, "haproxy.pid"))),
+        "postgres": lambda: tree(postmaster_pid(os.path.join(state, "pg", "data"))),
+    }
+    return t
+
+
+def tls_target_from_env() -> Target:
+    """The second gatewayha stack bench/run.sh starts with GATEWAYHA_TLS=1 for the https phase."""
+    e = os.environ
+    return gatewayha_target(
+        "gatewayha_tls",
+        "gatewayha (GATEWAYHA_TLS=1)",
+        e["BENCH_TLS_STATE"],
+        e["BENCH_TLS_PORT"],
+        e["BENCH_TLS_API_PORTS"].split(),
+        scheme="https",
+    )
+
+
 def targets_from_env() -> dict[str, Target]:
     """The two targets, described by bench/run.sh through the environment."""
     e = os.environ
     gha_state = e["BENCH_GHA_STATE"]
     anchor_dir = e["BENCH_ANCHOR_STATE"]
-    gha = Target(
-        key="gatewayha",
-        label="gatewayha",
-        address=f"http://127.0.0.1:{e['BENCH_GHA_PORT']}",
-        user="demo",
-        password=open(os.path.join(gha_state, "demo-password")).read().strip(),
-        marker=gha_state.rstrip("/") + "/",
-    )
-    run = os.path.join(gha_state, "run")
-    api_ports = e["BENCH_GHA_API_PORTS"].split()
-    gha.service_pids = {
-        "api": lambda: [p for port in api_ports for p in tree(pidfile(os.path.join(run, f"api-{port}.pid")))],
-        "worker": lambda: [p for n in (1, 2) for p in tree(pidfile(os.path.join(run, f"worker-{n}.pid")))],
-        "haproxy": lambda: tree(pidfile(os.path.join(run, "haproxy.pid"))),
-        "postgres": lambda: tree(postmaster_pid(os.path.join(gha_state, "pg", "data"))),
-    }
+    gha = gatewayha_target("gatewayha", "gatewayha", gha_state, e["BENCH_GHA_PORT"], e["BENCH_GHA_API_PORTS"].split())
     anchor = Target(
         key="anchor",
         label="dask-gateway-server 2026.3.0",
@@ -230,6 +248,26 @@ def wait_gone(target: Target, names, timeout: float = 60.0) -> int:
         if left == 0 or time.monotonic() > end:
             return left
         time.sleep(0.1)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 if gone)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (busy = all but idle and iowait)."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user/nice
+    return total - fields[3] - fields[4], total
 
 
 def _proc_kib(path: str, key: str) -> int:

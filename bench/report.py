@@ -88,6 +88,12 @@ def main() -> None:
     ap.add_argument("--load-start")
     ap.add_argument("--load-end")
     ap.add_argument("--warm-pool")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="a run of the https phase alone: put its section and goal rows into the existing --out page "
+        "(and refresh the profile text at its end), leaving every other section as it is",
+    )
     args = ap.parse_args()
     r = json.load(open(args.results))
     # The run's facts are kept with the results, so the page can be rewritten from them alone.
@@ -98,6 +104,9 @@ def main() -> None:
         setattr(args, k, meta.get(k, "" if k == "warm_pool" else "?"))
     with open(args.results, "w") as fh:
         json.dump(r, fh, indent=1)
+    if args.merge:
+        merge_https(args, r)
+        return
     GH, AN = "gatewayha", "anchor"
     L: list[str] = []
     add = L.append
@@ -119,7 +128,7 @@ def main() -> None:
     add(
         "The anchor is dask-gateway-server 2026.3.0 with its local backend (`UnsafeLocalBackend`: "
         "processes as the service's user; gatewayha's local stack runs each cluster under a uid of its own, "
-        "in PID and mount namespaces of its own: README.md \"Security model\"), `SimpleAuthenticator` with a "
+        'in PID and mount namespaces of its own: README.md "Security model"), `SimpleAuthenticator` with a '
         "password, its proxy on one public port (API + scheduler TLS), schedulers started as `dask scheduler` "
         "(`dask-scheduler` is gone from distributed ≥ 2026.6) from a venv with the same distributed, dask and bokeh "
         "as gatewayha's (so both sides' schedulers serve dashboards), 1-core/1 GiB workers, heartbeat every 2 s "
@@ -261,6 +270,7 @@ def main() -> None:
                 met(ok),
             )
         )
+    goals += https_goals(r)
     add("## Goals")
     add("")
     add("| goal | measured | |")
@@ -552,6 +562,8 @@ def main() -> None:
             row(label, fn(g(scr.get(GH), *path)), fn(g(scr.get(AN), *path)))
         add("")
 
+    L.extend(https_section(r, args))
+
     if r.get("failed_phases"):
         add("## Phases that failed in this run")
         add("")
@@ -570,6 +582,254 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(L) + "\n")
+
+
+# ------------------------------------------------------------------ HTTPS vs HTTP (the https phase)
+
+HTTPS_TITLE = "## HTTPS vs HTTP (same stack)"
+HTTPS_GOAL = "HTTPS vs HTTP:"
+NOISE = 0.05  # "unchanged within noise": the median ratio within ±5 %, or per-repetition ratios on both sides of 1
+
+
+def _unchanged(med, ratios):
+    ratios = [x for x in ratios or [] if x is not None]
+    if med is None:
+        return None
+    return abs(med - 1) <= NOISE or (bool(ratios) and min(ratios) <= 1 <= max(ratios))
+
+
+def _spread(ratios):
+    ratios = [x for x in ratios or [] if x is not None]
+    if not ratios:
+        return "n/a"
+    return f"{len(ratios)} ratios, {min(ratios):.2f}–{max(ratios):.2f}×"
+
+
+def https_goals(r) -> list[tuple[str, str, str]]:
+    h = r.get("https")
+    if not h:
+        return []
+    th, cr, rt = h.get("throughput") or {}, h.get("create") or {}, h.get("rtt") or {}
+    tr = th.get("ratio_median")
+    return [
+        (
+            f"{HTTPS_GOAL} authenticated GET throughput over HTTPS ≥ 0.9× HTTP, same stack",
+            f"median of per-run ratios {rx(tr)} ({_spread(th.get('ratios'))}); median runs "
+            f"{f(g(th, 'https', 'rps'), ' req/s', 0)} vs {f(g(th, 'http', 'rps'), ' req/s', 0)}",
+            met(None if tr is None else tr >= 0.9),
+        ),
+        (
+            f"{HTTPS_GOAL} create → RUNNING (stock client, no warm pool) unchanged within noise "
+            f"(±{NOISE:.0%}, or the ratio in thirds of the pairs on both sides of 1)",
+            f"{s(g(cr, 'https', 'median'))} vs {s(g(cr, 'http', 'median'))}: {rx(cr.get('ratio'))} "
+            f"({_spread(cr.get('block_ratios'))} in thirds of the pairs)",
+            met(_unchanged(cr.get("ratio"), cr.get("block_ratios"))),
+        ),
+        (
+            f"{HTTPS_GOAL} task round trip through an https:// Gateway unchanged within noise",
+            f"{ms(g(rt, 'https', 'median_ms'))} vs {ms(g(rt, 'http', 'median_ms'))}: {rx(rt.get('ratio'))} "
+            f"({_spread(rt.get('block_ratios'))} in thirds of the pairs)",
+            met(_unchanged(rt.get("ratio"), rt.get("block_ratios"))),
+        ),
+    ]
+
+
+def https_section(r, args) -> list[str]:
+    h = r.get("https")
+    if not h:
+        return []
+    L: list[str] = []
+    add = L.append
+
+    def row(*cells) -> None:
+        add("| " + " | ".join(str(c) for c in cells) + " |")
+
+    def head(*cells) -> None:
+        """A blank line, then a table's header."""
+        add("")
+        row(*cells)
+        row(*["---"] * len(cells))
+
+    def pair(label, d, stat, fmt, ratio=None) -> None:
+        """A row of the HTTP and HTTPS values of `stat` and their ratio (unless given)."""
+        a, b = g(d, "http", stat), g(d, "https", stat)
+        row(label, fmt(a), fmt(b), rx(_div(b, a)) if ratio is None else ratio)
+
+    when = datetime.datetime.fromtimestamp(args.started, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    took = g(r, "timings", "https")
+    tls = h.get("tls") or {}
+    add(HTTPS_TITLE)
+    add("")
+    add(
+        f"Measured {when} (the `https` phase: {f(took, ' s', 0)}; load average at the run's start "
+        f"{args.load_start}, at its end {args.load_end}, on {os.cpu_count()} CPUs shared with other work: read "
+        "the ratios, each taken between runs next to each other). Reproduce this section alone, leaving the "
+        "rest of the page as it is: `BENCH_PHASES=https make bench`."
+    )
+    add("")
+    add(
+        f"gatewayha's bench stack (`{g(h, 'stacks', 'plain')}`) and, beside it, the same stack started with "
+        f"`GATEWAYHA_TLS=1` (`{g(h, 'stacks', 'tls')}`, as `make up TLS=1`: HAProxy terminates TLS with the "
+        "stack's own CA, an ECDSA P-256 certificate; "
+        f"{tls.get('version', '?')} {tls.get('cipher', '?')}, ALPN {tls.get('alpn') or 'none'}). "
+        "The HTTPS client runs trust the CA through `SSL_CERT_FILE` (the stack's `ca-bundle.pem`, as "
+        "`local.env` sets it), set before the client is imported. A second stack rather than one restarted "
+        "between the two: on a TLS stack the stock client's `POST` over http:// is redirected (308), so plain "
+        "creates need a plain stack, and alternating runs would have needed a restart (and cold API "
+        "processes) at every switch."
+    )
+    add("")
+    add(
+        f"Goals: throughput over HTTPS ≥ 0.9× HTTP; create and round trip unchanged within noise (the ratio of "
+        f"the medians within ±{NOISE:.0%} of 1, or the same ratio taken in each third of the interleaved pairs "
+        "on both sides of 1)."
+    )
+    add("")
+    add("| goal | measured | |")
+    add("| --- | --- | --- |")
+    for goal, value, verdict in https_goals(r):
+        row(goal[len(HTTPS_GOAL) :].strip(), value, verdict)
+    add("")
+    th = h.get("throughput")
+    if th:
+        n = len(th.get("ratios") or [])
+        add(
+            f"**Authenticated GET throughput.** The (d) request (`wrk -t2 -c16`, {f(th.get('seconds', 5), ' s', 0)} "
+            "a run, keep-alive: one TLS "
+            "handshake per connection, the session cookie of one Basic login) on a RUNNING cluster, through "
+            "the public port of the TLS stack over https:// and over http://. The http:// runs are served, not "
+            "redirected, because they come from 127.0.0.1 and ask `GET /api/v1/clusters/<id>` (the exception "
+            "HAProxy keeps for the schedulers' own calls; checked to answer 200 before the runs): the very same "
+            "HAProxy, API processes and Postgres, only TLS differing. *HTTP, plain stack* is the same request on "
+            f"the bench stack (no TLS configured), a cross-check of that path. {n} repetitions of the three, "
+            "alternating (http, https, plain; then plain, https, http), each run after "
+            f"{f(th.get('warmup_seconds', 2), ' s', 0)} of its own request, unmeasured (no run starts on an "
+            "API that sat idle while the other stack ran); the ratio is HTTPS / HTTP per repetition, median "
+            "reported. CPU per request: each component's "
+            "utime + stime from /proc over the run (wrk's from getrusage) divided by the requests served, "
+            "medians: on a machine this busy the throughput follows the CPU a request costs, so their "
+            "ratio is a second reading of the throughput ratio, less moved by the other work's share of the "
+            "CPU; what HTTPS adds in HAProxy is profiled in bench/profile.md (finding 17)."
+        )
+        keys = ("http", "https", "plain")
+        head("", "HTTP (TLS stack)", "HTTPS (TLS stack)", "HTTP (plain stack)", "HTTPS / HTTP")
+        row(
+            "throughput",
+            *(f(g(th, k, "rps"), " req/s", 0) for k in keys),
+            f"{rx(th.get('ratio_median'))} (median of per-run ratios)",
+        )
+        for stat in ("p50_ms", "p99_ms"):
+            vals = [g(th, k, stat) for k in keys]
+            row(stat[:-3], *(ms(v) for v in vals), rx(_div(vals[1], vals[0])))
+        row("errors", *(g(th, k, "errors") for k in keys), "")
+        row(
+            "per-run req/s",
+            *(", ".join(f(x["rps"], "", 0) for x in g(th, k, "runs") or []) for k in keys),
+            ", ".join(rx(x) for x in th.get("ratios") or []),
+        )
+        comps = list((g(th, "https", "cpu_ms_per_req") or {}).keys())
+        for c in comps:
+            vals = [g(th, k, "cpu_ms_per_req", c) for k in keys]
+            row(f"CPU ms / request: {c}", *(f(v, "", 3) for v in vals), f"{f(_diff(vals[1], vals[0]), '', 3)} ms")
+        tot = [sum((g(th, k, "cpu_ms_per_req") or {}).values()) or None for k in keys]
+        row("CPU ms / request: all of these", *(f(v, "", 3) for v in tot), f"{f(_diff(tot[1], tot[0]), '', 3)} ms")
+        row(
+            "CPU per request, HTTP / HTTPS (the throughput ratio when the CPU is the limit)",
+            "",
+            "",
+            "",
+            rx(_div(tot[0], tot[1])),
+        )
+        row(
+            "machine CPU busy",
+            *(f(None if g(th, k, "machine_busy") is None else g(th, k, "machine_busy") * 100, " %", 0) for k in keys),
+            "",
+        )
+        row(
+            "HTTP on the TLS stack / on the plain stack",
+            "",
+            "",
+            "",
+            f"{rx(th.get('http_vs_plain_median'))} ({', '.join(rx(x) for x in th.get('http_vs_plain') or [])})",
+        )
+        add("")
+    cr = h.get("create")
+    if cr:
+        add(
+            "**Create → RUNNING.** As (a): the stock client's `new_cluster()` (a new `Gateway` each: its first "
+            "request opens a new connection, over https:// a new TLS handshake) until it returns, then "
+            "`shutdown()` and a wait until the scheduler is gone; http:// on the plain stack, https:// on the "
+            f"TLS stack, no warm pool on either (the scheduler's start is measured). {g(cr, 'https', 'n')} pairs, "
+            "one create of each side after the other, the order alternating (a first version of this phase ran "
+            "blocks of 5 creates per side: the drift between blocks moved their ratio from 0.60 to 1.39×); one "
+            "unmeasured warm-up create per side first."
+        )
+        head("", "HTTP (plain stack)", "HTTPS (TLS stack)", "HTTPS / HTTP")
+        pair("median", cr, "median", s, rx(cr.get("ratio")))
+        pair("p95", cr, "p95", s)
+        pair("min", cr, "min", s)
+        row("thirds", "", "", ", ".join(rx(x) for x in cr.get("block_ratios") or []))
+        row("errors", g(cr, "http", "errors"), g(cr, "https", "errors"), "")
+        add("")
+    rt = h.get("rtt")
+    if rt:
+        add(
+            "**Task round trip.** One cluster on the TLS stack with one worker; a client from the https:// "
+            "`Gateway` that created it and one from an http:// `Gateway`'s `connect()` (its `GET` from loopback "
+            "is served, as above). Both reach the scheduler the same way, TLS passed through by SNI "
+            f"(`{g(rt, 'scheduler_addresses', 'https')}` for both), so this checks that nothing of the API's TLS "
+            f"reaches the Dask comm. `submit(operator.add, i, 1).result()`, {g(rt, 'https', 'n')} per client, "
+            "interleaved one by one; the spread is the ratio in thirds of the same pairs."
+        )
+        head("", "http:// Gateway", "https:// Gateway", "HTTPS / HTTP")
+        pair("median", rt, "median_ms", ms, rx(rt.get("ratio")))
+        pair("p99", rt, "p99_ms", ms)
+        row("thirds", "", "", ", ".join(rx(x) for x in rt.get("block_ratios") or []))
+        add("")
+    for part, why in (h.get("failed") or {}).items():
+        add(f"- {part} failed: `{why[:300]}`")
+    if h.get("failed"):
+        add("")
+    return L
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def merge_https(args, r) -> None:
+    """Put this run's HTTPS section and goal rows into the existing page; refresh the profile text."""
+    if not r.get("https"):
+        raise SystemExit(f"report.py --merge: {args.results} has no https results")
+    text = open(args.out).read()
+    trailing = text[len(text.rstrip("\n")) :] or "\n"
+    lines = text.rstrip("\n").split("\n")
+    # goal rows: this run's replace any earlier ones, at the end of the Goals table
+    goal_rows = ["| " + " | ".join(x) + " |" for x in https_goals(r)]
+    lines = [ln for ln in lines if not ln.startswith(f"| {HTTPS_GOAL}")]
+    if "## Goals" in lines:
+        i = lines.index("## Goals") + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines[i:i] = goal_rows
+    # the section: in place of an earlier one, else before the failed phases / durations / profile
+    section = https_section(r, args)
+    if HTTPS_TITLE in lines:
+        start = lines.index(HTTPS_TITLE)
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+    else:
+        heads = ("## Phases that failed", "## Phase durations", "## Where gatewayha's time goes")
+        start = end = next((j for j, ln in enumerate(lines) if ln.startswith(heads)), len(lines))
+    lines[start:end] = section
+    # the profile (bench/profile.md, appended at the end of every page): the current text
+    if os.path.exists(PROFILE):
+        profile = open(PROFILE).read().rstrip().split("\n")
+        if profile[0] in lines:
+            lines = lines[: lines.index(profile[0])] + profile
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines) + trailing)
 
 
 def _div(a, b):

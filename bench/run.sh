@@ -5,6 +5,10 @@
 # Everything it starts listens on 127.0.0.1, ports 19000-19999:
 #   gatewayha: HAProxy :19000, API :19101 :19102, Postgres :19050 (state .state/bench-stack)
 #   anchor:    proxy (API + scheduler TLS) :19200, private API :19201 (state .state/bench-anchor)
+#   https phase only: a second gatewayha stack with GATEWAYHA_TLS=1: HAProxy :19400, API :19401
+#              :19402, Postgres :19450 (state .state/bench-stack-tls), beside the plain one, so
+#              HTTP and HTTPS runs can alternate without a restart between them (the stock client's
+#              POST over http:// is redirected on a TLS stack: plain creates need a plain stack)
 # The bench venv (.state/bench-venv) holds dask-gateway-server[local]==2026.3.0 (its local backend needs sqlalchemy) and dask-gateway==2026.3.0.
 #
 # Environment:
@@ -12,8 +16,14 @@
 #                                 (default 4; 0 skips it; skipped, and said so, when the stack
 #                                 refuses the setting)
 #   BENCH_REPS (3), BENCH_REPS_B100 (1), BENCH_REPS_C (2), BENCH_N_SEQ (10), BENCH_N_ROUTES (20)
-#   BENCH_PHASES (a,sentinel,d,b20,b100,c,e,f,g)  BENCH_SCALE=0 skips the scale(10**12) phase
+#   BENCH_PHASES (a,sentinel,d,b20,b100,c,e,f,g,https)  BENCH_SCALE=0 skips the scale(10**12) phase;
+#                                 a BENCH_PHASES given runs the warm pool's (a) only if it names a,
+#                                 and scale only if it names scale
+#   BENCH_HTTPS_REPS (9), BENCH_HTTPS_CREATE_PAIRS (15), BENCH_HTTPS_SECONDS (3), BENCH_HTTPS_RTT_PAIRS (300)
 #   BENCH_REPORT (docs/benchmarks.md)
+#
+# BENCH_PHASES=https alone updates only the "HTTPS vs HTTP" section (and its goal rows) of the
+# existing report (bench/report.py --merge); any other selection rewrites the whole page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -25,6 +35,12 @@ GHA_API_PORTS="19101 19102"
 PG_PORT=19050
 ANCHOR_PORT=19200
 ANCHOR_API_PORT=19201
+TLS_STATE=$ROOT/.state/bench-stack-tls
+TLS_PORT=19400
+TLS_API_PORTS="19401 19402"
+TLS_PG_PORT=19450
+PHASES=${BENCH_PHASES:-a,sentinel,d,b20,b100,c,e,f,g,https}
+has_phase() { [[ ",$PHASES," == *",$1,"* ]]; }
 OUT=$ROOT/.state/bench-results.json
 LOG=$ROOT/.state/bench.log
 REPORT=${BENCH_REPORT:-$ROOT/docs/benchmarks.md}
@@ -60,7 +76,7 @@ fi
 POOL_ENV=(GATEWAYHA_CLUSTER__WARM_POOL_SIZE=0)
 gha_env() {
     env GATEWAYHA_STATE="$GHA_STATE" GATEWAYHA_PORT=$GHA_PORT GATEWAYHA_API_PORTS="$GHA_API_PORTS" \
-        GATEWAYHA_EXAMPLE=0 GATEWAYHA_LIMITS__MAX_CLUSTERS=1000 GATEWAYHA_LIMITS__MAX_CORES=0 \
+        GATEWAYHA_TLS=0 GATEWAYHA_EXAMPLE=0 GATEWAYHA_LIMITS__MAX_CLUSTERS=1000 GATEWAYHA_LIMITS__MAX_CORES=0 \
         GATEWAYHA_LIMITS__MAX_MEMORY_GIB=0 "${POOL_ENV[@]}" "$@"
 }
 
@@ -77,6 +93,23 @@ kill_leftovers() {  # Dask processes started under one of our state dirs (found 
 gha_down() {
     [ -d "$GHA_STATE" ] && gha_env scripts/stack.sh down >/dev/null 2>&1
     kill_leftovers "$GHA_STATE/"
+}
+
+# The https phase's stack: the same settings as the bench stack, with GATEWAYHA_TLS=1.
+tls_env() {
+    gha_env GATEWAYHA_STATE="$TLS_STATE" GATEWAYHA_PORT=$TLS_PORT GATEWAYHA_API_PORTS="$TLS_API_PORTS" \
+        GATEWAYHA_TLS=1 "$@"
+}
+
+tls_up() {
+    mkdir -p "$TLS_STATE"
+    scripts/pg.sh start "$TLS_STATE/pg" $TLS_PG_PORT >/dev/null
+    tls_env scripts/stack.sh up > "$TLS_STATE/up.log" 2>&1
+}
+
+tls_down() {
+    [ -d "$TLS_STATE" ] && tls_env scripts/stack.sh down >/dev/null 2>&1
+    kill_leftovers "$TLS_STATE/"
 }
 
 anchor_down() {
@@ -99,6 +132,7 @@ cleanup() {
     say "stopping the anchor and the gatewayha bench stack"
     anchor_down
     gha_down
+    tls_down
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -131,10 +165,13 @@ anchor_up() {
 # A previous run's leftovers (ours only: the bench state dirs), then a fresh start.
 anchor_down
 gha_down
-for p in $GHA_PORT $GHA_API_PORTS $PG_PORT $ANCHOR_PORT $ANCHOR_API_PORT; do
+tls_down
+ports="$GHA_PORT $GHA_API_PORTS $PG_PORT $ANCHOR_PORT $ANCHOR_API_PORT"
+has_phase https && ports="$ports $TLS_PORT $TLS_API_PORTS $TLS_PG_PORT"
+for p in $ports; do
     port_free "$p" || { say "port $p is in use by something else; not starting"; exit 1; }
 done
-rm -rf "$GHA_STATE" "$ANCHOR_STATE" "$OUT"
+rm -rf "$GHA_STATE" "$ANCHOR_STATE" "$TLS_STATE" "$OUT"
 mkdir -p "$GHA_STATE" "$ANCHOR_STATE"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -158,10 +195,27 @@ bench() {  # the driver's progress lines on the terminal, everything it prints i
     "$BVENV/bin/python" -u bench/bench.py --out "$OUT" "$@" 2> >(tee -a "$LOG" | grep -a --line-buffered '^\[bench' >&2)
 }
 : > "$LOG"
-bench --phases "${BENCH_PHASES:-a,sentinel,d,b20,b100,c,e,f,g}"
+main_phases=$(tr "," "\n" <<<"$PHASES" | { grep -vx -e https -e scale || true; } | paste -sd, -)
+[ -z "$main_phases" ] || bench --phases "$main_phases"
+
+# ------------------------------------------------------------------ HTTPS vs HTTP (second stack, TLS)
+if has_phase https; then
+    say "starting gatewayha's stack with GATEWAYHA_TLS=1 on :$TLS_PORT beside the plain one"
+    if tls_up; then
+        # The stock client trusts the stack's CA through SSL_CERT_FILE, as local.env sets it for
+        # users; aiohttp reads it when imported, so it is set for this phase's whole process.
+        BENCH_TLS_STATE=$TLS_STATE BENCH_TLS_PORT=$TLS_PORT BENCH_TLS_API_PORTS="$TLS_API_PORTS" \
+            SSL_CERT_FILE=$TLS_STATE/tls/ca-bundle.pem bench --phases https
+    else
+        tail -30 "$TLS_STATE/up.log"
+        say "the TLS stack did not start; the https phase is skipped"
+    fi
+    tls_down
+fi
 
 # ------------------------------------------------------------------ warm pool (optional)
 GATEWAYHA_BENCH_WARM_POOL=${GATEWAYHA_BENCH_WARM_POOL:-4}
+has_phase a || GATEWAYHA_BENCH_WARM_POOL=0
 if [ "$GATEWAYHA_BENCH_WARM_POOL" != 0 ]; then
     n=$GATEWAYHA_BENCH_WARM_POOL
     say "restarting the stack with GATEWAYHA_CLUSTER__WARM_POOL_SIZE=$n"
@@ -203,12 +257,14 @@ PY
 fi
 
 # ------------------------------------------------------------------ scale(10**12), last: it may end the anchor
-if [ "${BENCH_SCALE:-1}" != 0 ]; then
+if [ "${BENCH_SCALE:-1}" != 0 ] && { [ -z "${BENCH_PHASES:-}" ] || has_phase scale; }; then
     bench --phases scale
 fi
 
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 ENDED=$(date +%s)
+merge=()
+[ "$PHASES" = https ] && [ -f "$REPORT" ] && merge=(--merge)
 "$BVENV/bin/python" bench/report.py --results "$OUT" --out "$REPORT" --started "$STARTED" --ended "$ENDED" \
-    --load-start "$LOAD_START" --load-end "$LOAD_END" --warm-pool "${GATEWAYHA_BENCH_WARM_POOL:-}"
+    --load-start "$LOAD_START" --load-end "$LOAD_END" --warm-pool "${GATEWAYHA_BENCH_WARM_POOL:-}" "${merge[@]}"
 say "done in $((ENDED - STARTED)) s; wrote ${REPORT#$ROOT/} (raw results: ${OUT#$ROOT/}, log: ${LOG#$ROOT/})"
