@@ -257,6 +257,28 @@ def sql(query: str) -> list[list[str]]:
     return [line.split("|") for line in out.stdout.splitlines() if line]
 
 
+def db_password() -> str:
+    return node("db1").ansible.get_variables()["postgresql_db_password"]
+
+
+def pgconnect_on(name: str, host: str, *params: str) -> dict:
+    """One connection as the gatewayha role (its password) from node ``name`` to Postgres at
+    ``host`` with more libpq ``params`` (KEY=VALUE), by shared/pgconnect.py in the gatewayha
+    venv: {"connected": true, "select": 1, "ssl": ...} or {"connected": false, "error": ...}."""
+    target = node(name)
+    target.run("mkdir -p /tmp/molecule-probe")
+    script = (SHARED / "pgconnect.py").read_text()
+    out = target.run(
+        f"cat > /tmp/molecule-probe/pgconnect.py <<'EOF'\n{script}EOF\n"
+        f"PGPASSWORD={shlex.quote(db_password())} /opt/gatewayha/venv/bin/python /tmp/molecule-probe/pgconnect.py "
+        f"{shlex.quote(host)} 5432 gatewayha gatewayha {' '.join(shlex.quote(p) for p in params)}"
+    )
+    assert out.stdout.strip(), out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"pg from {name} to {host} {' '.join(params)}: {result}")
+    return result
+
+
 def main_pid(host, unit: str) -> int:
     return int(host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
 

@@ -1,7 +1,6 @@
 """The converged appliance: services, ports, HAProxy config, VIPs, health, pg_hba."""
 
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -94,10 +93,6 @@ def test_api_instances_ping_the_systemd_watchdog():
         assert props["NRestarts"] == "0", (key, props)
 
 
-def _db_password() -> str:
-    return gwtest.node("db1").ansible.get_variables()["postgresql_db_password"]
-
-
 def test_pg_hba_refuses_the_test_host():
     """The host (172.30.0.1, not a gateway node) is refused by pg_hba, even with the right password."""
     proc = subprocess.run(
@@ -112,7 +107,7 @@ def test_pg_hba_refuses_the_test_host():
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PGPASSWORD": _db_password(), "PATH": "/usr/bin:/bin"},
+        env={"PGPASSWORD": gwtest.db_password(), "PATH": "/usr/bin:/bin"},
         check=False,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -123,13 +118,5 @@ def test_pg_hba_refuses_the_test_host():
 
 @pytest.mark.parametrize("gw", gwtest.GATEWAYS)
 def test_pg_hba_admits_the_gateway_nodes(gw):
-    host = gwtest.node(gw)
-    host.run("mkdir -p /tmp/molecule-probe")
-    script = (gwtest.SHARED / "pgconnect.py").read_text()
-    out = host.run(
-        f"cat > /tmp/molecule-probe/pgconnect.py <<'EOF'\n{script}EOF\n"
-        f"PGPASSWORD={shlex.quote(_db_password())} /opt/gatewayha/venv/bin/python /tmp/molecule-probe/pgconnect.py "
-        f"{gwtest.NODE_IP['db1']} 5432 gatewayha gatewayha"
-    )
-    assert out.rc == 0, out.stdout + out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"connected": True, "select": 1}
+    result = gwtest.pgconnect_on(gw, gwtest.NODE_IP["db1"])
+    assert result == {"connected": True, "select": 1, "ssl": True}
