@@ -177,6 +177,9 @@ def dashboard_cookie(name: str, address: str = ADDRESS_A, user: str = "demo", pa
 
 
 API_PORTS = (8101, 8102)  # gatewayha_api_ports in molecule/default/molecule.yml
+# API instances listen on loopback; other nodes' HAProxy reach them through TLS relays on
+# port + RELAY_OFFSET of the node's address (gatewayha_api_relay_offset).
+RELAY_OFFSET = 1000
 OUTSIDER = "out1"  # in no group of the inventory: the firewall admits it to the public port only
 OUTSIDER_IP = "172.30.0.30"
 

@@ -35,7 +35,9 @@ def test_gateway_ports_listening(gw):
     ip = gwtest.NODE_IP[gw]
     assert host.socket("tcp://0.0.0.0:8000").is_listening, "HAProxy's public port"
     for port in (8101, 8102):
-        assert host.socket(f"tcp://{ip}:{port}").is_listening, f"gatewayha-api@{port} on {ip}"
+        assert host.socket(f"tcp://127.0.0.1:{port}").is_listening, f"gatewayha-api@{port} on loopback"
+        assert not host.socket(f"tcp://{ip}:{port}").is_listening, f"gatewayha-api@{port} on {ip}"
+        assert host.socket(f"tcp://{ip}:{port + gwtest.RELAY_OFFSET}").is_listening, f"the TLS relay of {port}"
 
 
 def test_postgresql_port_listening():

@@ -69,10 +69,12 @@ def test_an_outsider_reaches_only_the_public_port(cluster):
     for name in NODES:
         targets |= _listeners(name)
         targets.add((gwtest.NODE_IP[name], SSH))
+        targets |= {(gwtest.NODE_IP[name], port) for port in gwtest.API_PORTS}
     targets |= set(cluster["ports"].values())
     for vip in (gwtest.VIP_A, gwtest.VIP_B):
         targets |= {(vip, PUBLIC), (vip, 8101), (vip, 8102)}
-    assert (gwtest.NODE_IP["db1"], 5432) in targets and (gwtest.NODE_IP["gw1"], 8101) in targets
+    relay = gwtest.API_PORTS[0] + gwtest.RELAY_OFFSET
+    assert (gwtest.NODE_IP["db1"], 5432) in targets and (gwtest.NODE_IP["gw1"], relay) in targets
     found = gwtest.tcp_probe(gwtest.OUTSIDER, sorted(targets))
     gwtest.log(f"from {gwtest.OUTSIDER}: {found}")
     for target, state in found.items():
@@ -91,13 +93,12 @@ def test_the_nodes_reach_what_they_need(cluster):
     sched_host = cluster["ports"]["scheduler"][0]
     other = next(gw for gw in gwtest.GATEWAYS if gwtest.NODE_IP[gw] != sched_host)
     found = gwtest.tcp_probe(other, [*cluster["ports"].values()])
-    found |= gwtest.tcp_probe(
-        "gw2", [(gwtest.NODE_IP["gw1"], 8101), (gwtest.NODE_IP["gw1"], 8102), (gwtest.NODE_IP["db1"], 5432)]
-    )
-    found |= gwtest.tcp_probe("gw1", [(gwtest.NODE_IP["gw2"], 8101), (gwtest.NODE_IP["gw2"], 8102)])
+    relays = [port + gwtest.RELAY_OFFSET for port in gwtest.API_PORTS]
+    found |= gwtest.tcp_probe("gw2", [*((gwtest.NODE_IP["gw1"], p) for p in relays), (gwtest.NODE_IP["db1"], 5432)])
+    found |= gwtest.tcp_probe("gw1", [(gwtest.NODE_IP["gw2"], p) for p in relays])
     gwtest.log(f"between the nodes: {found}")
     assert set(found.values()) == {"open"}, found
-    from_db = gwtest.tcp_probe("db1", [(gwtest.NODE_IP["gw1"], 8101), *cluster["ports"].values()])
+    from_db = gwtest.tcp_probe("db1", [(gwtest.NODE_IP["gw1"], 9101), *cluster["ports"].values()])
     gwtest.log(f"from db1: {from_db}")
     assert set(from_db.values()) == {"timeout"}, from_db
 

@@ -116,3 +116,52 @@ def test_verify_full_refuses_a_server_under_another_name():
     )
     assert result["connected"] is False
     assert 'does not match host name "wrong.example"' in result["error"], result
+
+
+# --------------------------------------------------------------------------- HAProxy -> API instances
+
+
+def _relay_get(gw: str, target: str, *curl_args: str) -> str:
+    """curl (from gateway node ``gw``) the health check of ``target``'s first API instance through
+    its TLS relay, verifying the server against the CA under the target's name; the HTTP status
+    (000: no answer)."""
+    url = f"https://{target}:{gwtest.API_PORTS[0] + gwtest.RELAY_OFFSET}/api/health"
+    resolve = f"{target}:{gwtest.API_PORTS[0] + gwtest.RELAY_OFFSET}:{gwtest.NODE_IP[target]}"
+    out = gwtest.node(gw).run(
+        f"curl -s -m 10 -o /dev/null -w '%{{http_code}}' --cacert {TLS}/ca.crt --resolve {resolve} "
+        f"{' '.join(curl_args)} {url}"
+    )
+    return out.stdout.strip()
+
+
+def test_relays_answer_only_with_a_client_certificate_of_the_ca():
+    """gw2 (past the firewall) reaches gw1's instance through the relay only with its node
+    certificate; without one the TLS handshake is refused; the instance's own port is not on
+    the node's address at all."""
+    assert _relay_get("gw2", "gw1", f"--cert {TLS}/node.crt --key {TLS}/node.key") == "200"
+    assert _relay_get("gw2", "gw1") == "000"
+    # A certificate of another CA: refused as well.
+    gw2 = gwtest.node("gw2")
+    made = gw2.run(
+        "cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj /CN=gw2 -keyout /tmp/other.key -out /tmp/other.crt 2>&1"
+    )
+    assert made.rc == 0, made.stdout
+    assert _relay_get("gw2", "gw1", "--cert /tmp/other.crt --key /tmp/other.key") == "000"
+    # The instances' own ports: dropped from gw2 (firewall), and not even on gw1's address (gw1
+    # itself, past the firewall, is refused).
+    instances = [(gwtest.NODE_IP["gw1"], port) for port in gwtest.API_PORTS]
+    assert set(gwtest.tcp_probe("gw2", instances).values()) == {"timeout"}
+    assert set(gwtest.tcp_probe("gw1", instances).values()) == {"refused"}
+
+
+@pytest.mark.parametrize("gw", gwtest.GATEWAYS)
+def test_haproxy_reaches_other_nodes_instances_over_verified_tls(gw):
+    cfg = gwtest.node(gw).run("cat /etc/haproxy/haproxy.cfg").stdout
+    other = next(g for g in gwtest.GATEWAYS if g != gw)
+    for port in gwtest.API_PORTS:
+        assert f"server {gw}-{port} 127.0.0.1:{port}\n" in cfg, cfg
+        remote = f"server {other}-{port} {gwtest.NODE_IP[other]}:{port + gwtest.RELAY_OFFSET} ssl verify required "
+        assert remote in cfg and f"verifyhost {other}" in cfg, cfg
+    states = gwtest.haproxy_servers(gwtest.node(gw))
+    assert all(state.startswith("UP") for state in states.values()) and len(states) == 4, states
