@@ -163,5 +163,9 @@ def test_haproxy_reaches_other_nodes_instances_over_verified_tls(gw):
         assert f"server {gw}-{port} 127.0.0.1:{port}\n" in cfg, cfg
         remote = f"server {other}-{port} {gwtest.NODE_IP[other]}:{port + gwtest.RELAY_OFFSET} ssl verify required "
         assert remote in cfg and f"verifyhost {other}" in cfg, cfg
+    # No scheduler may claim a relay's port (a route to it would hand the relay tenants' traffic).
+    toml = gwtest.node(gw).file("/etc/gatewayha/gatewayha.toml").content_string
+    relays = ",".join(str(p + gwtest.RELAY_OFFSET) for p in gwtest.API_PORTS)
+    assert f'reserved_ports = "8101,8102,{relays}"' in toml, toml
     states = gwtest.haproxy_servers(gwtest.node(gw))
     assert all(state.startswith("UP") for state in states.values()) and len(states) == 4, states
