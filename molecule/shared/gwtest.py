@@ -177,26 +177,79 @@ def dashboard_cookie(name: str, address: str = ADDRESS_A, user: str = "demo", pa
 
 
 API_PORTS = (8101, 8102)  # gatewayha_api_ports in molecule/default/molecule.yml
+# API instances listen on loopback; other nodes' HAProxy reach them through TLS relays on
+# port + RELAY_OFFSET of the node's address (gatewayha_api_relay_offset).
+RELAY_OFFSET = 1000
+OUTSIDER = "out1"  # in no group of the inventory: the firewall admits it to the public port only
+OUTSIDER_IP = "172.30.0.30"
+
+
+def node_get(gw: str, port: int, path: str = "/api/health", auth: tuple[str, str] | None = None,
+             rounds: int = 1) -> list[tuple[int, str]]:  # fmt: skip
+    """GET an API instance of ``gw`` directly, from that node itself (the firewall admits no one
+    else but the other gateway nodes), ``rounds`` times in one docker exec: [(status, body)],
+    status 0 when no HTTP answer came. The instance's address is the units' GATEWAYHA_API_HOST."""
+    creds = f"-u {shlex.quote(':'.join(auth))} " if auth else ""
+    url = f'"http://$GATEWAYHA_API_HOST:{port}{path}"'
+    cmd = (
+        f". /etc/gatewayha/environment && for i in $(seq 1 {rounds}); do "
+        f"curl -s -m 10 {creds}-w '\\n%{{http_code}}\\n' {url}; echo ----; done"
+    )
+    out = node(gw).run(cmd).stdout
+    answers = []
+    for chunk in out.split("----\n")[:rounds]:
+        body, _, code = chunk.rstrip("\n").rpartition("\n")
+        answers.append((int(code) if code.isdigit() else 0, body))
+    return answers
 
 
 def instances_serving(user: str = "demo", password: str = "demo-password", rounds: int = 3) -> dict[str, int]:
-    """Every API instance of every gateway node, asked directly (not through HAProxy) for the
-    user's cluster list ``rounds`` times: instance -> how many answers were not 200."""
-    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    """Every API instance of every gateway node, asked directly (not through HAProxy, from its own
+    node) for the user's cluster list ``rounds`` times: instance -> how many answers were not 200."""
     bad = {}
     for gw in GATEWAYS:
         for port in API_PORTS:
-            url = f"http://{NODE_IP[gw]}:{port}/api/v1/clusters/"
-            misses = 0
-            for _ in range(rounds):
-                req = urllib.request.Request(url, headers={"Authorization": f"Basic {basic}"})
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
-                        misses += r.status != 200
-                except (urllib.error.HTTPError, OSError):
-                    misses += 1
-            bad[f"{gw}:{port}"] = misses
+            answers = node_get(gw, port, "/api/v1/clusters/", auth=(user, password), rounds=rounds)
+            bad[f"{gw}:{port}"] = sum(code != 200 for code, _ in answers) + rounds - len(answers)
     return bad
+
+
+def instance_healthy(gw: str, port: int) -> bool:
+    """An API instance answers its health check (asked from its own node)."""
+    [(code, body)] = node_get(gw, port)
+    return code == 200 and body.strip().replace(" ", "") == '{"status":"pass"}'
+
+
+_PROBE = r"""
+import concurrent.futures, json, socket, sys
+def probe(target):
+    s = socket.socket()
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect((target[0], int(target[1])))
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+targets = json.loads(sys.argv[1])
+with concurrent.futures.ThreadPoolExecutor(64) as ex:
+    found = list(ex.map(probe, targets))
+print(json.dumps({f"{h}:{p}": r for (h, p), r in zip(targets, found)}))
+"""
+
+
+def tcp_probe(container: str, targets: Iterable[tuple[str, int]], timeout: float = 2.0) -> dict[str, str]:
+    """TCP connects from inside ``container`` (plain python3, in parallel): "host:port" -> "open",
+    "refused" (an RST: nothing listens, or a reject), "timeout" (dropped) or an error name."""
+    script = _PROBE.replace("TIMEOUT", repr(timeout))
+    targets = [list(t) for t in targets]
+    proc = docker("exec", container, "python3", "-c", script, json.dumps(targets), timeout=60)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def health(address: str, timeout: float = 5.0) -> bool:
@@ -255,6 +308,28 @@ def sql(query: str) -> list[list[str]]:
     )
     assert out.rc == 0, f"psql failed: {out.stderr}"
     return [line.split("|") for line in out.stdout.splitlines() if line]
+
+
+def db_password() -> str:
+    return node("db1").ansible.get_variables()["postgresql_db_password"]
+
+
+def pgconnect_on(name: str, host: str, *params: str) -> dict:
+    """One connection as the gatewayha role (its password) from node ``name`` to Postgres at
+    ``host`` with more libpq ``params`` (KEY=VALUE), by shared/pgconnect.py in the gatewayha
+    venv: {"connected": true, "select": 1, "ssl": ...} or {"connected": false, "error": ...}."""
+    target = node(name)
+    target.run("mkdir -p /tmp/molecule-probe")
+    script = (SHARED / "pgconnect.py").read_text()
+    out = target.run(
+        f"cat > /tmp/molecule-probe/pgconnect.py <<'EOF'\n{script}EOF\n"
+        f"PGPASSWORD={shlex.quote(db_password())} /opt/gatewayha/venv/bin/python /tmp/molecule-probe/pgconnect.py "
+        f"{shlex.quote(host)} 5432 gatewayha gatewayha {' '.join(shlex.quote(p) for p in params)}"
+    )
+    assert out.stdout.strip(), out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"pg from {name} to {host} {' '.join(params)}: {result}")
+    return result
 
 
 def main_pid(host, unit: str) -> int:

@@ -35,7 +35,9 @@ def test_gateway_ports_listening(gw):
     ip = gwtest.NODE_IP[gw]
     assert host.socket("tcp://0.0.0.0:8000").is_listening, "HAProxy's public port"
     for port in (8101, 8102):
-        assert host.socket(f"tcp://{ip}:{port}").is_listening, f"gatewayha-api@{port} on {ip}"
+        assert host.socket(f"tcp://127.0.0.1:{port}").is_listening, f"gatewayha-api@{port} on loopback"
+        assert not host.socket(f"tcp://{ip}:{port}").is_listening, f"gatewayha-api@{port} on {ip}"
+        assert host.socket(f"tcp://{ip}:{port + gwtest.RELAY_OFFSET}").is_listening, f"the TLS relay of {port}"
 
 
 def test_postgresql_port_listening():
@@ -67,8 +69,7 @@ def test_api_healthy_through_each_vip(vip):
 @pytest.mark.parametrize("gw", gwtest.GATEWAYS)
 def test_api_instances_healthy_on_each_node(gw):
     for port in (8101, 8102):
-        status, body = gwtest.http_get(f"http://{gwtest.NODE_IP[gw]}:{port}/api/health")
-        assert (status, body) == (200, {"status": "pass"}), f"gatewayha-api@{port} on {gw}"
+        assert gwtest.instance_healthy(gw, port), f"gatewayha-api@{port} on {gw}"
 
 
 def test_api_instances_ping_the_systemd_watchdog():
@@ -94,12 +95,17 @@ def test_api_instances_ping_the_systemd_watchdog():
         assert props["NRestarts"] == "0", (key, props)
 
 
-def _db_password() -> str:
-    return gwtest.node("db1").ansible.get_variables()["postgresql_db_password"]
-
-
-def test_pg_hba_refuses_the_test_host():
-    """The host (172.30.0.1, not a gateway node) is refused by pg_hba, even with the right password."""
+def test_pg_hba_refuses_other_addresses():
+    """pg_hba.conf admits the gatewayha role from the gateway nodes only: db1's own address (a
+    TLS connection with the right password, past the firewall since it is local) is refused by
+    pg_hba. The test host (172.30.0.1) does not even reach the port (the firewall drops it)."""
+    out = gwtest.node("db1").run(
+        f"PGPASSWORD={shlex.quote(gwtest.db_password())} PGCONNECT_TIMEOUT=5 psql -XAt "
+        f"'host={gwtest.NODE_IP['db1']} dbname=gatewayha user=gatewayha sslmode=require' -c 'SELECT 1'"
+    )
+    gwtest.log(f"pg from db1's own address: {out.stderr.strip()}")
+    assert out.rc != 0
+    assert f'no pg_hba.conf entry for host "{gwtest.NODE_IP["db1"]}"' in out.stderr, out.stderr
     proc = subprocess.run(
         [
             str(gwtest.APP_PYTHON),
@@ -112,24 +118,16 @@ def test_pg_hba_refuses_the_test_host():
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PGPASSWORD": _db_password(), "PATH": "/usr/bin:/bin"},
+        env={"PGPASSWORD": gwtest.db_password(), "PATH": "/usr/bin:/bin"},
         check=False,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    gwtest.log(f"pg from the host: {result}")
+    gwtest.log(f"pg from the test host: {result}")
     assert result["connected"] is False
-    assert "no pg_hba.conf entry" in result["error"], "refused by pg_hba, not by a network or password error"
+    assert "timeout expired" in result["error"], "dropped by the firewall: no answer at all"
 
 
 @pytest.mark.parametrize("gw", gwtest.GATEWAYS)
 def test_pg_hba_admits_the_gateway_nodes(gw):
-    host = gwtest.node(gw)
-    host.run("mkdir -p /tmp/molecule-probe")
-    script = (gwtest.SHARED / "pgconnect.py").read_text()
-    out = host.run(
-        f"cat > /tmp/molecule-probe/pgconnect.py <<'EOF'\n{script}EOF\n"
-        f"PGPASSWORD={shlex.quote(_db_password())} /opt/gatewayha/venv/bin/python /tmp/molecule-probe/pgconnect.py "
-        f"{gwtest.NODE_IP['db1']} 5432 gatewayha gatewayha"
-    )
-    assert out.rc == 0, out.stdout + out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"connected": True, "select": 1}
+    result = gwtest.pgconnect_on(gw, gwtest.NODE_IP["db1"])
+    assert result == {"connected": True, "select": 1, "ssl": True}

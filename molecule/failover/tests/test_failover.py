@@ -236,7 +236,7 @@ def test_gw1_back_without_taking_vip_a_back(state, tmp_path):
     assert not violations, f"VIPs moved although nothing failed: {violations}"
     assert int(masters.strip() or 0) == 0, "keepalived on gw1 became MASTER of something"
     assert held["failures"] == 0 and held["rounds"] > 0, held
-    assert gwtest.health(f"http://{gwtest.NODE_IP['gw1']}:8101"), "gw1's API instances serve again"
+    assert gwtest.instance_healthy("gw1", 8101), "gw1's API instances serve again"
 
 
 def test_kill_gw2_moves_both_vips_to_gw1(state):
