@@ -193,6 +193,22 @@ def _conn_cur(haproxy, address: str) -> int:
     return 0
 
 
+def test_each_connection_counts_once_against_the_connection_rate(haproxy):
+    """Requests are counted in a table of their own: were they tracked in st_clients, each
+    connection would count twice there (tracking counts a connection) and clients would be cut
+    at half the limit."""
+    for _ in range(5):
+        conn = http.client.HTTPConnection("127.0.0.1", haproxy.port, timeout=5, source_address=("127.0.0.6", 0))
+        assert request(conn, "GET", "/api/health")[0] == 200
+        conn.close()
+    rates = [
+        int(line.split("conn_rate(10000)=")[1].split()[0])
+        for line in haproxy.runtime.command("show table st_clients").splitlines()
+        if "key=::ffff:127.0.0.6 " in line
+    ]
+    assert rates == [5], rates
+
+
 def test_open_connections_above_the_limit_are_cut_at_once(haproxy):
     held = [_open_idle(haproxy.port, "127.0.0.3") for _ in range(6)]  # limit_conn_cur 6
     try:
