@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gatewayha.routes.render import write_atomic
+
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what browsers accept for a server certificate
 RENEW_DAYS = 30
@@ -63,16 +65,6 @@ def _pem_key(key) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write next to the target and rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def new_ca(common_name: str, days: int = CA_DAYS) -> tuple[bytes, bytes]:
@@ -156,15 +148,15 @@ def ensure(directory: str | os.PathLike[str], sans: list[str], ca_name: str = "g
     ca_created = not (ca_crt_path.is_file() and ca_key_path.is_file())
     if ca_created:
         ca_crt, ca_key = new_ca(ca_name)
-        _write(ca_key_path, ca_key, 0o600)
-        _write(ca_crt_path, ca_crt, 0o644)
+        write_atomic(ca_key_path, ca_key.decode(), mode=0o600)
+        write_atomic(ca_crt_path, ca_crt.decode(), mode=0o644)
     ca_crt, ca_key = ca_crt_path.read_bytes(), ca_key_path.read_bytes()
     server_pem = d / "server.pem"
     issued = ca_created or _needs_new_server_cert(server_pem, ca_crt, sans)
     if issued:
         crt, key = new_server_cert(ca_crt, ca_key, sans)
-        _write(server_pem, crt + key, 0o600)
+        write_atomic(server_pem, (crt + key).decode(), mode=0o600)
     system = system_ca_file()
     bundle = d / "ca-bundle.pem"
-    _write(bundle, (system.read_bytes() if system else b"") + b"\n" + ca_crt, 0o644)
+    write_atomic(bundle, ((system.read_bytes() if system else b"") + b"\n" + ca_crt).decode(), mode=0o644)
     return Result(ca_created, issued, ca_crt_path, server_pem, bundle)

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
+from gatewayha.auth import secrets as sec
+
 # The one name in every cluster cert (what Dask's TLS expects; clients do not check it).
 CLUSTER_SAN = "dask-internal"
 
@@ -68,17 +70,16 @@ def encrypt_key(secret: str, key_pem: str, cluster_name: str) -> bytes:
 
 def decrypt_key(secrets: str | Sequence[str], blob: bytes, cluster_name: str) -> str:
     """Decrypt with the current secret, else a previous one (AES-GCM tells which key fits:
-    a wrong one fails authentication). ``gatewayha-admin reencrypt`` moves every stored key
-    to the current secret, so previous ones can then be dropped."""
+    a wrong one fails authentication, InvalidTag from the last). ``gatewayha-admin reencrypt``
+    moves every stored key to the current secret, so previous ones can then be dropped."""
     blob = bytes(blob)
-    keys = (secrets,) if isinstance(secrets, str) else tuple(secrets)
-    for i, secret in enumerate(keys):
+    *earlier, last = sec.ring(secrets)
+    for secret in earlier:
         try:
             return _aead(secret).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
         except InvalidTag:
-            if i == len(keys) - 1:
-                raise
-    raise ValueError("no secret to decrypt with")
+            pass
+    return _aead(last).decrypt(blob[:12], blob[12:], cluster_name.encode()).decode()
 
 
 def needs_reencryption(secret: str, blob: bytes, cluster_name: str) -> bool:
