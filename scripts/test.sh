@@ -6,23 +6,30 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 failed=()
 summary=()
+# Each stage runs under a time limit (seconds; all together well inside CI's 90 minutes), so a
+# hang fails its own stage and the later stages still run; each test has its own limit too
+# (pytest-timeout: the test fails with its stack, the fixtures' teardown still runs).
 stage() {
-    local name=$1; shift
+    local name=$1 limit=$2; shift 2
     if [[ " ${GATEWAYHA_SKIP_STAGES:-} " == *" $name "* ]]; then summary+=("$(printf '%-12s skipped' "$name")"); return; fi
     local t0=$SECONDS
     echo "=== stage: $name"
-    if "$@"; then summary+=("$(printf '%-12s ok     %4ds' "$name" $((SECONDS - t0)))")
+    timeout -k 30 "$limit" "$@"
+    local rc=$?
+    [ $rc = 124 ] && echo "stage $name: stopped after its limit of ${limit}s"
+    if [ $rc = 0 ]; then summary+=("$(printf '%-12s ok     %4ds' "$name" $((SECONDS - t0)))")
     else failed+=("$name"); summary+=("$(printf '%-12s FAILED %4ds' "$name" $((SECONDS - t0)))"); fi
 }
-stage lint        make --no-print-directory lint
-stage unit        $PY -m pytest -q -p no:cacheprovider tests/unit
-stage integration $PY -m pytest -q -p no:cacheprovider tests/integration
+PYTEST="$PY -m pytest -q -p no:cacheprovider --timeout=300"
+stage lint        400 make --no-print-directory lint
+stage unit        300 $PYTEST tests/unit
+stage integration 1000 $PYTEST tests/integration
 # e2e drives a real headless Chromium too (scripts/bootstrap-browser.sh installs it).
-stage e2e         bash -c "scripts/bootstrap-browser.sh && $PY -m pytest -q -p no:cacheprovider tests/e2e"
+stage e2e         700 bash -c "scripts/bootstrap-browser.sh && $PYTEST tests/e2e"
 # The appliance in Docker: gw1, gw2, db1 with systemd; converge, idempotence, appliance
 # checks, rolling upgrade under load, failover (make molecule starts dockerd and builds
 # the image and the wheelhouse when missing).
-stage molecule    make --no-print-directory molecule
+stage molecule    2400 make --no-print-directory molecule
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed stages: ${failed[*]}"; exit 1; fi

@@ -67,6 +67,7 @@ class Stack:
             check=check,
             capture_output=True,
             text=True,
+            timeout=300,  # up's own waits are bounded; this bounds anything else
         )
 
     def pid(self, name: str) -> int:
