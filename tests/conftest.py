@@ -18,6 +18,13 @@ PG_SCRIPT = ROOT / "scripts" / "pg.sh"
 SECRET = "test-secret-0123456789abcdef"
 
 
+def pytest_runtest_logreport(report):
+    """A failure's report at once, not only in the summary at the end: a run cut short (a test
+    over its --timeout ends the session) still shows why earlier tests failed."""
+    if report.failed:
+        print(f"\n=== {report.nodeid} ({report.when}) FAILED\n{report.longreprtext}\n", flush=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     """A Postgres server of its own for this test run (stopped at the end)."""
