@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 
-DEFAULT_ADDRESS = os.environ.get("GWHA_ADDRESS", "http://172.30.0.100:8000")
+DEFAULT_ADDRESS = os.environ.get("GWHA_ADDRESS", "https://172.30.0.100:8000")
 USER = os.environ.get("GWHA_USER", "demo")
 PASSWORD = os.environ.get("GWHA_PASSWORD", "demo-password")
 

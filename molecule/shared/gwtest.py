@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shlex
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,8 +41,9 @@ VIP_B = "172.30.0.101"
 PORT = 8000
 NODE_IP = {"gw1": "172.30.0.11", "gw2": "172.30.0.12", "db1": "172.30.0.20"}
 GATEWAYS = ("gw1", "gw2")
-ADDRESS_A = f"http://{VIP_A}:{PORT}"
-ADDRESS_B = f"http://{VIP_B}:{PORT}"
+# HTTPS (the haproxy role's default; the certificate is the appliance CA's, see trust_the_ca).
+ADDRESS_A = f"https://{VIP_A}:{PORT}"
+ADDRESS_B = f"https://{VIP_B}:{PORT}"
 ADMIN = "GATEWAYHA_CONFIG=/etc/gatewayha/gatewayha.toml /opt/gatewayha/venv/bin/gatewayha-admin"
 
 
@@ -62,6 +65,23 @@ def inventory() -> str:
     if not found:
         raise RuntimeError("no molecule inventory: run under molecule, or converge the default scenario first")
     return found[-1]
+
+
+def trust_the_ca() -> Path | None:
+    """Trust the appliance's CA (roles/pki, next to the inventory) the way README tells users to:
+    SSL_CERT_FILE = the system's CAs + ca.crt, for this process (urllib) and the client
+    processes it starts (the stock dask-gateway client). None before a converge made the CA."""
+    try:
+        ca = Path(inventory()) / "pki" / "ca.crt"
+    except RuntimeError:
+        return None
+    if not ca.exists():
+        return None
+    bundle = ca.with_name("client-bundle.pem")
+    system = Path(ssl.get_default_verify_paths().openssl_cafile)
+    bundle.write_text((system.read_text() if system.exists() else "") + ca.read_text())
+    os.environ["SSL_CERT_FILE"] = str(bundle)
+    return ca
 
 
 def ansible_env() -> dict[str, str]:
@@ -93,6 +113,18 @@ def node(name: str):
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     """tests/helpers.wait_until, polling less often: each check here is a `docker exec`."""
     return helpers.wait_until(predicate, timeout, what, interval)
+
+
+trust_the_ca()
+
+
+def served_certificate(vip: str) -> bytes:
+    """The public port's certificate (DER) as a client that trusts only the appliance's CA sees
+    it: verified, for the VIP's address (an IP address SAN)."""
+    ctx = ssl.create_default_context(cafile=str(Path(inventory()) / "pki" / "ca.crt"))
+    with socket.create_connection((vip, PORT), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=vip) as tls:
+            return tls.getpeercert(binary_form=True)
 
 
 # --------------------------------------------------------------------------- client
@@ -174,6 +206,18 @@ def dashboard_cookie(name: str, address: str = ADDRESS_A, user: str = "demo", pa
     token = [c for c in cookies if c.startswith("gatewayha-dashboard=")]
     assert token, cookies
     return token[0]
+
+
+def answers_503(since: str = "-5min") -> list[str]:
+    """Every 503 the gateway nodes answered lately, as HAProxy logged it (frontend, backend/server,
+    timers, termination state: `<NOSRV>` is HAProxy's own) and as the API logged it (its error):
+    to tell in a failure message which of them said no."""
+    lines = []
+    for gw in GATEWAYS:
+        journal = f"journalctl -u haproxy -u 'gatewayha-api@*' --since={since} --no-pager -o cat"
+        out = node(gw).run(f"{journal} | grep -E ' 503 |-> 503' | tail -20").stdout
+        lines += [f"{gw}: {line}" for line in out.splitlines()]
+    return lines
 
 
 API_PORTS = (8101, 8102)  # gatewayha_api_ports in molecule/default/molecule.yml

@@ -5,7 +5,12 @@ every node has its certificate in /etc/gatewayha/tls and the system trust store.
 checks act as a client that tries to do without TLS or with the wrong name.
 """
 
+import base64
+import socket
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,6 +72,49 @@ def test_public_certificate_bundle_on_gateway_nodes(gw):
 
 def test_db_node_has_no_public_bundle():
     assert not gwtest.node("db1").file(f"{TLS}/public.pem").exists
+
+
+# --------------------------------------------------------------------------- the public port
+
+
+@pytest.mark.parametrize("vip", [gwtest.VIP_A, gwtest.VIP_B])
+def test_the_public_port_serves_https_with_the_public_certificate(vip):
+    served = gwtest.served_certificate(vip)
+    bundle = gwtest.node("gw1").run(f"openssl x509 -outform DER -in {TLS}/public.pem | base64 -w0").stdout
+    assert served == base64.b64decode(bundle), "the VIP serves another certificate than public.pem"
+    # Without the CA, a client refuses it (nothing trusts a self-made CA by accident).
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ctx = ssl.create_default_context(cafile=ssl.get_default_verify_paths().openssl_cafile)
+        with socket.create_connection((vip, gwtest.PORT), timeout=10) as raw:
+            ctx.wrap_socket(raw, server_hostname=vip)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _plain(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    try:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+
+@pytest.mark.parametrize("vip", [gwtest.VIP_A, gwtest.VIP_B])
+def test_plain_http_is_redirected_but_the_health_check_and_https_sends_hsts(vip):
+    basic = "Basic " + base64.b64encode(b"demo:demo-password").decode()
+    status, headers = _plain(f"http://{vip}:{gwtest.PORT}/api/v1/clusters/?x=1", {"Authorization": basic})
+    assert status == 308, (status, headers)
+    assert headers["location"] == f"https://{vip}:{gwtest.PORT}/api/v1/clusters/?x=1", headers
+    assert gwtest.http_get(f"http://{vip}:{gwtest.PORT}/api/health")[0] == 200, "load balancers' health check"
+    status, headers = _plain(f"https://{vip}:{gwtest.PORT}/api/v1/clusters/", {"Authorization": basic})
+    assert status == 200, status
+    assert headers["strict-transport-security"] == "max-age=31536000"
+    cookie = headers["set-cookie"]
+    assert cookie.startswith("gatewayha-session=") and "; Secure" in cookie and "HttpOnly" in cookie, cookie
 
 
 # --------------------------------------------------------------------------- Postgres
