@@ -23,6 +23,16 @@ def test_gateway_service_active_and_enabled(gw, name):
     assert service.is_enabled, f"{name} is not enabled on {gw}"
 
 
+@pytest.mark.parametrize("unit", ["gatewayha-worker", "gatewayha-api@8101"])
+def test_the_units_documentation_is_installed(unit):
+    """`systemctl help <unit>` opens what Documentation= names: this release's README and docs."""
+    host = gwtest.node("gw1")
+    docs = host.run(f"systemctl show -p Documentation --value {unit}").stdout.split()
+    assert docs, f"{unit} names no documentation"
+    for url in docs:
+        assert url.startswith("file://") and host.file(url.removeprefix("file://")).is_file, (unit, url)
+
+
 def test_postgresql_active_and_enabled():
     service = gwtest.node("db1").service("postgresql@15-main")
     assert service.is_running
