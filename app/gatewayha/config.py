@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid."""
+from gatewayha.errors import ConfigError
 
 
 @dataclass
