@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gatewayha import clusters, liveness, tls, warm_pool
+from gatewayha import clusters, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
@@ -47,10 +47,7 @@ class Context:
 
 
 def _cluster_name(job: Job) -> str:
-    name = job.payload.get("cluster", "")
-    if not clusters.valid_name(name):
-        raise ValueError(f"invalid cluster name in job {job.id}: {name!r}")
-    return name
+    return validate.cluster_name(job.payload.get("cluster"))
 
 
 def _node_alive(conn, node: str, timeout: float) -> bool:
@@ -146,9 +143,7 @@ def stop_cluster(ctx: Context, job: Job) -> None:
 
 def start_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
-    worker = job.payload.get("worker", "")
-    if not clusters.WORKER_NAME.match(worker) or not worker.startswith(name):
-        raise ValueError(f"invalid worker name {worker!r}")
+    worker = validate.worker_name(job.payload.get("worker"), name)
     with ctx.pool.connection() as conn:
         row = conn.execute(
             "SELECT c.name, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc, c.scheduler_address,"
@@ -184,9 +179,7 @@ def start_worker(ctx: Context, job: Job) -> None:
 
 def stop_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
-    worker = job.payload.get("worker", "")
-    if not clusters.WORKER_NAME.match(worker):
-        raise ValueError(f"invalid worker name {worker!r}")
+    worker = validate.worker_name(job.payload.get("worker"), name)
     ctx.backend.stop_worker(name, worker)
     with ctx.pool.connection() as conn:
         conn.execute(
