@@ -37,6 +37,7 @@ from pathlib import Path
 
 from gatewayha.config import Settings
 from gatewayha.errors import BackendError, ConfigError, InvalidValue
+from gatewayha.files import write_atomic
 from gatewayha.validate import cluster_name, is_env_name, is_unit_name, unit_name, worker_name
 
 log = logging.getLogger(__name__)
@@ -218,11 +219,7 @@ class ProcessLauncher(Launcher):
             os.close(fd)
 
     def _write_pidfile(self, unit: str, content: str) -> None:
-        path = self._pidfile(unit)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(content)
-        os.replace(tmp, path)
+        write_atomic(self._pidfile(unit), content, 0o600, durable=False)
 
     # -- liveness
     def _reap(self, unit: str | None = None) -> None:
@@ -529,12 +526,7 @@ class SystemdLauncher(Launcher):
         cmd = self.command(unit, argv, env, cwd=cwd, resources=resources, identity=identity, writable=writable)
         if self.is_running(unit):
             return False
-        path = self.env_file(cwd, unit)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.env_file_content(unit, env))
-        os.replace(tmp, path)
+        write_atomic(self.env_file(cwd, unit), self.env_file_content(unit, env), 0o600, durable=False)
         res = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if res.returncode != 0:
             if self.is_running(unit):  # lost a race with another starter: fine

@@ -32,7 +32,6 @@ import random
 import re
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from gatewayha.backends.launcher import (
 )
 from gatewayha.config import Settings
 from gatewayha.errors import BackendError, ConfigError, InvalidValue
+from gatewayha.files import write_atomic
 from gatewayha.options import ClusterConfig, environment_patterns, split_environment
 
 log = logging.getLogger(__name__)
@@ -99,25 +99,9 @@ def _check_pem(what: str, value: object) -> str:
 
 
 def _write_secret(path: Path, content: str, gid: int | None = None) -> None:
-    """Write ``content`` to ``path`` atomically: mode 0600, or 0440 readable by group ``gid``.
-
-    The temporary file is created with O_EXCL|O_NOFOLLOW (a planted link or file fails the
-    write instead of being followed) and renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left by a crash of this very thread's process: ours
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            if gid is not None:
-                os.fchown(f.fileno(), 0, gid)
-                os.fchmod(f.fileno(), 0o440)
-            f.write(content)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    os.replace(tmp, path)
+    """Write ``content`` to ``path`` atomically: mode 0600, or 0440 readable by group ``gid``
+    (gatewayha.files.write_atomic: no link planted next to it is followed)."""
+    write_atomic(path, content, 0o600 if gid is None else 0o440, gid=gid, durable=False)
 
 
 def open_for_traversal(path: Path) -> list[str]:

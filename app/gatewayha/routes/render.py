@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -155,39 +154,3 @@ def render_haproxy_cfg(template_path: str | os.PathLike[str], **params: Any) -> 
         autoescape=False,
     )
     return env.get_template(path.name).render(**params)
-
-
-def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> bool:
-    """Replace the file at ``path`` with ``text`` in one step; return whether it changed.
-
-    A reader (HAProxy on reload) sees either the old or the new file, never a torn one. An
-    unchanged file is left alone, so its mtime and inode say when routes last changed.
-    """
-    target = Path(path)
-    data = text.encode()
-    try:
-        if target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True
