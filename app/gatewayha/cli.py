@@ -137,7 +137,8 @@ def cmd_clusters(settings, args) -> int:
 
 def cmd_render_haproxy(settings, args) -> int:
     from gatewayha.dashboards import jwt_key
-    from gatewayha.routes.render import default_template_path, render_haproxy_cfg, write_atomic
+    from gatewayha.files import write_atomic
+    from gatewayha.routes.render import default_template_path, render_haproxy_cfg
     from gatewayha.routes.sync import ensure_map_files
 
     map_dir = Path(settings.haproxy.map_dir).resolve()

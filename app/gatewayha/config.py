@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid."""
+from gatewayha.errors import ConfigError
+from gatewayha.validate import is_ipv4
 
 
 @dataclass
@@ -367,11 +366,9 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):
         raise ConfigError(f"node.name: letters, digits, '-', '_' and '.' only, got {s.node.name!r}")
-    try:
-        ipaddress.IPv4Address(s.node.host)
-    except ValueError:
+    if not is_ipv4(s.node.host):
         # HAProxy's set-dst takes an address, never a name: routes need the node's IPv4.
-        raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}") from None
+        raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}")
     if s.database.pool_max < s.database.pool_min or s.database.pool_min < 0:
         raise ConfigError("database.pool_max must be >= database.pool_min >= 0")
     for name in ("concurrency",):

@@ -20,12 +20,11 @@ import json
 import logging
 import secrets
 import socket
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gatewayha import liveness, tls
+from gatewayha import liveness, tls, validate
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
@@ -87,8 +86,8 @@ def answers(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> bool:
     api_address: its HTTPS server, which a connection closed before the TLS handshake leaves
     without a log line)."""
     try:
-        parts = urlsplit(address or "")
-        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+        parsed = validate.reported_address("api_address", address)
+        with socket.create_connection((parsed.host, parsed.port), timeout=timeout):
             return True
     except (OSError, ValueError, TypeError):
         return False

@@ -42,6 +42,8 @@ def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
         ("[auth]\ntype = 'ldap'\n", {}, "auth.type"),
         ("[auth]\ntype = 'simple'\n", {}, "auth.simple_password"),
         ("[node]\nhost = 'gw1.example'\n", {}, "node.host"),
+        ("", {"GATEWAYHA_NODE__HOST": "127.0.0.1\n"}, "node.host"),
+        ("", {"GATEWAYHA_NODE__HOST": "127.0.0.\u0661"}, "node.host"),
         ("[node]\nname = 'a b'\n", {}, "node.name"),
         ("[node]\ndask_nice = 20\n", {}, "node.dask_nice"),
         ("", {"GATEWAYHA_NODE__DASK_NICE": "-1"}, "node.dask_nice"),

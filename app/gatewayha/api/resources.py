@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from contextlib import nullcontext
 
 import falcon
 
-from gatewayha import __version__, clusters, control
+from gatewayha import __version__, clusters, control, validate
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import Settings
-from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from gatewayha.errors import BadRequest, Conflict, Forbidden, InvalidValue, NotFound, PayloadTooLarge, Unprocessable
 from gatewayha.options import options_spec
 
 STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
@@ -172,7 +171,7 @@ class Cluster(Base):
 
     def on_delete(self, req, resp, name):
         resp.status = 204
-        if not clusters.valid_name(name):
+        if not validate.is_cluster_name(name):
             return
         if req.context.user is None:
             with self.pool.connection() as conn:
@@ -249,32 +248,27 @@ class Adapt(_Forward):
 
 
 _HEARTBEAT_LISTS = ("active_workers", "closing_workers", "closed_workers")
-# These addresses end up in HAProxy maps and in outgoing requests: host:port only.
-_HOSTPORT = r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}"
-_ADDRESS_PATTERNS = {
-    "scheduler_address": re.compile(rf"^tls://{_HOSTPORT}$"),
-    "dashboard_address": re.compile(rf"^(http://{_HOSTPORT})?$"),
-    # https: the control API over TLS (gatewayha.control). http: a scheduler of an earlier
-    # release, whose heartbeats keep it alive; the API sends it nothing.
-    "api_address": re.compile(rf"^https?://{_HOSTPORT}$"),
-}
 
 
 class Heartbeat(Base):
     auth = "cluster_token"
 
     def on_post(self, req, resp, name):
-        if not clusters.valid_name(name):
+        if not validate.is_cluster_name(name):
             raise NotFound(f"Cluster {name} does not exist")
         token = req.context.get("cluster_token")
         if token is None:
             raise Forbidden("Invalid cluster token")
         data = read_json(req, self.settings.server.max_body_bytes * 16)
         msg = {}
-        for key, pattern in _ADDRESS_PATTERNS.items():
+        # These addresses end up in HAProxy maps and in outgoing requests (gatewayha.validate).
+        for key, schemes in validate.ADDRESS_SCHEMES.items():
             value = data.get(key)
-            if not isinstance(value, str) or not pattern.match(value):
-                raise Unprocessable(f"{key} must be an address like {pattern.pattern!r}")
+            try:
+                validate.reported_address(key, value)
+            except InvalidValue:
+                like = f"'{schemes[0]}://<IPv4 address>:<port>'" + (" or ''" if key == "dashboard_address" else "")
+                raise Unprocessable(f"{key} must be an address like {like}") from None
             msg[key] = value
         msg["count"] = min(_int_field(data, "count"), MAX_INT)
         for key in _HEARTBEAT_LISTS:

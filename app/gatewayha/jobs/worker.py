@@ -21,6 +21,7 @@ from gatewayha import clusters, liveness
 from gatewayha.backends import get_backend
 from gatewayha.config import Settings, load_settings
 from gatewayha.db.pool import UNAVAILABLE_ERRORS, listen_forever, make_pool
+from gatewayha.errors import MalformedJob
 from gatewayha.jobs import handlers, queue
 from gatewayha.jobs.queue import Job
 
@@ -167,14 +168,17 @@ class Worker:
     def _run(self, job: Job) -> None:
         w = self.settings.worker
         try:
-            fn = handlers.HANDLERS.get(job.kind)
-            if fn is None:
-                raise ValueError(f"unknown job kind {job.kind!r}")
             try:
-                fn(self.ctx, job)
+                handlers.handler_for(job)(self.ctx, job)
             except handlers.Defer as d:
                 with self.pool.connection() as conn:
                     queue.defer(conn, job, self.owner, d.delay, d.queue)
+                return
+            except MalformedJob as exc:
+                # Running it again would fail the same way: failed for good now, with the reason.
+                log.error("job %s %s is malformed, failed without a retry: %s", job.id, job.kind, exc)
+                with self.pool.connection() as conn:
+                    queue.fail(conn, job, self.owner, f"malformed job: {exc}", permanent=True)
                 return
             except Exception as exc:
                 log.warning("job %s %s attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
