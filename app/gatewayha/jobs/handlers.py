@@ -17,7 +17,7 @@ from typing import TypeVar
 from gatewayha import clusters, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
-from gatewayha.errors import InvalidValue, MalformedJob
+from gatewayha.errors import GatewayError, InvalidValue, MalformedJob
 from gatewayha.jobs import queue
 from gatewayha.jobs.queue import Job
 from gatewayha.options import ClusterConfig
@@ -469,12 +469,18 @@ HANDLERS: dict[str, Callable[[Context, Job], None]] = {
 }
 
 
+class UnknownJobKind(GatewayError, LookupError):
+    """A kind this release has no handler for: during a rolling upgrade, one a newer node
+    enqueued. Not malformed: retried with backoff like any failure, so a node that knows the
+    kind takes it; dead after max_attempts if none does."""
+
+
 def handler_for(job: Job) -> Callable[[Context, Job], None]:
-    """The handler of ``job``; MalformedJob for an unknown kind or a payload that is not a JSON
-    object (each handler checks its own keys before it does anything)."""
+    """The handler of ``job``; UnknownJobKind for a kind without one, MalformedJob for a payload
+    that is not a JSON object (each handler checks its own keys before it does anything)."""
     fn = HANDLERS.get(job.kind)
     if fn is None:
-        raise MalformedJob(f"unknown job kind {job.kind!r}")
+        raise UnknownJobKind(f"unknown job kind {job.kind!r} (a newer release's?)")
     if not isinstance(job.payload, dict):
         raise MalformedJob(f"the payload must be a JSON object, got {job.payload!r:.200}")
     return fn
