@@ -69,7 +69,7 @@ api_url = "http://127.0.0.1:$PORT/api"
 reserved_ports = "$(echo $API_PORTS | tr ' ' ',')"
 
 [auth]
-type = "basic"
+authenticators = ["token", "basic"]
 
 [node]
 host = "127.0.0.1"

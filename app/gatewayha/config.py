@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 
 from gatewayha.errors import ConfigError
 from gatewayha.validate import is_ipv4
+
+log = logging.getLogger("gatewayha.config")
 
 
 @dataclass
@@ -73,11 +76,21 @@ class ServerSettings:
         return (self.secret, *previous)
 
 
+# What the deprecated auth.type stood for, and what is used when neither it nor
+# auth.authenticators is set.
+LEGACY_AUTH_TYPES = {"basic": ["token", "basic"], "simple": ["token", "simple"]}
+DEFAULT_AUTHENTICATORS = LEGACY_AUTH_TYPES["basic"]
+
+
 @dataclass
 class AuthSettings:
-    # "basic": users table with scrypt hashes; "simple": any user name with one
-    # shared password (dask-gateway's SimpleAuthenticator).
-    type: str = "basic"
+    # The authenticators tried, in order, on a request without a valid session cookie
+    # (gatewayha.auth.authenticators, docs/auth.md): "token" (API tokens), "basic" (users
+    # table, scrypt hashes), "simple" (any user name with simple_password: dask-gateway's
+    # SimpleAuthenticator). Empty: what ``type`` stands for, else ["token", "basic"].
+    authenticators: list[str] = field(default_factory=list)
+    # Deprecated (use authenticators): "basic" is ["token", "basic"], "simple" ["token", "simple"].
+    type: str = ""
     simple_password: str = ""
     realm: str = "gatewayha"
     # Login throttling (gatewayha.api.throttle), shared by all instances through Postgres:
@@ -87,6 +100,12 @@ class AuthSettings:
     throttle_window: float = 60.0
     throttle_user_failures: int = 10
     throttle_source_failures: int = 30
+
+    def chosen(self) -> list[str]:
+        """The names of the authenticators in use, in order."""
+        if self.authenticators:
+            return list(self.authenticators)
+        return list(LEGACY_AUTH_TYPES.get(self.type, DEFAULT_AUTHENTICATORS))
 
 
 @dataclass
@@ -229,6 +248,12 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if typ == "list[str]":
+            if isinstance(value, str):  # an environment override: comma- or space-separated
+                return value.replace(",", " ").split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected {typ}, got {value!r}") from None
     return value
@@ -343,10 +368,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("server.secret: set a random secret of at least 16 characters")
     if any(len(p) < 16 for p in s.server.secrets[1:]):
         raise ConfigError("server.previous_secrets: each at least 16 characters, separated by commas or spaces")
-    if s.auth.type not in ("basic", "simple"):
-        raise ConfigError(f"auth.type: 'basic' or 'simple', got {s.auth.type!r}")
-    if s.auth.type == "simple" and not s.auth.simple_password:
-        raise ConfigError("auth.simple_password: required when auth.type = 'simple'")
+    _validate_auth(s.auth)
     if not 0 <= s.node.dask_nice <= 19:
         raise ConfigError(f"node.dask_nice: 0 to 19, got {s.node.dask_nice}")
     try:
@@ -399,6 +421,26 @@ def validate(s: Settings) -> None:
     for name in ("max_clusters", "max_cores", "max_memory_gib"):
         if getattr(s.limits, name) < 0:
             raise ConfigError(f"limits.{name}: must be >= 0 (0: unlimited)")
+
+
+def _validate_auth(auth: AuthSettings) -> None:
+    if auth.type and auth.type not in LEGACY_AUTH_TYPES:
+        raise ConfigError(f"auth.type: 'basic' or 'simple', got {auth.type!r} (deprecated: use auth.authenticators)")
+    if auth.type and auth.authenticators:
+        raise ConfigError("auth.type: deprecated, and auth.authenticators replaces it: set only auth.authenticators")
+    from gatewayha.auth.authenticators import check_settings  # it imports this module
+
+    check_settings(auth)
+    if auth.type and "auth.type" not in _deprecations_logged:
+        _deprecations_logged.add("auth.type")
+        log.warning(
+            "auth.type is deprecated: write auth.authenticators = %s instead",
+            "[" + ", ".join(f'"{n}"' for n in auth.chosen()) + "]",
+        )
+
+
+# Each deprecated setting is logged once per process, however often settings are loaded.
+_deprecations_logged: set[str] = set()
 
 
 def state_path(s: Settings, *parts: str) -> Path:

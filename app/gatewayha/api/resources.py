@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import falcon
 
 from gatewayha import __version__, clusters, control, validate
+from gatewayha.api.access import Access
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
@@ -65,7 +66,7 @@ class Base:
 
 
 class Health(Base):
-    auth = "none"
+    auth = Access.PUBLIC
 
     def on_get(self, req, resp):
         try:
@@ -79,7 +80,7 @@ class Health(Base):
 
 
 class Version(Base):
-    auth = "none"
+    auth = Access.PUBLIC
 
     def on_get(self, req, resp):
         resp.media = {"version": __version__}
@@ -106,7 +107,7 @@ class Clusters(Base):
             if bad or not statuses:
                 raise Unprocessable(f"Invalid cluster status {raw!r}")
         with self.pool.connection() as conn:
-            rows = clusters.list_clusters(conn, req.context.user, statuses)
+            rows = clusters.list_clusters(conn, req.context.user.name, statuses)
         resp.media = {r["name"]: clusters.cluster_model(r, self.settings.server.secrets, full=False) for r in rows}
 
     def on_post(self, req, resp):
@@ -115,14 +116,15 @@ class Clusters(Base):
         key = req.get_header("Idempotency-Key")
         if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
             raise Unprocessable("Idempotency-Key must be 1-200 printable characters")
-        with self.create_gate.hold(req.context.user), self.pool.connection() as conn:
-            name = clusters.create_cluster(conn, self.settings, req.context.user, options, key)
+        user = req.context.user.name
+        with self.create_gate.hold(user), self.pool.connection() as conn:
+            name = clusters.create_cluster(conn, self.settings, user, options, key)
         resp.status = 201
         resp.media = {"name": name}
 
 
 class Cluster(Base):
-    auth = "user_or_cluster_token"
+    auth = Access.USER_OR_SCHEDULER
     # Long-poll fallback while the watch listens: a notification ends a wait at once.
     WATCHED_POLL_S = 1.0
 
@@ -143,7 +145,7 @@ class Cluster(Base):
         return interval
 
     def _own(self, conn, req, name: str) -> dict:
-        row = clusters.get_cluster(conn, name, owner=req.context.user)
+        row = clusters.get_cluster(conn, name, owner=req.context.user.name)
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
         return row
@@ -152,7 +154,7 @@ class Cluster(Base):
         if req.context.user is None:
             raise NotFound(f"Cluster {name} does not exist")
         # Beyond the user's cap, ?wait is answered at once (api.throttle.WaitSlots).
-        with self.waits.slot(req.context.user, req.get_param("wait") is not None) as wait:
+        with self.waits.slot(req.context.user.name, req.get_param("wait") is not None) as wait:
             self._report(req, resp, name, wait)
 
     def _report(self, req, resp, name: str, wait: bool) -> None:
@@ -179,8 +181,8 @@ class Cluster(Base):
             reason = "Shut down by its scheduler (idle timeout or request)"
             owner = None
         else:
-            reason = f"Shut down by user {req.context.user}"
-            owner = req.context.user
+            owner = req.context.user.name
+            reason = f"Shut down by user {owner}"
         with self.pool.connection() as conn:
             # Unknown names and other users' clusters look alike: 204, nothing changed.
             if clusters.get_cluster(conn, name, owner=owner) is not None:
@@ -192,7 +194,7 @@ class _Forward(Base):
 
     def _running(self, req, name) -> dict:
         with self.pool.connection() as conn:
-            row = clusters.get_cluster(conn, name, owner=req.context.user)
+            row = clusters.get_cluster(conn, name, owner=req.context.user.name)
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
         if row["status"] != "RUNNING" or not row["api_address"]:
@@ -251,7 +253,7 @@ _HEARTBEAT_LISTS = ("active_workers", "closing_workers", "closed_workers")
 
 
 class Heartbeat(Base):
-    auth = "cluster_token"
+    auth = Access.SCHEDULER
 
     def on_post(self, req, resp, name):
         if not validate.is_cluster_name(name):
