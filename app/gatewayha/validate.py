@@ -30,6 +30,7 @@ _IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # and HAProxy's set-dst (the routes) takes an address, never a name.
 _ADDRESS_RE = re.compile(rf"([a-z]{{1,10}})://({_IPV4_RE.pattern}):([1-9][0-9]{{0,4}})")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # ASCII only: names go into SQL rows, logs, cookies
 
 # The addresses a heartbeat reports: they become HAProxy routes and the target of the API's calls.
 # api_address: https, the control API over TLS with the cluster's cert; http is what a scheduler
@@ -45,6 +46,10 @@ ADDRESS_SCHEMES: dict[str, tuple[str, ...]] = {
 
 def _full(pattern: re.Pattern[str], value: object) -> re.Match[str] | None:
     return pattern.fullmatch(value) if isinstance(value, str) else None
+
+
+def is_user_name(value: object) -> bool:
+    return _full(_USER_RE, value) is not None
 
 
 def is_cluster_name(value: object) -> bool:

@@ -209,3 +209,18 @@ def test_environment_names():
         assert validate.is_env_name(name)
     for name in ("", "1X", "A-B", "A=B", "A B", "A\n", "\u00c4", "X" * 129, None, 3):
         assert not validate.is_env_name(name)
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "bob.smith@example.org", "x_y-z", "A" * 64])
+def test_user_names_accepted(name):
+    assert validate.is_user_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [None, 5, "", "alice\n", "\nalice", "al ice", "alice\x00", "A" * 65, "alic\u0435", "ali/ce", "alice;", "ålice"],
+)
+def test_user_names_refused(name):
+    """Names go into SQL rows, logs, the session cookie (``user|expiry|kid|mac``) and dashboard
+    tokens: ASCII of a few kinds only, the whole string (a trailing newline was let through)."""
+    assert not validate.is_user_name(name)

@@ -8,6 +8,7 @@ import uuid
 
 import falcon
 
+from gatewayha import validate
 from gatewayha.api.access import Access
 from gatewayha.api.throttle import plausible_credential
 from gatewayha.auth import authenticators, users
@@ -141,7 +142,7 @@ class Authenticate:
                 raise Unauthorized(exc.message, {**self.challenge, **exc.headers}) from None
             if user is None:
                 continue
-            if not users.USER_NAME.match(user.name):  # names go into SQL rows, logs and the cookie
+            if not validate.is_user_name(user.name):  # names go into SQL rows, logs and the cookie
                 raise Unauthorized("Invalid user name", self.challenge)
             if authenticator.provisions:
                 with self.pool.connection() as conn:

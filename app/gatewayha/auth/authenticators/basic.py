@@ -11,9 +11,9 @@ from collections import OrderedDict
 
 import falcon
 
+from gatewayha import validate
 from gatewayha.api.throttle import LoginThrottle, SourceAddress
 from gatewayha.auth import secrets as sec
-from gatewayha.auth import users
 from gatewayha.auth.authenticators.base import Authenticator, User, authorization
 from gatewayha.config import Settings
 from gatewayha.errors import Unauthorized
@@ -23,13 +23,13 @@ WRONG = "Invalid user name or password"
 
 def basic_credentials(value: str) -> tuple[str, str]:
     """(user name, password) of a Basic credential; Unauthorized for a garbled one or a name
-    that could be no user's (users.USER_NAME)."""
+    that could be no user's (validate.is_user_name)."""
     try:
         decoded = base64.b64decode(value, validate=True).decode("latin1")
         name, sep, password = decoded.partition(":")
     except (binascii.Error, ValueError):
         raise Unauthorized("Malformed Basic credentials") from None
-    if not sep or not users.USER_NAME.match(name):
+    if not sep or not validate.is_user_name(name):
         raise Unauthorized(WRONG)
     return name, password
 
