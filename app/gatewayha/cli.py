@@ -93,6 +93,20 @@ def cmd_tokens(settings, args) -> int:
 
 
 def cmd_nodes(settings, args) -> int:
+    from gatewayha import liveness
+
+    if getattr(args, "action", None) in ("drain", "undrain"):
+        with _conn(settings) as conn:
+            if not liveness.set_draining(conn, args.name, args.action == "drain"):
+                print(f"no node {args.name}", file=sys.stderr)
+                return 1
+        print(
+            f"node {args.name} drained: it starts no new scheduler and keeps no warm pool; its running "
+            "clusters stay (gatewayha-admin clusters list)"
+            if args.action == "drain"
+            else f"node {args.name} takes new schedulers again"
+        )
+        return 0
     with _conn(settings) as conn:
         rows = conn.execute(
             "SELECT n.name, n.host, n.last_seen, n.draining,"
@@ -101,11 +115,11 @@ def cmd_nodes(settings, args) -> int:
             " FROM nodes n ORDER BY n.name",
             (settings.worker.node_timeout,),
         ).fetchall()
-    print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'CLUSTERS':>8}  LAST SEEN")
+    print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'DRAINING':<8} {'CLUSTERS':>8}  LAST SEEN")
     for r in rows:
         print(
-            f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {r['clusters']:>8}  "
-            f"{r['last_seen']:%Y-%m-%d %H:%M:%S}"
+            f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {'yes' if r['draining'] else '':<8} "
+            f"{r['clusters']:>8}  {r['last_seen']:%Y-%m-%d %H:%M:%S}"
         )
     return 0
 
@@ -228,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("user")
     tc.add_argument("--days", type=float, default=None, help="expiry in days (default: never)")
 
-    sub.add_parser("nodes", help="list gateway nodes")
+    n = sub.add_parser("nodes", help="list gateway nodes; drain one (no new schedulers there) or undrain it")
+    ns = n.add_subparsers(dest="action")
+    for action, text in (("drain", "start no new scheduler on NODE"), ("undrain", "let NODE start schedulers again")):
+        ns.add_parser(action, help=text).add_argument("name", metavar="NODE")
 
     c = sub.add_parser("clusters", help="list or stop clusters")
     cs = c.add_subparsers(dest="action", required=True)

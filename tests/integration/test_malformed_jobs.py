@@ -4,56 +4,16 @@ this release does not know (a newer node's, in a rolling upgrade), is still retr
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
+from inprocess import RecordingBackend, drive, in_process_workers
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from conftest import make_settings
-from gatewayha.backends.base import Backend
 from gatewayha.jobs import queue
-from gatewayha.jobs.worker import Worker
-from helpers import wait_until
 
 CLUSTER = "0123456789abcdef0123456789abcdef"
 OTHER = "f" * 32
-
-
-class RecordingBackend(Backend):
-    """Records every call; ``fail_stops`` stop_cluster calls raise first (a passing failure)."""
-
-    def __init__(self, fail_stops: int = 0):
-        self.calls: list[tuple] = []
-        self.fail_stops = fail_stops
-
-    def start_scheduler(self, spec):
-        self.calls.append(("start_scheduler", spec.cluster_name))
-
-    def stop_scheduler(self, cluster_name):
-        self.calls.append(("stop_scheduler", cluster_name))
-
-    def scheduler_running(self, cluster_name):
-        return False
-
-    def start_worker(self, spec):
-        self.calls.append(("start_worker", spec.worker_name))
-
-    def stop_worker(self, cluster_name, worker_name):
-        self.calls.append(("stop_worker", cluster_name, worker_name))
-
-    def worker_running(self, cluster_name, worker_name):
-        return False
-
-    def stop_cluster(self, cluster_name):
-        self.calls.append(("stop_cluster", cluster_name))
-        if self.fail_stops > 0:
-            self.fail_stops -= 1
-            raise RuntimeError("the backend is busy")
-
-    def local_clusters(self):
-        return set()
 
 
 @pytest.fixture
@@ -65,35 +25,8 @@ def db(db_dsn):
 
 @pytest.fixture
 def run_worker(db_dsn, tmp_path):
-    """Start a Worker of node-m in this process (retries after 50 ms: a retry would show at
-    once); ``run(seconds)`` drives its claim loop, as its main loop does."""
-    made: list[Worker] = []
-
-    def make(backend: Backend) -> Worker:
-        settings = make_settings(
-            db_dsn,
-            tmp_path,
-            node={"name": "node-m", "launcher": "process", "isolation": "none"},
-            worker={"retry_base_seconds": 0.05, "retry_max_seconds": 0.05, "concurrency": 2},
-        )
-        worker = Worker(settings, backend=backend)
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        worker.stop()
-        worker.executor.shutdown(wait=True)
-        worker.pool.close()
-
-
-def drive(worker: Worker, seconds: float) -> None:
-    state = {"next_node_heartbeat": 0.0, "started": True}
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        worker.tick(time.monotonic(), state)
-        time.sleep(0.02)
-    wait_until(lambda: not worker.held, 10, "the claimed jobs to finish", interval=0.02)
+    with in_process_workers(db_dsn, tmp_path) as make:
+        yield make
 
 
 MALFORMED = [

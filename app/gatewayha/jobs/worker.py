@@ -41,6 +41,7 @@ class Worker:
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
         self.start_queues = queue.start_queues(self.node)
+        self.draining = False
         self.executor = ThreadPoolExecutor(w.concurrency + self.start_slots, thread_name_prefix="job")
         self.held: dict[int, Job] = {}
         self.held_lock = threading.Lock()
@@ -210,7 +211,15 @@ class Worker:
     # --- main loop ------------------------------------------------------------
 
     def _heartbeat_node(self, conn) -> None:
-        liveness.report_node(conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval)
+        draining = liveness.report_node(
+            conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval
+        )
+        if draining != self.draining:
+            log.info("node %s %s", self.node, "draining: starts no new scheduler" if draining else "no longer draining")
+        self.draining = draining
+        # Draining: new schedulers (the shared start queue) are left to the other nodes; the
+        # workers of this node's own clusters still start (its own start queue).
+        self.start_queues = [queue.node_start_queue(self.node)] if draining else queue.start_queues(self.node)
 
     def tick(self, now: float, state: dict) -> None:
         w = self.settings.worker
