@@ -98,6 +98,14 @@ def test_clusters_and_nodes_listing_and_admin_stop(dsn, tmp_path):
         conn.execute("INSERT INTO nodes (name, host) VALUES ('n1', '10.0.0.1')")
     assert name in admin(dsn, "clusters", "list").stdout
     assert "n1" in admin(dsn, "nodes").stdout
+    drained = admin(dsn, "nodes", "drain", "n1")
+    assert drained.returncode == 0 and "drained" in drained.stdout
+    [row] = [line.split() for line in admin(dsn, "nodes").stdout.splitlines() if line.startswith("n1 ")]
+    assert row[3] == "yes", row  # the DRAINING column
+    assert admin(dsn, "nodes", "undrain", "n1").returncode == 0
+    assert "yes" not in [line.split()[3] for line in admin(dsn, "nodes").stdout.splitlines()[1:]]
+    unknown = admin(dsn, "nodes", "drain", "nobody")
+    assert unknown.returncode == 1 and "no node nobody" in unknown.stderr
     assert admin(dsn, "clusters", "stop", name).returncode == 0
     assert name not in admin(dsn, "clusters", "list").stdout
     assert name in admin(dsn, "clusters", "list", "--all").stdout
