@@ -135,17 +135,17 @@ def cmd_clusters(settings, args) -> int:
             print(f"stopping {args.name}")
             return 0
         rows = conn.execute(
-            "SELECT name, owner, status, node, reason, created_at,"
+            "SELECT name, owner, status, node, reason, created_at, target_workers,"
             " (SELECT count(*) FROM workers w WHERE w.cluster = c.name AND w.status = 'RUNNING') AS workers"
             " FROM clusters c WHERE %s OR status IN ('PENDING','RUNNING','STOPPING') ORDER BY created_at",
             (args.all,),
         ).fetchall()
-    print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>7}  REASON")
+    # WORKERS: running now / what the scheduler last asked for (its heartbeat's target count).
+    print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>9}  REASON")
     for r in rows:
-        print(
-            f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {r['node'] or '-':<12} {r['workers']:>7}  "
-            f"{r['reason'] or ''}"
-        )
+        workers = f"{r['workers']}/{r['target_workers']}"
+        node = r["node"] or "-"
+        print(f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {node:<12} {workers:>9}  {r['reason'] or ''}")
     return 0
 
 

@@ -96,7 +96,10 @@ def test_clusters_and_nodes_listing_and_admin_stop(dsn, tmp_path):
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         name = clusters.create_cluster(conn, settings, "hank", {})
         conn.execute("INSERT INTO nodes (name, host) VALUES ('n1', '10.0.0.1')")
-    assert name in admin(dsn, "clusters", "list").stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the scheduler's last heartbeat asked for 3
+        conn.execute("UPDATE clusters SET target_workers = 3 WHERE name = %s", (name,))
+    [row] = [line.split() for line in admin(dsn, "clusters", "list").stdout.splitlines() if line.startswith(name)]
+    assert row[4] == "0/3", row  # WORKERS: running / target
     assert "n1" in admin(dsn, "nodes").stdout
     drained = admin(dsn, "nodes", "drain", "n1")
     assert drained.returncode == 0 and "drained" in drained.stdout
