@@ -173,7 +173,7 @@ def create_cluster(
 
 
 CLUSTER_COLUMNS = (
-    "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node, generation,"
+    "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node,"
     " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
 )
 
@@ -328,8 +328,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
             return True
         if row["node"] is None:
             conn.execute(
-                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now(), generation = generation + 1"
-                " WHERE name = %s",
+                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now() WHERE name = %s",
                 (final, reason, name),
             )
             conn.execute(
@@ -339,8 +338,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
             )
         else:
             conn.execute(
-                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s), generation = generation + 1"
-                " WHERE name = %s",
+                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s) WHERE name = %s",
                 (reason, name),
             )
             queue.enqueue(
@@ -418,8 +416,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
         if row["status"] == "PENDING":
             conn.execute(
                 "UPDATE clusters SET status = 'RUNNING', scheduler_address = %s, dashboard_address = %s,"
-                " api_address = %s, started_at = coalesce(started_at, now()), generation = generation + 1"
-                " WHERE name = %s",
+                " api_address = %s, started_at = coalesce(started_at, now()) WHERE name = %s",
                 (*addresses, name),
             )
             notify_routes(conn, name)

@@ -117,7 +117,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
         # Placement is committed before the launch, so a crash after the launch
         # leaves a record of where the scheduler may be running.
         conn.execute(
-            "UPDATE clusters SET node = %s, launched_at = now(), generation = generation + 1 WHERE name = %s",
+            "UPDATE clusters SET node = %s, launched_at = now() WHERE name = %s",
             (ctx.node, name),
         )
     spec = SchedulerSpec(
@@ -169,8 +169,8 @@ def stop_cluster(ctx: Context, job: Job) -> None:
     ctx.backend.stop_cluster(name)
     with ctx.pool.connection() as conn, conn.transaction():
         conn.execute(
-            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s),"
-            " generation = generation + 1 WHERE name = %s AND status = 'STOPPING'",
+            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s)"
+            " WHERE name = %s AND status = 'STOPPING'",
             (final, reason, name),
         )
         conn.execute(
@@ -315,7 +315,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                     "UPDATE clusters c SET status = CASE WHEN c.status = 'STOPPING' AND NOT EXISTS ("
                     " SELECT 1 FROM jobs j WHERE j.kind = 'stop_cluster' AND j.cluster = c.name"
                     " AND j.payload->>'final' = 'FAILED') THEN 'STOPPED' ELSE 'FAILED' END,"
-                    " reason = coalesce(c.reason, %s), stopped_at = now(), generation = c.generation + 1"
+                    " reason = coalesce(c.reason, %s), stopped_at = now()"
                     " WHERE c.node = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING c.name AS name",
                     (reason, node),
                 ).fetchall()
