@@ -41,6 +41,15 @@ class ClusterStatus(enum.Enum):
     FAILED = 5
 
 
+def workers_stopped(conn: psycopg.Connection, cluster: str) -> None:
+    """Record every worker of a cluster that ended as STOPPED (their processes went with it)."""
+    conn.execute(
+        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+        (cluster,),
+    )
+
+
 def notify_routes(conn: psycopg.Connection, cluster: str) -> None:
     conn.execute("SELECT pg_notify(%s, %s)", (ROUTES_CHANNEL, cluster))
 
@@ -331,11 +340,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
                 "UPDATE clusters SET status = %s, reason = %s, stopped_at = now() WHERE name = %s",
                 (final, reason, name),
             )
-            conn.execute(
-                "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-                " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-                (name,),
-            )
+            workers_stopped(conn, name)
         else:
             conn.execute(
                 "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s) WHERE name = %s",

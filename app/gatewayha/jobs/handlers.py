@@ -173,11 +173,7 @@ def stop_cluster(ctx: Context, job: Job) -> None:
             " WHERE name = %s AND status = 'STOPPING'",
             (final, reason, name),
         )
-        conn.execute(
-            "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-            " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-            (name,),
-        )
+        clusters.workers_stopped(conn, name)
         clusters.notify_routes(conn, name)
     log.info("cluster %s: %s (%s)", name, final, reason)
 
@@ -321,11 +317,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                 ).fetchall()
                 for r in failed:
                     log.warning("cluster %s: %s", r["name"], reason)
-                    conn.execute(
-                        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-                        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-                        (r["name"],),
-                    )
+                    clusters.workers_stopped(conn, r["name"])
                     clusters.notify_routes(conn, r["name"])
                 conn.execute("DELETE FROM warm_pool WHERE node = %s", (node,))
                 for j in conn.execute(
