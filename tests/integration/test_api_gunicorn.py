@@ -90,6 +90,12 @@ def test_gunicorn_serves_the_api_with_the_same_app(gunicorn_api, user):
     status, _, body = request(port, "GET", "/api/v1/clusters/", headers={"Authorization": "token " + "a" * 10_000})
     assert status == 401 and json.loads(body).keys() == {"error"}, (status, body[:200])
 
+    # No header rewrites the path the app routes on (gunicorn trusts loopback's SCRIPT_NAME by default).
+    status, _, _ = request(port, "GET", "/api/api/version", headers={"SCRIPT_NAME": "/api"})
+    assert status == 404
+    status, headers, _ = request(port, "GET", "/api/version", headers={"X-Forwarded-Proto": "https"})
+    assert status == 200
+
     text = log.read_text()
     # gunicorn's lines and the app's request lines in the app's format, on the same stream.
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
@@ -121,6 +127,18 @@ def test_a_hung_worker_is_replaced_after_the_gunicorn_timeout(gunicorn_api):
     wait_until(lambda: serving(port), 30, "the new worker to serve")
     assert api.poll() is None and children(api.pid) == new, "the instance (its main process) stayed up"
     assert f"CRITICAL gunicorn WORKER TIMEOUT (pid:{worker})" in log.read_text()
+
+
+def test_sighup_replaces_the_worker_and_the_instance_keeps_serving(gunicorn_api):
+    """systemctl reload (the unit's ExecReload: kill -HUP): a new worker, the old one stopped."""
+    api, port, _, log = gunicorn_api
+    [worker] = children(api.pid)
+    api.send_signal(signal.SIGHUP)
+    new = wait_until(lambda: [c for c in children(api.pid) if c != worker], 30, "a new worker")
+    wait_until(lambda: not alive(worker), 30, "the old worker to stop")
+    wait_until(lambda: serving(port), 30, "the new worker to serve")
+    assert api.poll() is None and children(api.pid) == new
+    assert "Traceback" not in log.read_text()
 
 
 def test_sigterm_lets_a_long_poll_finish_then_the_instance_exits(gunicorn_api, user):

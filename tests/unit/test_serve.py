@@ -118,6 +118,7 @@ def test_gunicorn_runs_gthread_with_granian_s_pool_and_timeouts(tmp_path):
     assert cfg.pidfile == str(tmp_path / "api.pid") and cfg.limit_request_field_size == MAX_HEADER_BYTES
     assert (cfg.accesslog, cfg.errorlog, cfg.logger_class) == (None, "-", GunicornLogger)
     assert cfg.control_socket_disable and cfg.secure_scheme_headers == {}
+    assert cfg.forwarded_allow_ips == [] and cfg.forwarder_headers == []
     default = GunicornServer(("127.0.0.1", 8101), None, 30, {}).cfg
     assert (default.bind, default.workers, default.threads, default.pidfile) == (["127.0.0.1:8101"], 1, 128, None)
 

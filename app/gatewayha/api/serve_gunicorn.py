@@ -57,7 +57,11 @@ class GunicornServer(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "logger_class": GunicornLogger,
-            # The environ the app sees is granian's: the scheme is not taken from X-Forwarded-Proto.
+            # The environ the app sees is granian's: no peer, not even HAProxy on loopback (trusted
+            # by default), sets the scheme (X-Forwarded-Proto) or SCRIPT_NAME/PATH_INFO (a prefix
+            # cut off the path HAProxy routed on) through a header.
+            "forwarded_allow_ips": "",
+            "forwarder_headers": "",
             "secure_scheme_headers": {},
             # No control socket (~/.gunicorn/gunicorn.ctl): instances would share it, and the
             # unit's home is read-only.
