@@ -58,10 +58,6 @@ class Stack:
         return self.env.get("GATEWAYHA_TLS") == "1"
 
     @property
-    def wsgi(self) -> str:
-        return self.env.get("GATEWAYHA_WSGI") or "granian"
-
-    @property
     def address(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
