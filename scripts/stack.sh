@@ -158,8 +158,8 @@ up() {
             procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" "$RUN/api-$p.pid" || true
         fi
         if ! alive "$RUN/api-$p.pid"; then
-            # A killed main process may leave its worker behind, holding the port (granian's;
-            # gunicorn's notices within a second and exits).
+            # A killed main process may leave its worker behind, holding the port (granian's
+            # stays; gunicorn's notices, finishes what it has in flight, up to 25 s, and exits).
             procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" "$RUN/api-$p.pid" || true
             # granian and gunicorn refuse to start while an old pidfile names a live PID, and a
             # killed, not yet reaped (zombie) main process still counts as live for them.

@@ -76,14 +76,16 @@ def test_down_after_a_killed_api_main_process_then_down_and_up_twice(stack):
 
 def test_gunicorn_instances_leave_with_their_main_process_switch_with_up_and_stop_with_down(tls_stack):
     """The TLS stack runs gunicorn (make up WSGI=gunicorn). A killed main process takes its worker
-    with it (the worker checks its parent every second; granian's stays, above); `up` with another
-    WSGI server restarts the instances under it; `down` stops every instance and every worker."""
+    with it (the worker notices within a second, finishes what it has in flight on its kept-alive
+    connections for up to its graceful timeout, 25 s, and exits; granian's stays, above); `up`
+    with another WSGI server restarts the instances under it; `down` stops every instance and
+    every worker."""
     s = tls_stack
     port, other = s.api_ports
     main = s.pid(f"api-{port}")
     [worker] = children(main)
     os.kill(main, signal.SIGKILL)
-    wait_until(lambda: not _alive(worker) and _free(port), 15, "gunicorn's worker to leave with its main process")
+    wait_until(lambda: not _alive(worker) and _free(port), 35, "gunicorn's worker to leave with its main process")
 
     up = s.run("up", check=False, GATEWAYHA_WSGI="granian")
     assert up.returncode == 0, up.stdout + up.stderr
