@@ -68,6 +68,14 @@ class ServerSettings:
     # Peers whose X-Forwarded-For is believed (comma-separated addresses or networks): the
     # HAProxies in front of this instance. Everyone else's source is the peer address.
     trusted_proxies: str = "127.0.0.1, ::1"
+    # The WSGI server of gatewayha-api (its --wsgi overrides this): "granian" (HTTP parsed in Rust:
+    # 2.7x gunicorn's requests/s for a constant answer, 1.6x for an authenticated GET, through
+    # HAProxy; bench/profile.md, finding 14; liveness from systemd's watchdog) or "gunicorn"
+    # (gthread worker; liveness from its worker timeout).
+    wsgi: str = "granian"
+    # gunicorn only: a worker whose main loop has not checked in for this long (stopped, the GIL
+    # never released) is killed and replaced; it plays the part of systemd's WatchdogSec=30.
+    gunicorn_timeout: int = 30
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -230,6 +238,8 @@ class Settings:
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "cluster_options"}
+# What gatewayha-api can serve the app with (server.wsgi, --wsgi).
+WSGI_SERVERS = ("granian", "gunicorn")
 OPTION_TYPES = {"int", "float", "string", "bool", "select", "mapping"}
 
 
@@ -377,6 +387,11 @@ def validate(s: Settings) -> None:
         ports = [-1]
     if not all(0 < p < 65536 for p in ports):
         raise ConfigError(f"server.reserved_ports: comma-separated ports, got {s.server.reserved_ports!r}")
+    if s.server.wsgi not in WSGI_SERVERS:
+        raise ConfigError(f"server.wsgi: 'granian' or 'gunicorn', got {s.server.wsgi!r}")
+    if not 2 <= s.server.gunicorn_timeout <= 3600:
+        # gunicorn's worker checks in about once a second: below 2 s a busy but live one is killed.
+        raise ConfigError(f"server.gunicorn_timeout: 2 to 3600 seconds, got {s.server.gunicorn_timeout}")
     if s.node.isolation not in ("uid", "none"):
         raise ConfigError(f"node.isolation: 'uid' or 'none', got {s.node.isolation!r}")
     if not (1000 <= s.node.dask_uid_min and s.node.dask_uid_count >= 16

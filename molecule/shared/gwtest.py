@@ -41,6 +41,8 @@ VIP_B = "172.30.0.101"
 PORT = 8000
 NODE_IP = {"gw1": "172.30.0.11", "gw2": "172.30.0.12", "db1": "172.30.0.20"}
 GATEWAYS = ("gw1", "gw2")
+# The API instances' WSGI server per node (gatewayha_wsgi_server in molecule.yml's host_vars).
+WSGI = {"gw1": "granian", "gw2": "gunicorn"}
 # HTTPS (the haproxy role's default; the certificate is the appliance CA's, see trust_the_ca).
 ADDRESS_A = f"https://{VIP_A}:{PORT}"
 ADDRESS_B = f"https://{VIP_B}:{PORT}"

@@ -82,9 +82,10 @@ def test_api_instances_healthy_on_each_node(gw):
         assert gwtest.instance_healthy(gw, port), f"gatewayha-api@{port} on {gw}"
 
 
-def test_api_instances_ping_the_systemd_watchdog():
-    """systemd receives the granian workers' pings (NotifyAccess=all): the watchdog timestamp of
-    every instance moves on, and none was restarted for want of a ping."""
+def test_each_node_s_instances_run_its_wsgi_server_with_its_liveness_guard():
+    """gw1's instances run granian, and systemd receives their workers' pings (NotifyAccess=all):
+    the watchdog timestamp of each moves on. gw2's run gunicorn (gatewayha_wsgi_server): their
+    unit has no watchdog (gunicorn's worker timeout instead). None was restarted."""
 
     def watchdog_state():
         state = {}
@@ -100,9 +101,19 @@ def test_api_instances_ping_the_systemd_watchdog():
     time.sleep(11)  # pings every 10 s (a third of WatchdogSec)
     after = watchdog_state()
     for key, props in after.items():
-        assert props["WatchdogUSec"] == "30s", (key, props)
-        assert int(props["WatchdogTimestampMonotonic"]) > int(before[key]["WatchdogTimestampMonotonic"]), (key, props)
+        gw, port = key
+        if gwtest.WSGI[gw] == "granian":
+            assert props["WatchdogUSec"] == "30s", (key, props)
+            pinged = int(props["WatchdogTimestampMonotonic"]) > int(before[key]["WatchdogTimestampMonotonic"])
+            assert pinged, (key, props)
+        else:
+            assert props["WatchdogUSec"] == "0", (key, props)
         assert props["NRestarts"] == "0", (key, props)
+        # The server that answers, asked on the node itself.
+        out = gwtest.node(gw).run(
+            f". /etc/gatewayha/environment && curl -s -o /dev/null -D - http://$GATEWAYHA_API_HOST:{port}/api/version"
+        )
+        assert f"server: {gwtest.WSGI[gw]}" in out.stdout.lower(), (key, out.stdout)
 
 
 def test_pg_hba_refuses_other_addresses():
