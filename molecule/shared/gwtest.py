@@ -312,13 +312,21 @@ def admin(host, args: str) -> str:
 
 
 def clusters(host, all_: bool = True) -> dict[str, dict]:
-    """`gatewayha-admin clusters list [--all]` parsed: name -> {status, node, workers, reason}."""
+    """`gatewayha-admin clusters list [--all]` parsed: name -> {status, node, workers, target,
+    reason} (the WORKERS column is running/target)."""
+    return parse_clusters(admin(host, "clusters list" + (" --all" if all_ else "")))
+
+
+def parse_clusters(listing: str) -> dict[str, dict]:
     rows = {}
-    for line in admin(host, "clusters list" + (" --all" if all_ else "")).splitlines()[1:]:
-        m = re.match(r"^([0-9a-f]{32})\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s*(.*)$", line)
+    for line in listing.splitlines()[1:]:
+        m = re.match(r"^([0-9a-f]{32})\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)/(\d+)\s*(.*)$", line)
         if m:
-            name, owner, status, node_, workers, reason = m.groups()
-            rows[name] = {"owner": owner, "status": status, "node": node_, "workers": int(workers), "reason": reason}
+            name, owner, status, node_, workers, target, reason = m.groups()
+            rows[name] = {
+                "owner": owner, "status": status, "node": node_, "workers": int(workers), "target": int(target),
+                "reason": reason,
+            }  # fmt: skip
     return rows
 
 
