@@ -22,13 +22,12 @@ from urllib.parse import quote
 import falcon
 
 from gatewayha import clusters, dashboards
-from gatewayha.api.access import Access
 from gatewayha.config import Settings
 from gatewayha.errors import NotFound, Unavailable
 
 
 class DashboardLogin:
-    auth = Access.USER
+    auth = "user"
 
     def __init__(self, settings: Settings, pool):
         self.settings = settings
@@ -36,7 +35,7 @@ class DashboardLogin:
         self.secure_cookie = settings.server.public_url.startswith("https://")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, rest: str = "") -> None:
-        user = req.context.user.name
+        user = req.context.user
         with self.pool.connection() as conn:
             row = clusters.get_cluster(conn, name)
         if row is None or not dashboards.may_view(user, row):

@@ -1,10 +1,4 @@
-"""Errors mapped to HTTP in one place: every error is ``{"error": ...}``.
-
-``gatewayha.errors.ApiError`` and its subclasses carry their status, message and headers; the
-database being unreachable is ``DatabaseUnavailable`` (503); any other error, gatewayha's own
-(``GatewayError``: a bad setting, a backend failure) or not, is a logged 500 whose details stay
-in the log; Falcon's own errors (no such route, method not allowed) keep their status.
-"""
+"""The error hierarchy (gatewayha.errors) mapped to HTTP in one place: every error is ``{"error": ...}``."""
 
 from __future__ import annotations
 
@@ -13,7 +7,7 @@ import logging
 import falcon
 
 from gatewayha.db.pool import UNAVAILABLE_ERRORS
-from gatewayha.errors import ApiError, DatabaseUnavailable
+from gatewayha.errors import GatewayError
 
 log = logging.getLogger("gatewayha.api")
 
@@ -32,12 +26,12 @@ def install(app: falcon.App) -> None:
         log.exception("unhandled error request_id=%s %s %s", req.context.get("request_id"), req.method, req.path)
         _render(resp, 500, "Internal server error")
 
-    def api_error(req, resp, ex: ApiError, params):
-        _render(resp, ex.status, ex.message, ex.headers)
-
     def unavailable(req, resp, ex, params):
         log.warning("database unavailable request_id=%s: %s", req.context.get("request_id"), ex)
-        api_error(req, resp, DatabaseUnavailable(), params)
+        _render(resp, 503, "Database unavailable, try again shortly", {"Retry-After": "2"})
+
+    def gateway_error(req, resp, ex: GatewayError, params):
+        _render(resp, ex.status, ex.message, ex.headers)
 
     def http_error(req, resp, ex: falcon.HTTPError, params):
         message = ex.description or ex.title or "error"
@@ -47,4 +41,4 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(falcon.HTTPError, http_error)
     for exc in UNAVAILABLE_ERRORS:
         app.add_error_handler(exc, unavailable)
-    app.add_error_handler(ApiError, api_error)
+    app.add_error_handler(GatewayError, gateway_error)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 
-from gatewayha import validate
 from gatewayha.auth import secrets as sec
-from gatewayha.errors import GatewayError
+
+USER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
-class UserError(GatewayError, ValueError):
-    """A user or token operation refused (bad name, empty password, unknown user)."""
+class UserError(ValueError):
+    pass
 
 
 def check_name(name: str) -> str:
-    if not validate.is_user_name(name):
+    if not isinstance(name, str) or not USER_NAME.match(name):
         raise UserError(f"invalid user name {name!r}: 1-64 of letters, digits, '.', '_', '@', '-'")
     return name
 
