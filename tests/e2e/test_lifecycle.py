@@ -23,8 +23,9 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _group(pgid: int) -> list[int]:
-    """Live processes of a process group."""
+def _live(field: int, value: int) -> list[int]:
+    """Live processes whose /proc/<pid>/stat ``field`` (counted after the command name: 1 is
+    the parent, 2 the process group) is ``value``."""
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -32,22 +33,18 @@ def _group(pgid: int) -> list[int]:
                 stat = (d / "stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rfind(")") + 2 :].split()[2]) == pgid and _alive(int(d.name)):
+            if int(stat[stat.rfind(")") + 2 :].split()[field]) == value and _alive(int(d.name)):
                 out.append(int(d.name))
     return out
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    return _live(2, pgid)
 
 
 def children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid and _alive(int(d.name)):
-                out.append(int(d.name))
-    return out
+    return _live(1, pid)
 
 
 def test_down_after_a_killed_api_main_process_then_down_and_up_twice(stack):

@@ -89,15 +89,10 @@ def test_the_public_port_serves_https_with_the_public_certificate(vip):
             ctx.wrap_socket(raw, server_hostname=vip)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
 def _plain(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     try:
         request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.build_opener(_NoRedirect).open(request, timeout=10) as r:
+        with urllib.request.build_opener(gwtest._NoRedirect).open(request, timeout=10) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}
