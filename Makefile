@@ -5,6 +5,7 @@ SHELL := /bin/bash
 help:
 	@echo "make up      start the local stack (Postgres, 2 API instances, 2 job workers, HAProxy) on 127.0.0.1:8000"
 	@echo "             TLS=1: HTTPS with a CA made under .state/tls; BIND=0.0.0.0: reachable from other machines"
+	@echo "             WSGI=gunicorn: the API instances under gunicorn instead of granian"
 	@echo "make down    stop everything make up started"
 	@echo "make status  show the local stack's processes"
 	@echo "make test    lint + unit + integration + e2e (real dask-gateway client) + molecule (the appliance in Docker)"
@@ -15,9 +16,10 @@ help:
 bootstrap:
 	@scripts/bootstrap.sh
 
-# make up TLS=1: HTTPS with a CA of the stack's own; make up BIND=0.0.0.0: not only loopback.
+# make up TLS=1: HTTPS with a CA of the stack's own; make up BIND=0.0.0.0: not only loopback;
+# make up WSGI=gunicorn: the API instances under gunicorn (granian by default).
 up: bootstrap
-	@GATEWAYHA_TLS=$(TLS) GATEWAYHA_BIND=$(BIND) scripts/stack.sh up
+	@GATEWAYHA_TLS=$(TLS) GATEWAYHA_BIND=$(BIND) GATEWAYHA_WSGI=$(WSGI) scripts/stack.sh up
 
 down:
 	@scripts/stack.sh down

@@ -5,8 +5,9 @@
 # GATEWAYHA_API_PORTS (default "8101 8102"), GATEWAYHA_EXAMPLE=0 to skip the example run,
 # GATEWAYHA_TLS=1 (make up TLS=1) to serve HTTPS with a CA made under $STATE/tls,
 # GATEWAYHA_BIND (make up BIND=...; default 127.0.0.1: loopback only) the public address,
-# GATEWAYHA_PUBLIC_HOST (default 127.0.0.1) the host name or address users reach it by.
-# Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian + Falcon), 2 job workers (nodes
+# GATEWAYHA_PUBLIC_HOST (default 127.0.0.1) the host name or address users reach it by,
+# GATEWAYHA_WSGI (make up WSGI=gunicorn) the API instances' WSGI server: granian (default) or gunicorn.
+# Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian or gunicorn + Falcon), 2 job workers (nodes
 # local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ API_PORTS=${GATEWAYHA_API_PORTS:-"8101 8102"}
 TLS=${GATEWAYHA_TLS:-0}
 BIND=${GATEWAYHA_BIND:-127.0.0.1}
 PUBLIC_HOST=${GATEWAYHA_PUBLIC_HOST:-127.0.0.1}
+WSGI=${GATEWAYHA_WSGI:-granian}
+case "$WSGI" in granian|gunicorn) ;; *) echo "stack: WSGI must be granian or gunicorn, not '$WSGI'" >&2; exit 2 ;; esac
 SCHEME=http; [ "$TLS" = 1 ] && SCHEME=https
 RUN=$STATE/run
 LOG=$STATE/log
@@ -67,9 +70,10 @@ secret = "$(cat "$STATE/secret")"
 public_url = "$SCHEME://$PUBLIC_HOST:$PORT"
 api_url = "http://127.0.0.1:$PORT/api"
 reserved_ports = "$(echo $API_PORTS | tr ' ' ',')"
+wsgi = "$WSGI"
 
 [auth]
-type = "basic"
+authenticators = ["token", "basic"]
 
 [node]
 host = "127.0.0.1"
@@ -148,14 +152,21 @@ up() {
     api_args=()
     for p in $API_PORTS; do
         api_args+=(--api "127.0.0.1:$p")
-        if ! alive "$RUN/api-$p.pid"; then
-            # A killed main process may leave its granian worker behind, holding the port.
+        # An instance running under the other server (make up WSGI=... changed it) starts again.
+        if alive "$RUN/api-$p.pid" && [ "$(cat "$RUN/api-$p.wsgi" 2>/dev/null || echo granian)" != "$WSGI" ]; then
+            echo "stack: restarting the API instance on :$p under $WSGI"
             procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" "$RUN/api-$p.pid" || true
-            # granian refuses to start while its old pidfile names a live PID, and a killed,
-            # not yet reaped (zombie) main process still counts as live for it.
+        fi
+        if ! alive "$RUN/api-$p.pid"; then
+            # A killed main process may leave its worker behind, holding the port (granian's
+            # stays; gunicorn's notices, finishes what it has in flight, up to 25 s, and exits).
+            procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" "$RUN/api-$p.pid" || true
+            # granian and gunicorn refuse to start while an old pidfile names a live PID, and a
+            # killed, not yet reaped (zombie) main process still counts as live for them.
             rm -f "$RUN/api-$p.pid"
-            MALLOC_ARENA_MAX=2 setsid gatewayha-api --bind "127.0.0.1:$p" \
+            MALLOC_ARENA_MAX=2 setsid gatewayha-api --bind "127.0.0.1:$p" --wsgi "$WSGI" \
                 --pid-file "$RUN/api-$p.pid" >>"$LOG/api-$p.log" 2>&1 < /dev/null &
+            echo "$WSGI" > "$RUN/api-$p.wsgi"
         fi
     done
 
@@ -217,6 +228,11 @@ ENV
     fi
     chmod 0600 "$STATE/local.env"
     echo "gatewayha is up at $SCHEME://$PUBLIC_HOST:$PORT (user demo; credentials in $STATE/local.env)"
+    if [ "$WSGI" = gunicorn ]; then
+        echo "API instances (ports $API_PORTS) under gunicorn: its worker timeout replaces a hung worker (server.gunicorn_timeout)"
+    else
+        echo "API instances (ports $API_PORTS) under granian (make up WSGI=gunicorn for gunicorn)"
+    fi
     case "$BIND" in
         127.*|localhost|::1) echo "Listening on $BIND:$PORT only (loopback): other machines cannot reach it; make up BIND=0.0.0.0 TLS=1 to serve them" ;;
         *) if [ "$TLS" = 1 ]; then echo "Listening on $BIND:$PORT: reachable from other machines, over HTTPS"
@@ -245,7 +261,7 @@ down() {
     # marker (GATEWAYHA_CONFIG, set by stacks started before GATEWAYHA_LOCAL_STACK) also counts.
     procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" \
         "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid || true
-    rm -f "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid
+    rm -f "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/api-*.wsgi "$RUN"/haproxy.pid
     # Schedulers and workers launched by the local backend (pidfiles under each node's state dir).
     mapfile -t units < <(find "$STATE" -path "$STATE/pg" -prune -o -name '*.pid' -print 2>/dev/null)
     if [ ${#units[@]} -gt 0 ]; then

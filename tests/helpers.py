@@ -25,6 +25,26 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a zombie is gone, only not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of a process's live children (its main thread's), in the order the kernel lists
+    them. The kernel also lists a child that exited and is not yet reaped: left out (a gunicorn
+    master reaps its old worker a moment after a reload; under load that moment was seen)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in listed if alive(int(c))]
+
+
 def plain_http_comm(host: str, port: int, token: str, msg: dict) -> int | None:
     """POST ``msg`` with ``token`` to a scheduler's ``/api/comm`` in plain HTTP (what the gateway
     sent before the control API was TLS): the HTTP status, or None when no HTTP answer came."""
@@ -58,15 +78,16 @@ def datagrams(sock, seconds: float) -> list[bytes]:
 
 
 @contextlib.contextmanager
-def real_api(tmp_path: Path, bind: str, **env: str) -> Iterator[subprocess.Popen]:
-    """A real gatewayha-api (granian + the app) on ``bind``, configured by ``env`` only (nothing
-    of this process's GATEWAYHA_* settings), its output in ``tmp_path/api.log``; stopped
-    (TERM, then KILL) with its whole process group at the end."""
+def real_api(tmp_path: Path, bind: str, *args: str, **env: str) -> Iterator[subprocess.Popen]:
+    """A real gatewayha-api (granian, or what ``args`` such as ``--wsgi gunicorn`` choose, + the
+    app) on ``bind``, configured by ``env`` only (nothing of this process's GATEWAYHA_* settings),
+    its output in ``tmp_path/api.log``; stopped (TERM, then KILL) with its whole process group at
+    the end."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYHA_")}
     full.update(env)
     with open(tmp_path / "api.log", "wb") as log:
         api = subprocess.Popen(
-            [sys.executable, "-m", "gatewayha.api.serve", "--bind", bind],
+            [sys.executable, "-m", "gatewayha.api.serve", "--bind", bind, *args],
             env=full,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -75,9 +96,11 @@ def real_api(tmp_path: Path, bind: str, **env: str) -> Iterator[subprocess.Popen
         try:
             yield api
         finally:
-            os.killpg(api.pid, signal.SIGTERM)
             try:
+                os.killpg(api.pid, signal.SIGTERM)
                 api.wait(30)
+            except ProcessLookupError:
+                pass  # stopped already (by the test)
             except subprocess.TimeoutExpired:
                 os.killpg(api.pid, signal.SIGKILL)
                 api.wait(10)

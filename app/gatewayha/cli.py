@@ -93,6 +93,20 @@ def cmd_tokens(settings, args) -> int:
 
 
 def cmd_nodes(settings, args) -> int:
+    from gatewayha import liveness
+
+    if getattr(args, "action", None) in ("drain", "undrain"):
+        with _conn(settings) as conn:
+            if not liveness.set_draining(conn, args.name, args.action == "drain"):
+                print(f"no node {args.name}", file=sys.stderr)
+                return 1
+        print(
+            f"node {args.name} drained: it starts no new scheduler and keeps no warm pool; its running "
+            "clusters stay (gatewayha-admin clusters list)"
+            if args.action == "drain"
+            else f"node {args.name} takes new schedulers again"
+        )
+        return 0
     with _conn(settings) as conn:
         rows = conn.execute(
             "SELECT n.name, n.host, n.last_seen, n.draining,"
@@ -101,11 +115,11 @@ def cmd_nodes(settings, args) -> int:
             " FROM nodes n ORDER BY n.name",
             (settings.worker.node_timeout,),
         ).fetchall()
-    print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'CLUSTERS':>8}  LAST SEEN")
+    print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'DRAINING':<8} {'CLUSTERS':>8}  LAST SEEN")
     for r in rows:
         print(
-            f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {r['clusters']:>8}  "
-            f"{r['last_seen']:%Y-%m-%d %H:%M:%S}"
+            f"{r['name']:<20} {r['host']:<16} {'yes' if r['alive'] else 'NO':<6} {'yes' if r['draining'] else '':<8} "
+            f"{r['clusters']:>8}  {r['last_seen']:%Y-%m-%d %H:%M:%S}"
         )
     return 0
 
@@ -121,23 +135,24 @@ def cmd_clusters(settings, args) -> int:
             print(f"stopping {args.name}")
             return 0
         rows = conn.execute(
-            "SELECT name, owner, status, node, reason, created_at,"
+            "SELECT name, owner, status, node, reason, created_at, target_workers,"
             " (SELECT count(*) FROM workers w WHERE w.cluster = c.name AND w.status = 'RUNNING') AS workers"
             " FROM clusters c WHERE %s OR status IN ('PENDING','RUNNING','STOPPING') ORDER BY created_at",
             (args.all,),
         ).fetchall()
-    print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>7}  REASON")
+    # WORKERS: running now / what the scheduler last asked for (its heartbeat's target count).
+    print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>9}  REASON")
     for r in rows:
-        print(
-            f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {r['node'] or '-':<12} {r['workers']:>7}  "
-            f"{r['reason'] or ''}"
-        )
+        workers = f"{r['workers']}/{r['target_workers']}"
+        node = r["node"] or "-"
+        print(f"{r['name']:<33} {r['owner']:<12} {r['status']:<9} {node:<12} {workers:>9}  {r['reason'] or ''}")
     return 0
 
 
 def cmd_render_haproxy(settings, args) -> int:
     from gatewayha.dashboards import jwt_key
-    from gatewayha.routes.render import default_template_path, render_haproxy_cfg, write_atomic
+    from gatewayha.files import write_atomic
+    from gatewayha.routes.render import default_template_path, render_haproxy_cfg
     from gatewayha.routes.sync import ensure_map_files
 
     map_dir = Path(settings.haproxy.map_dir).resolve()
@@ -189,6 +204,19 @@ def cmd_pki(settings, args) -> int:
     return 0
 
 
+def check_config(path: str) -> int:
+    """Validate a configuration file by itself (no GATEWAYHA_* overrides): an unknown section or
+    setting, a wrong type or a bad value is reported with its name. The appliance role runs it on
+    the rendered file before installing it, so a typo never reaches the restart of every node."""
+    try:
+        load_settings(path, environ={})
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayha-admin", description=__doc__)
     p.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
@@ -214,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("user")
     tc.add_argument("--days", type=float, default=None, help="expiry in days (default: never)")
 
-    sub.add_parser("nodes", help="list gateway nodes")
+    n = sub.add_parser("nodes", help="list gateway nodes; drain one (no new schedulers there) or undrain it")
+    ns = n.add_subparsers(dest="action")
+    for action, text in (("drain", "start no new scheduler on NODE"), ("undrain", "let NODE start schedulers again")):
+        ns.add_parser(action, help=text).add_argument("name", metavar="NODE")
 
     c = sub.add_parser("clusters", help="list or stop clusters")
     cs = c.add_subparsers(dest="action", required=True)
@@ -238,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="after a rotation of server.secret: move stored keys and tokens to the current secret",
     )
 
+    v = sub.add_parser("check-config", help="validate a configuration file (exit 1 and say why when it is not)")
+    v.add_argument("file", help="the TOML file to check")
+
     k = sub.add_parser("pki", help="a local CA and a server certificate it signs (make up TLS=1)")
     k.add_argument("--dir", required=True, help="directory of ca.crt, ca.key, server.pem, ca-bundle.pem")
     k.add_argument("--san", action="append", required=True, help="name or IP the server answers to (repeatable)")
@@ -258,6 +292,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

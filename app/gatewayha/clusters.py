@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,13 +22,12 @@ from psycopg.types.json import Jsonb
 from gatewayha import tls, warm_pool
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
-from gatewayha.errors import Conflict, Forbidden, LimitExceeded, NotFound, Unprocessable
+from gatewayha.errors import Conflict, Forbidden, InvalidValue, LimitExceeded, NotFound, Unprocessable
 from gatewayha.jobs import queue
 from gatewayha.options import ClusterConfig, cluster_config, environment_patterns, split_environment, validate_options
+from gatewayha.validate import ADDRESS_SCHEMES, is_cluster_name, reported_address
 
 ROUTES_CHANNEL = "gatewayha_routes"
-CLUSTER_NAME = re.compile(r"^[a-f0-9]{32}$")
-WORKER_NAME = re.compile(r"^[a-f0-9]{32}-[a-z0-9]{1,16}$")
 ACTIVE = ("PENDING", "RUNNING", "STOPPING")
 
 log = logging.getLogger("gatewayha.clusters")
@@ -43,8 +41,13 @@ class ClusterStatus(enum.Enum):
     FAILED = 5
 
 
-def valid_name(name: str) -> bool:
-    return bool(CLUSTER_NAME.match(name))
+def workers_stopped(conn: psycopg.Connection, cluster: str) -> None:
+    """Record every worker of a cluster that ended as STOPPED (their processes went with it)."""
+    conn.execute(
+        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
+        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
+        (cluster,),
+    )
 
 
 def notify_routes(conn: psycopg.Connection, cluster: str) -> None:
@@ -179,7 +182,7 @@ def create_cluster(
 
 
 CLUSTER_COLUMNS = (
-    "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node, generation,"
+    "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node,"
     " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
 )
 
@@ -234,7 +237,7 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
     """Raise Forbidden unless ``token`` is the token of ``name``, an active cluster or a pooled
     scheduler: a stopped cluster's token is refused."""
     row = None
-    if token is not None and valid_name(name):
+    if token is not None and is_cluster_name(name):
         row = conn.execute(
             "SELECT token_hash FROM clusters WHERE name = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
             " UNION ALL SELECT token_hash FROM warm_pool WHERE name = %s",
@@ -242,14 +245,6 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
         ).fetchone()
     if row is None or not sec.cluster_token_ok(settings.server.secrets, name, token, row["token_hash"]):
         raise Forbidden("Invalid cluster token")
-
-
-# The addresses a heartbeat reports: they become HAProxy routes and the target of the API's calls.
-# api_address: https, the control API over TLS with the cluster's cert; http is what a scheduler
-# of an earlier release reports (one a node still on it starts during a rolling upgrade too): it
-# is recorded, so the cluster runs and computes, but the API sends it nothing, no token in clear
-# (gatewayha.control: a scale answers 503, shut the cluster down and create a new one).
-ADDRESS_SCHEMES = {"scheduler_address": ("tls",), "dashboard_address": ("http",), "api_address": ("https", "http")}
 
 
 def reserved_ports(settings: Settings) -> set[int]:
@@ -270,19 +265,18 @@ def check_addresses(settings: Settings, name: str, host: str | None, msg: dict) 
     """Refuse addresses a scheduler placed on ``host`` cannot have: another host, a privileged
     port or one of gatewayha's own (a heartbeat must not turn the public port into a tunnel)."""
     reserved = reserved_ports(settings)
-    for key, schemes in ADDRESS_SCHEMES.items():
+    for key in ADDRESS_SCHEMES:
         value = msg[key]
         if not value and key == "dashboard_address":
             continue
-        parts = urlsplit(value)
         try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if parts.scheme not in schemes or host is None or parts.hostname != host or port is None:
+            addr = reported_address(key, value)
+        except InvalidValue:
+            addr = None
+        if addr is None or host is None or addr.host != host:
             problem = f"{key} {value!r} is not on the host the cluster was placed on ({host})"
-        elif port < 1024 or port in reserved:
-            problem = f"{key} {value!r}: port {port} is privileged or one of the gateway's own"
+        elif addr.port < 1024 or addr.port in reserved:
+            problem = f"{key} {value!r}: port {addr.port} is privileged or one of the gateway's own"
         else:
             continue
         log.warning("cluster %s: heartbeat refused: %s", name, problem)
@@ -290,7 +284,7 @@ def check_addresses(settings: Settings, name: str, host: str | None, msg: dict) 
 
 
 def get_cluster(conn: psycopg.Connection, name: str, owner: str | None = None) -> dict | None:
-    if not valid_name(name):
+    if not is_cluster_name(name):
         return None
     row = conn.execute(f"SELECT {CLUSTER_COLUMNS} FROM clusters WHERE name = %s", (name,)).fetchone()
     if row is None or (owner is not None and row["owner"] != owner):
@@ -343,19 +337,13 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
             return True
         if row["node"] is None:
             conn.execute(
-                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now(), generation = generation + 1"
-                " WHERE name = %s",
+                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now() WHERE name = %s",
                 (final, reason, name),
             )
-            conn.execute(
-                "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-                " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-                (name,),
-            )
+            workers_stopped(conn, name)
         else:
             conn.execute(
-                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s), generation = generation + 1"
-                " WHERE name = %s",
+                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s) WHERE name = %s",
                 (reason, name),
             )
             queue.enqueue(
@@ -433,8 +421,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
         if row["status"] == "PENDING":
             conn.execute(
                 "UPDATE clusters SET status = 'RUNNING', scheduler_address = %s, dashboard_address = %s,"
-                " api_address = %s, started_at = coalesce(started_at, now()), generation = generation + 1"
-                " WHERE name = %s",
+                " api_address = %s, started_at = coalesce(started_at, now()) WHERE name = %s",
                 (*addresses, name),
             )
             notify_routes(conn, name)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatewayha.errors import ConfigError
+from gatewayha.validate import is_ipv4
 
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid."""
+log = logging.getLogger("gatewayha.config")
 
 
 @dataclass
@@ -66,6 +68,14 @@ class ServerSettings:
     # Peers whose X-Forwarded-For is believed (comma-separated addresses or networks): the
     # HAProxies in front of this instance. Everyone else's source is the peer address.
     trusted_proxies: str = "127.0.0.1, ::1"
+    # The WSGI server of gatewayha-api (its --wsgi overrides this): "granian" (HTTP parsed in Rust:
+    # 2.7x gunicorn's requests/s for a constant answer, 1.6x for an authenticated GET, through
+    # HAProxy; bench/profile.md, finding 14; liveness from systemd's watchdog) or "gunicorn"
+    # (gthread worker; liveness from its worker timeout).
+    wsgi: str = "granian"
+    # gunicorn only: a worker whose main loop has not checked in for this long (stopped, the GIL
+    # never released) is killed and replaced; it plays the part of systemd's WatchdogSec=30.
+    gunicorn_timeout: int = 30
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -74,11 +84,21 @@ class ServerSettings:
         return (self.secret, *previous)
 
 
+# What the deprecated auth.type stood for, and what is used when neither it nor
+# auth.authenticators is set.
+LEGACY_AUTH_TYPES = {"basic": ["token", "basic"], "simple": ["token", "simple"]}
+DEFAULT_AUTHENTICATORS = LEGACY_AUTH_TYPES["basic"]
+
+
 @dataclass
 class AuthSettings:
-    # "basic": users table with scrypt hashes; "simple": any user name with one
-    # shared password (dask-gateway's SimpleAuthenticator).
-    type: str = "basic"
+    # The authenticators tried, in order, on a request without a valid session cookie
+    # (gatewayha.auth.authenticators, docs/auth.md): "token" (API tokens), "basic" (users
+    # table, scrypt hashes), "simple" (any user name with simple_password: dask-gateway's
+    # SimpleAuthenticator). Empty: what ``type`` stands for, else ["token", "basic"].
+    authenticators: list[str] = field(default_factory=list)
+    # Deprecated (use authenticators): "basic" is ["token", "basic"], "simple" ["token", "simple"].
+    type: str = ""
     simple_password: str = ""
     realm: str = "gatewayha"
     # Login throttling (gatewayha.api.throttle), shared by all instances through Postgres:
@@ -88,6 +108,12 @@ class AuthSettings:
     throttle_window: float = 60.0
     throttle_user_failures: int = 10
     throttle_source_failures: int = 30
+
+    def chosen(self) -> list[str]:
+        """The names of the authenticators in use, in order."""
+        if self.authenticators:
+            return list(self.authenticators)
+        return list(LEGACY_AUTH_TYPES.get(self.type, DEFAULT_AUTHENTICATORS))
 
 
 @dataclass
@@ -212,6 +238,8 @@ class Settings:
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "cluster_options"}
+# What gatewayha-api can serve the app with (server.wsgi, --wsgi).
+WSGI_SERVERS = ("granian", "gunicorn")
 OPTION_TYPES = {"int", "float", "string", "bool", "select", "mapping"}
 
 
@@ -230,6 +258,12 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if typ == "list[str]":
+            if isinstance(value, str):  # an environment override: comma- or space-separated
+                return value.replace(",", " ").split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected {typ}, got {value!r}") from None
     return value
@@ -344,10 +378,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("server.secret: set a random secret of at least 16 characters")
     if any(len(p) < 16 for p in s.server.secrets[1:]):
         raise ConfigError("server.previous_secrets: each at least 16 characters, separated by commas or spaces")
-    if s.auth.type not in ("basic", "simple"):
-        raise ConfigError(f"auth.type: 'basic' or 'simple', got {s.auth.type!r}")
-    if s.auth.type == "simple" and not s.auth.simple_password:
-        raise ConfigError("auth.simple_password: required when auth.type = 'simple'")
+    _validate_auth(s.auth)
     if not 0 <= s.node.dask_nice <= 19:
         raise ConfigError(f"node.dask_nice: 0 to 19, got {s.node.dask_nice}")
     try:
@@ -356,6 +387,11 @@ def validate(s: Settings) -> None:
         ports = [-1]
     if not all(0 < p < 65536 for p in ports):
         raise ConfigError(f"server.reserved_ports: comma-separated ports, got {s.server.reserved_ports!r}")
+    if s.server.wsgi not in WSGI_SERVERS:
+        raise ConfigError(f"server.wsgi: 'granian' or 'gunicorn', got {s.server.wsgi!r}")
+    if not 2 <= s.server.gunicorn_timeout <= 3600:
+        # gunicorn's worker checks in about once a second: below 2 s a busy but live one is killed.
+        raise ConfigError(f"server.gunicorn_timeout: 2 to 3600 seconds, got {s.server.gunicorn_timeout}")
     if s.node.isolation not in ("uid", "none"):
         raise ConfigError(f"node.isolation: 'uid' or 'none', got {s.node.isolation!r}")
     if not (1000 <= s.node.dask_uid_min and s.node.dask_uid_count >= 16
@@ -367,11 +403,9 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):
         raise ConfigError(f"node.name: letters, digits, '-', '_' and '.' only, got {s.node.name!r}")
-    try:
-        ipaddress.IPv4Address(s.node.host)
-    except ValueError:
+    if not is_ipv4(s.node.host):
         # HAProxy's set-dst takes an address, never a name: routes need the node's IPv4.
-        raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}") from None
+        raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}")
     if s.database.pool_max < s.database.pool_min or s.database.pool_min < 0:
         raise ConfigError("database.pool_max must be >= database.pool_min >= 0")
     for name in ("concurrency",):
@@ -402,6 +436,26 @@ def validate(s: Settings) -> None:
     for name in ("max_clusters", "max_cores", "max_memory_gib"):
         if getattr(s.limits, name) < 0:
             raise ConfigError(f"limits.{name}: must be >= 0 (0: unlimited)")
+
+
+def _validate_auth(auth: AuthSettings) -> None:
+    if auth.type and auth.type not in LEGACY_AUTH_TYPES:
+        raise ConfigError(f"auth.type: 'basic' or 'simple', got {auth.type!r} (deprecated: use auth.authenticators)")
+    if auth.type and auth.authenticators:
+        raise ConfigError("auth.type: deprecated, and auth.authenticators replaces it: set only auth.authenticators")
+    from gatewayha.auth.authenticators import check_settings  # it imports this module
+
+    check_settings(auth)
+    if auth.type and "auth.type" not in _deprecations_logged:
+        _deprecations_logged.add("auth.type")
+        log.warning(
+            "auth.type is deprecated: write auth.authenticators = %s instead",
+            "[" + ", ".join(f'"{n}"' for n in auth.chosen()) + "]",
+        )
+
+
+# Each deprecated setting is logged once per process, however often settings are loaded.
+_deprecations_logged: set[str] = set()
 
 
 def state_path(s: Settings, *parts: str) -> Path:

@@ -28,10 +28,9 @@ import http.client
 import json
 import logging
 import ssl
-from urllib.parse import urlsplit
 
-from gatewayha import tls
-from gatewayha.errors import Unavailable
+from gatewayha import tls, validate
+from gatewayha.errors import InvalidValue, Unavailable
 
 log = logging.getLogger("gatewayha.control")
 
@@ -77,16 +76,15 @@ class ClusterConnection(http.client.HTTPSConnection):
 
 def post_comm(api_address: str, cert_pem: str | None, token: str, msg: dict) -> None:
     """POST ``msg`` to the scheduler's ``/api/comm``; Unavailable (503) on any failure."""
-    parts = urlsplit(api_address or "")
-    if parts.scheme == "http":
-        raise Unavailable(PLAIN_HTTP_REFUSED)
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "https" or not parts.hostname or port is None or not cert_pem:
+        parsed = validate.reported_address("api_address", api_address)
+    except InvalidValue:
+        parsed = None
+    if parsed is not None and parsed.scheme == "http":
+        raise Unavailable(PLAIN_HTTP_REFUSED)
+    if parsed is None or not cert_pem:
         raise Unavailable("The scheduler's control address is not usable")
-    conn = ClusterConnection(parts.hostname, port, cert_pem, SCHEDULER_TIMEOUT_S)
+    conn = ClusterConnection(parsed.host, parsed.port, cert_pem, SCHEDULER_TIMEOUT_S)
     try:
         conn.request(
             "POST",

@@ -1,14 +1,24 @@
-"""The one error hierarchy: domain and API code raise these, the API maps them to responses.
+"""The one error hierarchy: every error gatewayha raises on purpose is a ``GatewayError``.
 
-Each class carries the HTTP status it stands for as plain data; nothing here knows
-about HTTP frameworks, so db/jobs/backends/routes may raise them freely.
+Two branches under the root:
+
+- ``ApiError`` and its subclasses are answers to an API client: each carries the HTTP status it
+  stands for (and headers) as plain data, and ``gatewayha.api.errors`` turns them into
+  ``{"error": message}``, the one place errors meet HTTP.
+- The others (a bad setting, a malformed value or job, a backend or HAProxy failure) are not
+  meant for a client: should one reach the API it is a 500 "Internal server error", logged.
+
+Nothing here knows about HTTP frameworks, so db/jobs/backends/routes may raise them freely,
+and a caller can catch every error of gatewayha's own with ``except GatewayError``.
 """
 
 from __future__ import annotations
 
 
 class GatewayError(Exception):
-    status = 400
+    """The root. Not an answer to a client by itself (500, message not shown)."""
+
+    status = 500
     headers: dict[str, str] = {}
 
     def __init__(self, message: str, headers: dict[str, str] | None = None):
@@ -18,23 +28,30 @@ class GatewayError(Exception):
             self.headers = headers
 
 
-class BadRequest(GatewayError):
+# --- answers to API clients: status and message are sent as they are -------------------
+
+
+class ApiError(GatewayError):
     status = 400
 
 
-class Unauthorized(GatewayError):
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
     status = 401
 
 
-class Forbidden(GatewayError):
+class Forbidden(ApiError):
     status = 403
 
 
-class NotFound(GatewayError):
+class NotFound(ApiError):
     status = 404
 
 
-class Conflict(GatewayError):
+class Conflict(ApiError):
     status = 409
 
 
@@ -42,19 +59,48 @@ class LimitExceeded(Conflict):
     """A per-user limit; 409 makes the stock client raise GatewayClusterError with our message."""
 
 
-class PayloadTooLarge(GatewayError):
+class PayloadTooLarge(ApiError):
     status = 413
 
 
-class Unprocessable(GatewayError):
+class Unprocessable(ApiError):
     status = 422
 
 
-class Unavailable(GatewayError):
+class Unavailable(ApiError):
     status = 503
 
 
-class TooManyRequests(GatewayError):
+class DatabaseUnavailable(Unavailable):
+    """Postgres cannot be reached or did not answer in time (pool wait, connect or statement
+    timeout): the client may try again shortly."""
+
+    MESSAGE = "Database unavailable, try again shortly"
+
+    def __init__(self, message: str = MESSAGE, headers: dict[str, str] | None = None):
+        super().__init__(message, headers or {"Retry-After": "2"})
+
+
+class TooManyRequests(ApiError):
     """Throttled (login attempts); carries Retry-After."""
 
     status = 429
+
+
+# --- not for clients ----------------------------------------------------------------------
+
+
+class ConfigError(GatewayError, ValueError):
+    """A bad setting: the service does not start (gatewayha.config)."""
+
+
+class InvalidValue(GatewayError, ValueError):
+    """A value that is not of its kind (gatewayha.validate): a name, an address, a map entry."""
+
+
+class MalformedJob(GatewayError, ValueError):
+    """A job whose kind or payload no handler can run: it fails at once, never retried."""
+
+
+class BackendError(GatewayError, RuntimeError):
+    """The machinery that runs Dask processes failed (systemd-run, no free uid, ...)."""

@@ -28,13 +28,22 @@ ON CONFLICT (name) DO UPDATE SET
     last_seen = now(){extra_set}
 """
 _API_SQL = _REPORT_SQL.format(table="api_instances", extra_cols="", extra_vals="", extra_set="")
-_NODE_SQL = _REPORT_SQL.format(
-    table="nodes", extra_cols=", host", extra_vals=", %(host)s", extra_set=", host = excluded.host"
+_NODE_SQL = (
+    _REPORT_SQL.format(table="nodes", extra_cols=", host", extra_vals=", %(host)s", extra_set=", host = excluded.host")
+    + "RETURNING draining"
 )
 
 
-def report_node(conn: psycopg.Connection, node: str, host: str, interval: float) -> None:
-    conn.execute(_NODE_SQL, {"name": node, "host": host, "gap": GAP_FACTOR * interval})
+def report_node(conn: psycopg.Connection, node: str, host: str, interval: float) -> bool:
+    """Report this node alive; returns whether an operator drains it (``gatewayha-admin nodes
+    drain``: it starts no new scheduler and keeps no warm pool, its running clusters stay)."""
+    row = conn.execute(_NODE_SQL, {"name": node, "host": host, "gap": GAP_FACTOR * interval}).fetchone()
+    return bool(row["draining"])
+
+
+def set_draining(conn: psycopg.Connection, node: str, draining: bool) -> bool:
+    """Drain a node (or stop draining it); False when no such node ever reported."""
+    return conn.execute("UPDATE nodes SET draining = %s WHERE name = %s", (draining, node)).rowcount == 1
 
 
 def start_node(conn: psycopg.Connection, node: str, host: str, interval: float) -> None:

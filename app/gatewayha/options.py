@@ -16,6 +16,7 @@ from typing import Any
 
 from gatewayha.config import ClusterSettings, OptionSpec, Settings
 from gatewayha.errors import Unprocessable
+from gatewayha.validate import is_env_name
 
 
 class OptionError(Unprocessable, ValueError):
@@ -162,7 +163,6 @@ _NEVER_ENV = re.compile(
     r"|DASK_DISTRIBUTED\Z)",
     re.IGNORECASE,
 )
-_ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def environment_patterns(allow: str) -> tuple[str, ...]:
@@ -175,7 +175,7 @@ def split_environment(env: object, patterns: tuple[str, ...]) -> tuple[dict[str,
     for key, value in (env if isinstance(env, dict) else {}).items():
         key, value = str(key), str(value)
         if (
-            _ENV_NAME.match(key)
+            is_env_name(key)
             and not _NEVER_ENV.match(key)
             and any(fnmatch.fnmatchcase(key, p) for p in patterns)
             and "\0" not in value

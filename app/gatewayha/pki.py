@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gatewayha.routes.render import write_atomic
+from gatewayha.files import write_atomic
 
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what browsers accept for a server certificate

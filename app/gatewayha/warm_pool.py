@@ -20,12 +20,11 @@ import json
 import logging
 import secrets
 import socket
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from gatewayha import liveness, tls
+from gatewayha import liveness, tls, validate
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
@@ -71,6 +70,7 @@ def _claimable_clause(settings: Settings) -> tuple[str, dict]:
         f"{fresh} AND w.last_heartbeat > now() - make_interval(secs => %(recent)s)"
         " AND n.last_seen > now() - make_interval(secs => %(node_gap)s)"
         " AND coalesce(w.verified_at, w.created_at) >= n.started_at"
+        " AND NOT n.draining"
     )
     params["recent"] = min(c.heartbeat_timeout, liveness.GAP_FACTOR * c.heartbeat_period)
     params["node_gap"] = liveness.GAP_FACTOR * settings.worker.node_heartbeat_interval
@@ -87,8 +87,8 @@ def answers(address: str | None, timeout: float = PROBE_TIMEOUT_S) -> bool:
     api_address: its HTTPS server, which a connection closed before the TLS handshake leaves
     without a log line)."""
     try:
-        parts = urlsplit(address or "")
-        with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
+        parsed = validate.reported_address("api_address", address)
+        with socket.create_connection((parsed.host, parsed.port), timeout=timeout):
             return True
     except (OSError, ValueError, TypeError):
         return False
@@ -191,7 +191,8 @@ def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tupl
 
     Stale entries (silent, never ready within start_timeout, too old for the idle
     timeout, or of a config that is no longer the default) are dropped; the pool is
-    then topped up to warm_pool_size, or trimmed when the size shrank.
+    then topped up to warm_pool_size, or trimmed when the size shrank (to nothing while the
+    node is drained).
     """
     c = settings.cluster
     options, cfg = default_config(settings)
@@ -217,7 +218,8 @@ def plan_refill(conn: psycopg.Connection, settings: Settings, node: str) -> tupl
             "SELECT name FROM warm_pool WHERE node = %s ORDER BY ready_at IS NULL DESC, created_at DESC FOR UPDATE",
             (node,),
         ).fetchall()
-        extra = len(rows) - c.warm_pool_size
+        draining = conn.execute("SELECT draining FROM nodes WHERE name = %s", (node,)).fetchone()
+        extra = len(rows) - (0 if draining and draining["draining"] else c.warm_pool_size)
         trimmed = [r["name"] for r in rows[: max(0, extra)]]
         if trimmed:
             conn.execute("DELETE FROM warm_pool WHERE name = ANY(%s)", (trimmed,))

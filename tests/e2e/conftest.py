@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import subprocess
@@ -70,6 +71,17 @@ class Stack:
             timeout=300,  # up's own waits are bounded; this bounds anything else
         )
 
+    def served_by(self, port: int) -> str:
+        """The Server header (granian, gunicorn) of an API instance's answer, asked directly."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/api/version")
+            response = conn.getresponse()
+            response.read()
+            return response.getheader("Server", "")
+        finally:
+            conn.close()
+
     def pid(self, name: str) -> int:
         return int((self.state / "run" / f"{name}.pid").read_text())
 
@@ -128,6 +140,7 @@ def _running_stack(tmp_path_factory, base: int, label: str, **extra_env: str):
         # One pre-started scheduler per node: creates with default options take it,
         # others (custom options) start a scheduler; the e2e tests cover both paths.
         "GATEWAYHA_CLUSTER__WARM_POOL_SIZE": "1",
+        "GATEWAYHA_WSGI": "granian",  # whatever the caller's shell says; the TLS stack: gunicorn
         **extra_env,
     }
     s = Stack(state, ports[0], ports[1:], env)
@@ -161,8 +174,11 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tls_stack(tmp_path_factory):
-    """A second stack as `make up TLS=1` starts it: HTTPS with a CA of its own under its state dir."""
-    with _running_stack(tmp_path_factory, e2e_base_port() + 200, "tls-stack", GATEWAYHA_TLS="1") as s:
+    """A second stack as `make up TLS=1 WSGI=gunicorn` starts it: HTTPS with a CA of its own under
+    its state dir, and the API instances under gunicorn (the plain stack's run granian): the
+    stock client's tests over HTTPS exercise gunicorn."""
+    base = e2e_base_port() + 200
+    with _running_stack(tmp_path_factory, base, "tls-stack", GATEWAYHA_TLS="1", GATEWAYHA_WSGI="gunicorn") as s:
         yield s
 
 

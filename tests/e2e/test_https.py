@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from helpers import wait_until
+from helpers import children, wait_until
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
@@ -80,6 +80,26 @@ def test_both_stacks_listen_on_loopback_only_and_say_so(stack, tls_stack):
             assert _listeners(port) == {"0100007F"}, (port, _listeners(port))  # 127.0.0.1 only
         assert f"Listening on 127.0.0.1:{s.port} only (loopback)" in s.up_output
     assert "HTTPS with this stack's own CA" in tls_stack.up_output
+
+
+def test_the_tls_stack_runs_gunicorn_and_the_plain_stack_granian(stack, tls_stack):
+    """make up WSGI=gunicorn (the TLS stack) really runs gunicorn: the stock client's tests over
+    HTTPS exercise it, the other e2e tests granian."""
+    assert "under granian" in stack.up_output and "under gunicorn" in tls_stack.up_output
+    for s, wsgi in ((stack, "granian"), (tls_stack, "gunicorn")):
+        for port in s.api_ports:
+            main = s.pid(f"api-{port}")
+            [worker] = children(main)  # one worker process, a child of the instance's main one
+            assert s.served_by(port) == wsgi, (s.state.name, port)
+            cmdline = Path(f"/proc/{main}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[cmdline.index(b"--wsgi") + 1] == wsgi.encode()
+            # granian's Rust extension is loaded in both processes under granian, in none under gunicorn.
+            loaded = ["_granian" in Path(f"/proc/{pid}/maps").read_text() for pid in (main, worker)]
+            assert loaded == [wsgi == "granian"] * 2, (s.state.name, port, loaded)
+            log = (s.state / "log" / f"api-{port}.log").read_text()
+            if wsgi == "gunicorn":
+                assert f"INFO gunicorn Booting worker with pid: {worker}" in log
+                assert "gunicorn Using worker: gthread" in log
 
 
 def test_the_stock_client_works_over_https_with_only_local_env(tls_stack):

@@ -71,6 +71,36 @@ def test_down_after_a_killed_api_main_process_then_down_and_up_twice(stack):
     # The stack is up again for the other tests (and the fixture's own down).
 
 
+def test_gunicorn_instances_leave_with_their_main_process_switch_with_up_and_stop_with_down(tls_stack):
+    """The TLS stack runs gunicorn (make up WSGI=gunicorn). A killed main process takes its worker
+    with it (the worker notices within a second, finishes what it has in flight on its kept-alive
+    connections for up to its graceful timeout, 25 s, and exits; granian's stays, above); `up`
+    with another WSGI server restarts the instances under it; `down` stops every instance and
+    every worker."""
+    s = tls_stack
+    port, other = s.api_ports
+    main = s.pid(f"api-{port}")
+    [worker] = children(main)
+    os.kill(main, signal.SIGKILL)
+    wait_until(lambda: not _alive(worker) and _free(port), 35, "gunicorn's worker to leave with its main process")
+
+    up = s.run("up", check=False, GATEWAYHA_WSGI="granian")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"restarting the API instance on :{other} under granian" in up.stdout, up.stdout
+    assert f"API instances (ports {port} {other}) under granian" in up.stdout
+    assert [s.served_by(p) for p in s.api_ports] == ["granian", "granian"]
+
+    up = s.run("up", check=False)  # the fixture's WSGI=gunicorn
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert [s.served_by(p) for p in s.api_ports] == ["gunicorn", "gunicorn"]
+    workers = [w for p in s.api_ports for w in children(s.pid(f"api-{p}"))]
+    assert len(workers) == 2
+    s.assert_down(s.run("down", check=False), s.pids() + workers)
+
+    up = s.run("up", check=False)  # up again for the fixture's own down
+    assert up.returncode == 0, up.stdout + up.stderr
+
+
 def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack, gateway):
     """Both nodes' job workers and pooled schedulers die; the workers start again; a create at
     once, before the workers have even reported, must not be handed a pooled scheduler that died

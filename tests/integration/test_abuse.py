@@ -364,13 +364,14 @@ RAW_HEADERS = [
 ]
 
 
-def test_bad_credentials_through_a_real_gatewayha_api_are_401_never_500(env, tmp_path: Path):
-    """Bytes as a client sends them (UTF-8, latin-1, 10 kB), through granian's WSGI decoding.
+@pytest.mark.parametrize("wsgi", ["granian", "gunicorn"])
+def test_bad_credentials_through_a_real_gatewayha_api_are_401_never_500(env, tmp_path: Path, wsgi):
+    """Bytes as a client sends them (UTF-8, latin-1, 10 kB), through each WSGI server's decoding.
 
     Observed: granian hands the app a header value with non-ASCII bytes as an empty string
     (so those arrive as "no credentials"), and answers a control character itself (400, before
-    the app); a WSGI server that decodes them as latin-1 (the
-    PEP 3333 way, and falcon's TestClient) is covered by the tests above."""
+    the app); gunicorn decodes them as latin-1 (the PEP 3333 way, as falcon's TestClient does in
+    the tests above)."""
     settings, _, dsn = env
     port = free_port()
     env = dict(
@@ -379,7 +380,7 @@ def test_bad_credentials_through_a_real_gatewayha_api_are_401_never_500(env, tmp
         GATEWAYHA_NODE__STATE_DIR=str(tmp_path / "node"),
         GATEWAYHA_API_THREADS="8",
     )
-    with real_api(tmp_path, f"127.0.0.1:{port}", **env):
+    with real_api(tmp_path, f"127.0.0.1:{port}", "--wsgi", wsgi, **env):
 
         def up():
             try:

@@ -96,8 +96,19 @@ def test_clusters_and_nodes_listing_and_admin_stop(dsn, tmp_path):
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         name = clusters.create_cluster(conn, settings, "hank", {})
         conn.execute("INSERT INTO nodes (name, host) VALUES ('n1', '10.0.0.1')")
-    assert name in admin(dsn, "clusters", "list").stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the scheduler's last heartbeat asked for 3
+        conn.execute("UPDATE clusters SET target_workers = 3 WHERE name = %s", (name,))
+    [row] = [line.split() for line in admin(dsn, "clusters", "list").stdout.splitlines() if line.startswith(name)]
+    assert row[4] == "0/3", row  # WORKERS: running / target
     assert "n1" in admin(dsn, "nodes").stdout
+    drained = admin(dsn, "nodes", "drain", "n1")
+    assert drained.returncode == 0 and "drained" in drained.stdout
+    [row] = [line.split() for line in admin(dsn, "nodes").stdout.splitlines() if line.startswith("n1 ")]
+    assert row[3] == "yes", row  # the DRAINING column
+    assert admin(dsn, "nodes", "undrain", "n1").returncode == 0
+    assert "yes" not in [line.split()[3] for line in admin(dsn, "nodes").stdout.splitlines()[1:]]
+    unknown = admin(dsn, "nodes", "drain", "nobody")
+    assert unknown.returncode == 1 and "no node nobody" in unknown.stderr
     assert admin(dsn, "clusters", "stop", name).returncode == 0
     assert name not in admin(dsn, "clusters", "list").stdout
     assert name in admin(dsn, "clusters", "list", "--all").stdout
@@ -114,6 +125,32 @@ def test_bad_configuration_is_reported_with_its_name(dsn, tmp_path):
         env={**os.environ, "GATEWAYHA_DATABASE__DSN": dsn},
     )
     assert r.returncode == 2 and "server.secret" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "typo, named",
+    [
+        ('[auth]\ntyp = "simple"\n', "typ"),  # a misspelt setting
+        ("[clustr]\n", "clustr"),  # a misspelt section
+        ("[cluster]\nheartbeat_timeout = 1\nheartbeat_period = 5\n", "heartbeat_timeout"),  # a bad value
+        ('[cluster]\nmax_workers = "many"\n', "max_workers"),  # a wrong type
+        ("[node\n", "bad.toml"),  # not TOML at all
+    ],
+)
+def test_check_config_names_what_is_wrong_in_the_file_alone(tmp_path, typo, named):
+    """What the appliance role runs on the rendered gatewayha.toml before installing it: the
+    file alone is judged (GATEWAYHA_* overrides in the environment cannot hide a typo)."""
+    good = '[database]\ndsn = "postgresql://u@db/gatewayha"\n[server]\nsecret = "0123456789abcdef0123"\n'
+    env = {**os.environ, "GATEWAYHA_SERVER__SECRET": "an-override-that-must-not-count"}
+    run = [sys.executable, "-m", "gatewayha.cli", "check-config"]
+    ok = tmp_path / "ok.toml"
+    ok.write_text(good)
+    r = subprocess.run([*run, str(ok)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good + typo)
+    r = subprocess.run([*run, str(bad)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_render_haproxy_writes_the_dashboard_token_key_into_a_file_only_root_reads(dsn, tmp_path):

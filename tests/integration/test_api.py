@@ -239,8 +239,13 @@ class Sniffer:
                     self.received += chunk
 
     def close(self) -> None:
+        # close() alone leaves a thread blocked in accept() until its join times out (Linux);
+        # shutdown() wakes it at once.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(10)
+        assert not self.thread.is_alive(), "the sniffer is still listening"
 
 
 def calls_to(client, name: str, sniffer: Sniffer, scheme: str = "https", calls=(("scale", {"count": 1}),)) -> list:

@@ -117,6 +117,24 @@ def test_a_pooled_scheduler_of_an_earlier_release_serving_plain_http_is_not_clai
     assert stopped == [name] and len(to_start) == 1
 
 
+def test_a_drained_node_hands_out_no_pooled_scheduler_and_keeps_no_pool(conn, settings):
+    """gatewayha-admin nodes drain: the node's ready pooled scheduler is no longer claimable,
+    its refill stops it and starts none; undrained, it is claimable and refilled again."""
+    name = pooled(conn, settings)
+    assert claimable(conn, settings) == name
+    assert liveness.set_draining(conn, "n1", True)
+    assert liveness.report_node(conn, "n1", "127.0.0.1", 2) is True  # what its worker learns
+    assert claimable(conn, settings) is None
+    to_start, stopped = warm_pool.plan_refill(conn, settings, "n1")
+    assert (to_start, stopped) == ([], [name])
+    assert liveness.set_draining(conn, "n1", False)
+    assert liveness.report_node(conn, "n1", "127.0.0.1", 2) is False
+    [entry], _ = warm_pool.plan_refill(conn, settings, "n1")
+    assert warm_pool.record_heartbeat(conn, entry["name"], MSG)
+    assert claimable(conn, settings) == entry["name"]
+    assert not liveness.set_draining(conn, "no-such-node", True)
+
+
 class FakeBackend:
     def __init__(self, running: set[str]):
         self.running = running

@@ -18,7 +18,6 @@ from gatewayha.backends.launcher import (
     ProcessLauncher,
     Resources,
     SystemdLauncher,
-    check_unit,
     make_launcher,
     scheduler_unit,
     worker_unit,
@@ -26,6 +25,7 @@ from gatewayha.backends.launcher import (
 from gatewayha.backends.local import LocalBackend
 from gatewayha.config import ClusterSettings, NodeSettings, Settings
 from gatewayha.options import ClusterConfig, environment_patterns, split_environment
+from gatewayha.validate import unit_name as check_unit
 from helpers import wait_until
 
 CLUSTER = "0123456789abcdef0123456789abcdef"

@@ -42,6 +42,8 @@ def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
         ("[auth]\ntype = 'ldap'\n", {}, "auth.type"),
         ("[auth]\ntype = 'simple'\n", {}, "auth.simple_password"),
         ("[node]\nhost = 'gw1.example'\n", {}, "node.host"),
+        ("", {"GATEWAYHA_NODE__HOST": "127.0.0.1\n"}, "node.host"),
+        ("", {"GATEWAYHA_NODE__HOST": "127.0.0.\u0661"}, "node.host"),
         ("[node]\nname = 'a b'\n", {}, "node.name"),
         ("[node]\ndask_nice = 20\n", {}, "node.dask_nice"),
         ("", {"GATEWAYHA_NODE__DASK_NICE": "-1"}, "node.dask_nice"),
@@ -58,12 +60,23 @@ def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
         ),
         ("[cluster]\nheartbeat_period = 30\nheartbeat_timeout = 10\n", {}, "heartbeat_timeout"),
         ("not toml = = =", {}, "c.toml"),
+        ("[server]\nwsgi = 'uwsgi'\n", {}, "server.wsgi: 'granian' or 'gunicorn', got 'uwsgi'"),
+        ("", {"GATEWAYHA_SERVER__WSGI": "Gunicorn"}, "server.wsgi"),
+        ("", {"GATEWAYHA_SERVER__GUNICORN_TIMEOUT": "1"}, "server.gunicorn_timeout: 2 to 3600 seconds, got 1"),
+        ("[server]\ngunicorn_timeout = 2.5\n", {}, "server.gunicorn_timeout"),
     ],
 )
 def test_bad_settings_are_named_in_the_error(tmp_path, text, env, where):
     with pytest.raises(ConfigError) as info:
         settings_from(tmp_path, text, env)
     assert where in str(info.value)
+
+
+def test_the_wsgi_server_is_granian_unless_set(tmp_path):
+    assert settings_from(tmp_path, "").server.wsgi == "granian"
+    s = settings_from(tmp_path, "[server]\nwsgi = 'gunicorn'\ngunicorn_timeout = 10\n")
+    assert (s.server.wsgi, s.server.gunicorn_timeout) == ("gunicorn", 10)
+    assert settings_from(tmp_path, "", {"GATEWAYHA_SERVER__WSGI": "gunicorn"}).server.wsgi == "gunicorn"
 
 
 SPECS = [

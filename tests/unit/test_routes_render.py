@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from gatewayha.files import write_atomic
 from gatewayha.routes import (
     HAProxyRuntime,
     MapEntry,
@@ -25,7 +26,6 @@ from gatewayha.routes import (
     render_haproxy_cfg,
     render_map,
     sync_maps,
-    write_atomic,
 )
 from gatewayha.routes.render import map_paths, validate_address, validate_route_address
 

@@ -12,17 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_until
+from helpers import alive, wait_until
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stack_procs.py"
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 @pytest.fixture

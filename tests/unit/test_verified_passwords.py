@@ -1,17 +1,17 @@
-"""Recently verified Basic credentials skip scrypt (gatewayha.api.middleware.VerifiedPasswords)."""
+"""Recently verified Basic credentials skip scrypt (gatewayha.auth.authenticators.basic.VerifiedPasswords)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from gatewayha.api import middleware
 from gatewayha.auth import secrets as sec
+from gatewayha.auth.authenticators import basic
 
 
 def test_a_repeated_login_skips_scrypt(scrypt_calls):
     stored = sec.hash_password("right")
-    cache = middleware.VerifiedPasswords("s" * 32)
+    cache = basic.VerifiedPasswords("s" * 32)
     assert cache.verify("alice", "right", stored)
     assert cache.verify("alice", "right", stored)
     assert scrypt_calls == ["right"]
@@ -19,7 +19,7 @@ def test_a_repeated_login_skips_scrypt(scrypt_calls):
 
 def test_failures_are_never_cached(scrypt_calls):
     stored = sec.hash_password("right")
-    cache = middleware.VerifiedPasswords("s" * 32)
+    cache = basic.VerifiedPasswords("s" * 32)
     assert not cache.verify("alice", "wrong", stored)
     assert not cache.verify("alice", "wrong", stored)
     assert len(scrypt_calls) == 2
@@ -28,7 +28,7 @@ def test_failures_are_never_cached(scrypt_calls):
 
 def test_a_changed_password_or_other_user_misses_the_cache(scrypt_calls):
     old, new = sec.hash_password("right"), sec.hash_password("right")
-    cache = middleware.VerifiedPasswords("s" * 32)
+    cache = basic.VerifiedPasswords("s" * 32)
     assert cache.verify("alice", "right", old)
     assert cache.verify("alice", "right", new)  # same password, new hash: verified again
     assert not cache.verify("bob", "right", sec.hash_password("other"))
@@ -38,9 +38,9 @@ def test_a_changed_password_or_other_user_misses_the_cache(scrypt_calls):
 
 def test_entries_expire_and_the_cache_is_bounded(scrypt_calls, monkeypatch):
     stored = sec.hash_password("right")
-    cache = middleware.VerifiedPasswords("s" * 32, ttl=10, size=2)
+    cache = basic.VerifiedPasswords("s" * 32, ttl=10, size=2)
     now = [1000.0]
-    monkeypatch.setattr(middleware.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(basic.time, "monotonic", lambda: now[0])
     assert cache.verify("alice", "right", stored)
     now[0] += 11
     assert cache.verify("alice", "right", stored)  # expired: scrypt again
@@ -62,7 +62,7 @@ def test_a_burst_of_logins_with_the_same_credentials_pays_for_one_scrypt(monkeyp
         return real(password, stored)
 
     monkeypatch.setattr(sec, "verify_password", slow)
-    cache = middleware.VerifiedPasswords("s" * 32)
+    cache = basic.VerifiedPasswords("s" * 32)
     results = []
 
     def login():

@@ -22,12 +22,13 @@ from urllib.parse import quote
 import falcon
 
 from gatewayha import clusters, dashboards
+from gatewayha.api.access import Access
 from gatewayha.config import Settings
 from gatewayha.errors import NotFound, Unavailable
 
 
 class DashboardLogin:
-    auth = "user"
+    auth = Access.USER
 
     def __init__(self, settings: Settings, pool):
         self.settings = settings
@@ -35,7 +36,7 @@ class DashboardLogin:
         self.secure_cookie = settings.server.public_url.startswith("https://")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, rest: str = "") -> None:
-        user = req.context.user
+        user = req.context.user.name
         with self.pool.connection() as conn:
             row = clusters.get_cluster(conn, name)
         if row is None or not dashboards.may_view(user, row):

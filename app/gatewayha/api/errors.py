@@ -1,4 +1,10 @@
-"""The error hierarchy (gatewayha.errors) mapped to HTTP in one place: every error is ``{"error": ...}``."""
+"""Errors mapped to HTTP in one place: every error is ``{"error": ...}``.
+
+``gatewayha.errors.ApiError`` and its subclasses carry their status, message and headers; the
+database being unreachable is ``DatabaseUnavailable`` (503); any other error, gatewayha's own
+(``GatewayError``: a bad setting, a backend failure) or not, is a logged 500 whose details stay
+in the log; Falcon's own errors (no such route, method not allowed) keep their status.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import logging
 import falcon
 
 from gatewayha.db.pool import UNAVAILABLE_ERRORS
-from gatewayha.errors import GatewayError
+from gatewayha.errors import ApiError, DatabaseUnavailable
 
 log = logging.getLogger("gatewayha.api")
 
@@ -26,12 +32,12 @@ def install(app: falcon.App) -> None:
         log.exception("unhandled error request_id=%s %s %s", req.context.get("request_id"), req.method, req.path)
         _render(resp, 500, "Internal server error")
 
+    def api_error(req, resp, ex: ApiError, params):
+        _render(resp, ex.status, ex.message, ex.headers)
+
     def unavailable(req, resp, ex, params):
         log.warning("database unavailable request_id=%s: %s", req.context.get("request_id"), ex)
-        _render(resp, 503, "Database unavailable, try again shortly", {"Retry-After": "2"})
-
-    def gateway_error(req, resp, ex: GatewayError, params):
-        _render(resp, ex.status, ex.message, ex.headers)
+        api_error(req, resp, DatabaseUnavailable(), params)
 
     def http_error(req, resp, ex: falcon.HTTPError, params):
         message = ex.description or ex.title or "error"
@@ -41,4 +47,4 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(falcon.HTTPError, http_error)
     for exc in UNAVAILABLE_ERRORS:
         app.add_error_handler(exc, unavailable)
-    app.add_error_handler(GatewayError, gateway_error)
+    app.add_error_handler(ApiError, api_error)

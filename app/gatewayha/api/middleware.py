@@ -1,20 +1,19 @@
-"""Cross-cutting concerns: request id and authentication."""
+"""Cross-cutting concerns: request id, request bodies and authentication."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import threading
 import time
 import uuid
-from collections import OrderedDict
 
 import falcon
 
-from gatewayha.api.throttle import LoginThrottle, SourceAddress, plausible_credential
+from gatewayha import validate
+from gatewayha.api.access import Access
+from gatewayha.api.throttle import plausible_credential
+from gatewayha.auth import authenticators, users
 from gatewayha.auth import secrets as sec
-from gatewayha.auth import users
+from gatewayha.auth.authenticators import User, authorization
 from gatewayha.config import Settings
 from gatewayha.errors import Unauthorized
 
@@ -31,10 +30,11 @@ class RequestId:
         resp.set_header("X-Request-ID", req.context.request_id)
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
+        user = req.context.get("user")
         log.info(
             "request_id=%s user=%s %s %s -> %s %.1fms",
             req.context.get("request_id"),
-            req.context.get("user"),
+            user.name if user else None,
             req.method,
             req.relative_uri,
             resp.status,
@@ -74,161 +74,95 @@ class DrainBody:
             return  # the client went away
 
 
-class VerifiedPasswords:
-    """Recently verified Basic credentials, so a client that logs in again (every new
-    ``Gateway()`` does) does not pay scrypt's ~40 ms of CPU each time.
-
-    Only successes are kept, for ``ttl`` seconds, in this process's memory, keyed by an HMAC
-    (server secret) of user, password and the stored hash: a changed password or a removed
-    user (the stored hash is still read from the database on every login) misses the cache.
-    Concurrent logins with the same credentials (a burst of new clients) wait for the first
-    one's verification instead of each paying for scrypt at once.
-    """
-
-    def __init__(self, secret: str, ttl: float = 300.0, size: int = 4096):
-        self.secret, self.ttl, self.size = secret.encode(), ttl, size
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-        self._inflight: dict[bytes, threading.Lock] = {}
-
-    def _key(self, name: str, password: str, stored: str) -> bytes:
-        msg = "\0".join((name, password, stored)).encode("utf-8", "surrogatepass")
-        return sec.hmac.new(self.secret, msg, "sha256").digest()
-
-    def verify(self, name: str, password: str, stored: str | None, before_check=None) -> bool:
-        """``before_check`` runs right before scrypt does (not on a cache hit); it may raise
-        (the login throttle takes its slot there)."""
-        if stored is None:
-            if before_check is not None:
-                before_check()
-            return sec.verify_password(password, stored)  # constant work for unknown users
-        key = self._key(name, password, stored)
-        with self._lock:
-            if self._fresh(key):
-                return True
-            gate = self._inflight.setdefault(key, threading.Lock())
-        with gate:
-            ok = False
-            try:
-                with self._lock:
-                    if self._fresh(key):  # the verification we waited for succeeded
-                        return True
-                if before_check is not None:
-                    before_check()
-                ok = sec.verify_password(password, stored)
-            finally:
-                with self._lock:
-                    if ok:
-                        self._seen[key] = time.monotonic() + self.ttl
-                        self._seen.move_to_end(key)
-                        while len(self._seen) > self.size:
-                            self._seen.popitem(last=False)
-                    if self._inflight.get(key) is gate:
-                        del self._inflight[key]
-        return ok
-
-    def _fresh(self, key: bytes) -> bool:
-        expiry = self._seen.get(key)
-        return expiry is not None and expiry > time.monotonic()
-
-
 class Authenticate:
-    """Resolve the caller from a session cookie, Basic credentials or a token.
+    """Who is calling, for every resource but ``Access.PUBLIC`` ones (api.access).
 
-    Resources declare ``auth``: "none", "user" (a person), or "cluster_token"
-    / "user_or_cluster_token" (the scheduler of the named cluster). Without
-    credentials the answer is 401 with WWW-Authenticate: the stock client
-    only sends credentials after that challenge.
+    In this order:
+
+    1. An Authorization header that is no printable ASCII of a sane length: 401.
+    2. Cluster tokens (``Authorization: token <t>``, anything but an API token's shape): on a
+       scheduler's resource it is kept in ``req.context.cluster_token`` for the resource to
+       check against its cluster; anywhere else it is refused. No user authenticator ever
+       sees one, and a scheduler's resource never asks them.
+    3. The session cookie (issued here, after a login by an authenticator with ``session``).
+    4. The configured authenticators (``auth.authenticators``, gatewayha.auth.authenticators)
+       in order; the first to name a user wins, the first to refuse the credentials ends it.
+
+    ``req.context.user`` is then a ``User``. Without one: 401 with every configured
+    authenticator's challenge: the stock client only sends credentials after a 401.
     """
 
     def __init__(self, settings: Settings, pool):
         self.settings = settings
         self.pool = pool
-        self.verified = VerifiedPasswords(settings.server.secret)
-        self.throttle = LoginThrottle(settings)
-        self.source = SourceAddress(settings)
-        self.challenge = {"WWW-Authenticate": f'Basic realm="{settings.auth.realm}"'}
+        self.authenticators = authenticators.build(settings, pool)
+        challenges = [c for c in (a.challenge() for a in self.authenticators) if c]
+        # Several challenges share one field (RFC 9110 11.6.1): Falcon writes one line per name.
+        self.challenge = {"WWW-Authenticate": ", ".join(challenges)} if challenges else {}
         self.secure_cookie = settings.server.public_url.startswith("https://")
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
-        mode = getattr(resource, "auth", "user")
-        if mode == "none" or resource is None:
+        access = getattr(resource, "auth", Access.USER)
+        if resource is None or access is Access.PUBLIC:
             return
         req.context.user = None
         req.context.cluster_token = None
-        header = req.get_header("Authorization") or ""
-        if not plausible_credential(header):  # non-ASCII, control characters, oversized
+        if not plausible_credential(req.get_header("Authorization") or ""):  # non-ASCII, control characters, oversized
             raise Unauthorized("Malformed credentials", self.challenge)
-        scheme, _, value = header.partition(" ")
-        scheme = scheme.lower()
-        value = value.strip()
-        if scheme == "token" and value:
-            if value.startswith("gha_"):
-                with self.pool.connection() as conn:
-                    user = users.token_user(conn, value)
-                if user is None:
-                    raise Unauthorized("Invalid API token", self.challenge)
-                req.context.user = user
-            elif "cluster_token" in mode:
-                req.context.cluster_token = value
-                return
-            else:
-                raise Unauthorized("Cluster tokens are not accepted here", self.challenge)
-        elif mode == "cluster_token":
-            raise Unauthorized("A cluster token is required", {"WWW-Authenticate": "token"})
-        elif scheme == "basic" and value:
-            req.context.user = self._basic(value, req)
-            cookie = sec.make_session_cookie(
-                self.settings.server.secret, req.context.user, self.settings.server.cookie_max_age
-            )
-            resp.set_cookie(
-                self.settings.server.cookie_name,
-                cookie,
-                max_age=self.settings.server.cookie_max_age,
-                # Only the API needs it: never sent with a dashboard request (api/browser_guard.py).
-                path="/api/",
-                secure=self.secure_cookie,
-                http_only=True,
-                same_site="Strict",
-            )
-        else:
-            cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]
-            ok = cookie and plausible_credential(cookie)
-            user = sec.check_session_cookie(self.settings.server.secrets, cookie) if ok else None
+        if self._cluster_token(req, access):
+            return
+        req.context.user = self._session(req) or self._authenticate(req, resp)
+
+    def _cluster_token(self, req: falcon.Request, access: Access) -> bool:
+        """Whether the request is a scheduler's (its token kept for the resource to check)."""
+        scheme, value = authorization(req)
+        presented = scheme == "token" and bool(value)
+        if access is Access.SCHEDULER:
+            if not presented:
+                raise Unauthorized("A cluster token is required", {"WWW-Authenticate": "token"})
+        elif not presented or sec.is_api_token(value):
+            return False
+        elif access is not Access.USER_OR_SCHEDULER:
+            raise Unauthorized("Cluster tokens are not accepted here", self.challenge)
+        req.context.cluster_token = value
+        return True
+
+    def _session(self, req: falcon.Request) -> User | None:
+        cookie = (req.get_cookie_values(self.settings.server.cookie_name) or [None])[0]
+        if not cookie or not plausible_credential(cookie):
+            return None
+        name = sec.check_session_cookie(self.settings.server.secrets, cookie)
+        return None if name is None else User(name)
+
+    def _authenticate(self, req: falcon.Request, resp: falcon.Response) -> User:
+        for authenticator in self.authenticators:
+            try:
+                user = authenticator.authenticate(req)
+            except Unauthorized as exc:
+                raise Unauthorized(exc.message, {**self.challenge, **exc.headers}) from None
             if user is None:
-                raise Unauthorized("Authentication required", self.challenge)
-            req.context.user = user
+                continue
+            if not validate.is_user_name(user.name):  # names go into SQL rows, logs and the cookie
+                raise Unauthorized("Invalid user name", self.challenge)
+            if authenticator.provisions:
+                with self.pool.connection() as conn:
+                    users.ensure_user(conn, user.name)
+            if authenticator.session:
+                self._issue_session(resp, user)
+            for name, value in authenticator.response_headers(req, user).items():
+                resp.set_header(name, value)
+            return user
+        raise Unauthorized("Authentication required", self.challenge)
 
-    def _basic(self, value: str, req: falcon.Request) -> str:
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("latin1")
-            name, sep, password = decoded.partition(":")
-        except (binascii.Error, ValueError):
-            raise Unauthorized("Malformed Basic credentials", self.challenge) from None
-        if not sep or not users.USER_NAME.match(name):
-            raise Unauthorized("Invalid user name or password", self.challenge)
-        auth = self.settings.auth
-        source = self.source(req)
-        # Throttled (429) before any password check: api.throttle.
-        if auth.type == "simple":
-            with self.pool.connection() as conn:
-                self.throttle.lookup(conn, name, source)
-                if not sec.hmac.compare_digest(password.encode("latin1"), auth.simple_password.encode("latin1")):
-                    self.throttle.record_failure(conn, name, source)
-                    raise Unauthorized("Invalid user name or password", self.challenge)
-                users.ensure_user(conn, name)
-            return name
-        with self.pool.connection() as conn:
-            stored = self.throttle.lookup(conn, name, source)  # users.password_hash, and the check
-        slots = []
-
-        def reserve() -> None:
-            with self.pool.connection() as conn:
-                slots.append(self.throttle.reserve(conn, name, source))
-
-        if not self.verified.verify(name, password, stored, before_check=reserve):
-            raise Unauthorized("Invalid user name or password", self.challenge)
-        if slots:  # a success does not count against the user or the source
-            with self.pool.connection() as conn:
-                self.throttle.release(conn, slots[0])
-        return name
+    def _issue_session(self, resp: falcon.Response, user: User) -> None:
+        server = self.settings.server
+        resp.set_cookie(
+            server.cookie_name,
+            sec.make_session_cookie(server.secret, user.name, server.cookie_max_age),
+            max_age=server.cookie_max_age,
+            # Only the API needs it: never sent with a dashboard request (api/browser_guard.py).
+            path="/api/",
+            secure=self.secure_cookie,
+            http_only=True,
+            same_site="Strict",
+        )

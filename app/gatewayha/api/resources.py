@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from contextlib import nullcontext
 
 import falcon
 
-from gatewayha import __version__, clusters, control
+from gatewayha import __version__, clusters, control, validate
+from gatewayha.api.access import Access
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import Settings
-from gatewayha.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from gatewayha.errors import BadRequest, Conflict, Forbidden, InvalidValue, NotFound, PayloadTooLarge, Unprocessable
 from gatewayha.options import options_spec
 
 STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
@@ -66,7 +66,7 @@ class Base:
 
 
 class Health(Base):
-    auth = "none"
+    auth = Access.PUBLIC
 
     def on_get(self, req, resp):
         try:
@@ -80,7 +80,7 @@ class Health(Base):
 
 
 class Version(Base):
-    auth = "none"
+    auth = Access.PUBLIC
 
     def on_get(self, req, resp):
         resp.media = {"version": __version__}
@@ -107,7 +107,7 @@ class Clusters(Base):
             if bad or not statuses:
                 raise Unprocessable(f"Invalid cluster status {raw!r}")
         with self.pool.connection() as conn:
-            rows = clusters.list_clusters(conn, req.context.user, statuses)
+            rows = clusters.list_clusters(conn, req.context.user.name, statuses)
         resp.media = {r["name"]: clusters.cluster_model(r, self.settings.server.secrets, full=False) for r in rows}
 
     def on_post(self, req, resp):
@@ -116,14 +116,15 @@ class Clusters(Base):
         key = req.get_header("Idempotency-Key")
         if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
             raise Unprocessable("Idempotency-Key must be 1-200 printable characters")
-        with self.create_gate.hold(req.context.user), self.pool.connection() as conn:
-            name = clusters.create_cluster(conn, self.settings, req.context.user, options, key)
+        user = req.context.user.name
+        with self.create_gate.hold(user), self.pool.connection() as conn:
+            name = clusters.create_cluster(conn, self.settings, user, options, key)
         resp.status = 201
         resp.media = {"name": name}
 
 
 class Cluster(Base):
-    auth = "user_or_cluster_token"
+    auth = Access.USER_OR_SCHEDULER
     # Long-poll fallback while the watch listens: a notification ends a wait at once.
     WATCHED_POLL_S = 1.0
 
@@ -144,7 +145,7 @@ class Cluster(Base):
         return interval
 
     def _own(self, conn, req, name: str) -> dict:
-        row = clusters.get_cluster(conn, name, owner=req.context.user)
+        row = clusters.get_cluster(conn, name, owner=req.context.user.name)
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
         return row
@@ -153,7 +154,7 @@ class Cluster(Base):
         if req.context.user is None:
             raise NotFound(f"Cluster {name} does not exist")
         # Beyond the user's cap, ?wait is answered at once (api.throttle.WaitSlots).
-        with self.waits.slot(req.context.user, req.get_param("wait") is not None) as wait:
+        with self.waits.slot(req.context.user.name, req.get_param("wait") is not None) as wait:
             self._report(req, resp, name, wait)
 
     def _report(self, req, resp, name: str, wait: bool) -> None:
@@ -172,7 +173,7 @@ class Cluster(Base):
 
     def on_delete(self, req, resp, name):
         resp.status = 204
-        if not clusters.valid_name(name):
+        if not validate.is_cluster_name(name):
             return
         if req.context.user is None:
             with self.pool.connection() as conn:
@@ -180,8 +181,8 @@ class Cluster(Base):
             reason = "Shut down by its scheduler (idle timeout or request)"
             owner = None
         else:
-            reason = f"Shut down by user {req.context.user}"
-            owner = req.context.user
+            owner = req.context.user.name
+            reason = f"Shut down by user {owner}"
         with self.pool.connection() as conn:
             # Unknown names and other users' clusters look alike: 204, nothing changed.
             if clusters.get_cluster(conn, name, owner=owner) is not None:
@@ -193,7 +194,7 @@ class _Forward(Base):
 
     def _running(self, req, name) -> dict:
         with self.pool.connection() as conn:
-            row = clusters.get_cluster(conn, name, owner=req.context.user)
+            row = clusters.get_cluster(conn, name, owner=req.context.user.name)
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
         if row["status"] != "RUNNING" or not row["api_address"]:
@@ -249,32 +250,27 @@ class Adapt(_Forward):
 
 
 _HEARTBEAT_LISTS = ("active_workers", "closing_workers", "closed_workers")
-# These addresses end up in HAProxy maps and in outgoing requests: host:port only.
-_HOSTPORT = r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}"
-_ADDRESS_PATTERNS = {
-    "scheduler_address": re.compile(rf"^tls://{_HOSTPORT}$"),
-    "dashboard_address": re.compile(rf"^(http://{_HOSTPORT})?$"),
-    # https: the control API over TLS (gatewayha.control). http: a scheduler of an earlier
-    # release, whose heartbeats keep it alive; the API sends it nothing.
-    "api_address": re.compile(rf"^https?://{_HOSTPORT}$"),
-}
 
 
 class Heartbeat(Base):
-    auth = "cluster_token"
+    auth = Access.SCHEDULER
 
     def on_post(self, req, resp, name):
-        if not clusters.valid_name(name):
+        if not validate.is_cluster_name(name):
             raise NotFound(f"Cluster {name} does not exist")
         token = req.context.get("cluster_token")
         if token is None:
             raise Forbidden("Invalid cluster token")
         data = read_json(req, self.settings.server.max_body_bytes * 16)
         msg = {}
-        for key, pattern in _ADDRESS_PATTERNS.items():
+        # These addresses end up in HAProxy maps and in outgoing requests (gatewayha.validate).
+        for key, schemes in validate.ADDRESS_SCHEMES.items():
             value = data.get(key)
-            if not isinstance(value, str) or not pattern.match(value):
-                raise Unprocessable(f"{key} must be an address like {pattern.pattern!r}")
+            try:
+                validate.reported_address(key, value)
+            except InvalidValue:
+                like = f"'{schemes[0]}://<IPv4 address>:<port>'" + (" or ''" if key == "dashboard_address" else "")
+                raise Unprocessable(f"{key} must be an address like {like}") from None
             msg[key] = value
         msg["count"] = min(_int_field(data, "count"), MAX_INT)
         for key in _HEARTBEAT_LISTS:

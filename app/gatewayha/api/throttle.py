@@ -14,7 +14,7 @@ runs scrypt (not one answered by the process's cache of verified passwords) firs
 slot atomically (``reserve``: a conditional upsert, source before user) and gives it back on
 success (``release``): a burst of concurrent guesses cannot slip past the limit between the
 check and the count. Concurrent logins of one user with the same password share one scrypt
-run (middleware.VerifiedPasswords) and so one slot.
+run (auth.authenticators.basic.VerifiedPasswords) and so one slot.
 
 The source address is the peer's, or, when the peer is a trusted proxy (``server.
 trusted_proxies``: HAProxy, on loopback or on a peer node), the last X-Forwarded-For entry,
@@ -160,7 +160,7 @@ class LoginThrottle:
         conn.execute(_RELEASE, (slot.source, slot.source_start, slot.user, slot.user_start))
 
     def record_failure(self, conn, user: str, source: str) -> None:
-        """Count a failed check that took no slot (``auth.type = "simple"``: no scrypt runs)."""
+        """Count a failed check that took no slot (the "simple" authenticator: no scrypt runs)."""
         try:
             self.reserve(conn, user, source)
         except TooManyRequests:

@@ -105,6 +105,8 @@ def legacy_cluster_token(secret: str, cluster_name: str) -> str:
 def new_cluster_token() -> tuple[str, bytes]:
     """(token, sha256(token)): 256 random bits, derivable from nothing."""
     token = secrets.token_urlsafe(32)
+    while is_api_token(token):  # 1 in 2**24: it would be taken for a user's API token
+        token = secrets.token_urlsafe(32)
     return token, hashlib.sha256(token.encode()).digest()
 
 
@@ -124,11 +126,20 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
+API_TOKEN_PREFIX = "gha_"
+
+
+def is_api_token(credential: str) -> bool:
+    """Whether a ``token`` credential claims to be an API token; any other is a cluster token
+    (hex, or base64url that ``new_cluster_token`` never lets begin so)."""
+    return credential.startswith(API_TOKEN_PREFIX)
+
+
 def new_api_token() -> tuple[str, str, bytes]:
     """Return (token, id, secret_hash)."""
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
-    return f"gha_{token_id}_{secret}", token_id, hashlib.sha256(secret.encode()).digest()
+    return f"{API_TOKEN_PREFIX}{token_id}_{secret}", token_id, hashlib.sha256(secret.encode()).digest()
 
 
 def parse_api_token(token: str) -> tuple[str, bytes] | None:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
-
 import psycopg
 
+from gatewayha import validate
 from gatewayha.auth import secrets as sec
+from gatewayha.errors import GatewayError
 
-USER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
-
-class UserError(ValueError):
-    pass
+class UserError(GatewayError, ValueError):
+    """A user or token operation refused (bad name, empty password, unknown user)."""
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not USER_NAME.match(name):
+    if not validate.is_user_name(name):
         raise UserError(f"invalid user name {name!r}: 1-64 of letters, digits, '.', '_', '@', '-'")
     return name
 

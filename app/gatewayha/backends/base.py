@@ -11,36 +11,10 @@ already gone is a no-op.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from gatewayha.options import ClusterConfig
-
-CLUSTER_NAME_RE = re.compile(r"\A[a-f0-9]{32}\Z")
-WORKER_NAME_RE = re.compile(r"\A[a-f0-9]{32}-[a-z0-9]{1,16}\Z")
-
-
-def check_cluster_name(name: object) -> str:
-    """Return ``name`` if it is a cluster name, else raise ValueError.
-
-    Names end up in paths, unit names and command lines: nothing else gets through.
-    """
-    if not isinstance(name, str) or not CLUSTER_NAME_RE.match(name):
-        raise ValueError(f"invalid cluster name {name!r}")
-    return name
-
-
-def check_worker_name(cluster_name: object, worker_name: object) -> str:
-    """Return ``worker_name`` if it is a worker name of ``cluster_name``, else raise ValueError."""
-    check_cluster_name(cluster_name)
-    if (
-        not isinstance(worker_name, str)
-        or not WORKER_NAME_RE.match(worker_name)
-        or not worker_name.startswith(f"{cluster_name}-")
-    ):
-        raise ValueError(f"invalid worker name {worker_name!r} for cluster {cluster_name!r}")
-    return worker_name
 
 
 @dataclass

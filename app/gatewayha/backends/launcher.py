@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -36,34 +35,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatewayha.backends.base import check_cluster_name, check_worker_name
 from gatewayha.config import Settings
+from gatewayha.errors import BackendError, ConfigError, InvalidValue
+from gatewayha.files import write_atomic
+from gatewayha.validate import cluster_name, is_env_name, is_unit_name, unit_name, worker_name
 
 log = logging.getLogger(__name__)
 
-UNIT_RE = re.compile(r"\A(?P<cluster>[a-f0-9]{32})-(?:scheduler|worker-[a-z0-9]{1,16})\Z")
-ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 MARKER_VAR = "GATEWAYHA_UNIT"  # set in every launched process; never settable by users
 
 
-def check_unit(unit: object) -> str:
-    if not isinstance(unit, str) or not UNIT_RE.match(unit):
-        raise ValueError(f"invalid unit name {unit!r}")
-    return unit
+def scheduler_unit(cluster: str) -> str:
+    return f"{cluster_name(cluster)}-scheduler"
 
 
-def scheduler_unit(cluster_name: str) -> str:
-    return f"{check_cluster_name(cluster_name)}-scheduler"
-
-
-def worker_unit(cluster_name: str, worker_name: str) -> str:
-    check_worker_name(cluster_name, worker_name)
-    return f"{cluster_name}-worker-{worker_name[len(cluster_name) + 1 :]}"
+def worker_unit(cluster: str, worker: str) -> str:
+    worker_name(worker, cluster)
+    return f"{cluster}-worker-{worker[len(cluster) + 1 :]}"
 
 
 def unit_cluster(unit: str) -> str:
     """The cluster a unit belongs to."""
-    return check_unit(unit)[:32]
+    return unit_name(unit)[:32]
 
 
 @dataclass(frozen=True)
@@ -75,7 +68,7 @@ class Identity:
 
     def __post_init__(self):
         if not (isinstance(self.uid, int) and isinstance(self.gid, int) and self.uid > 0 and self.gid > 0):
-            raise ValueError(f"invalid identity {self.uid}:{self.gid}")
+            raise InvalidValue(f"invalid identity {self.uid}:{self.gid}")
 
 
 # Processes (threads included) one unit's uid may have: a fork bomb stays inside its cluster.
@@ -130,12 +123,12 @@ class Launcher(ABC):
 
 
 def _check_start_args(unit: str, argv: list[str], env: dict[str, str]) -> None:
-    check_unit(unit)
+    unit_name(unit)
     if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-        raise ValueError("argv must be a non-empty list of strings")
+        raise InvalidValue("argv must be a non-empty list of strings")
     for key, value in env.items():
-        if not ENV_NAME_RE.match(key) or "\0" in value or "\n" in value:
-            raise ValueError(f"invalid environment entry {key!r}")
+        if not is_env_name(key) or "\0" in value or "\n" in value:
+            raise InvalidValue(f"invalid environment entry {key!r}")
 
 
 # --------------------------------------------------------------------------- processes
@@ -210,7 +203,7 @@ class ProcessLauncher(Launcher):
 
     # -- files
     def _pidfile(self, unit: str) -> Path:
-        return self.run_dir / f"{check_unit(unit)}.pid"
+        return self.run_dir / f"{unit_name(unit)}.pid"
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -226,11 +219,7 @@ class ProcessLauncher(Launcher):
             os.close(fd)
 
     def _write_pidfile(self, unit: str, content: str) -> None:
-        path = self._pidfile(unit)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(content)
-        os.replace(tmp, path)
+        write_atomic(self._pidfile(unit), content, 0o600, durable=False)
 
     # -- liveness
     def _reap(self, unit: str | None = None) -> None:
@@ -290,7 +279,7 @@ class ProcessLauncher(Launcher):
         return None
 
     def is_running(self, unit: str) -> bool:
-        return self._pid(check_unit(unit)) is not None
+        return self._pid(unit_name(unit)) is not None
 
     # -- verbs
     @staticmethod
@@ -373,7 +362,7 @@ class ProcessLauncher(Launcher):
         return pending
 
     def stop_many(self, units: Iterable[str], timeout: float = 10.0) -> None:
-        units = [check_unit(u) for u in units]
+        units = [unit_name(u) for u in units]
         groups: dict[str, int] = {}
         for unit in units:
             pid = self._pid(unit)
@@ -401,7 +390,7 @@ class ProcessLauncher(Launcher):
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.run_dir):
                 name = entry.name.removesuffix(".pid")
-                if entry.name.endswith(".pid") and UNIT_RE.match(name):
+                if entry.name.endswith(".pid") and is_unit_name(name):
                     out.add(name)
         return out
 
@@ -473,11 +462,11 @@ class SystemdLauncher(Launcher):
         self.stop_timeout = stop_timeout
 
     def service(self, unit: str) -> str:
-        return f"{self.PREFIX}{check_unit(unit)}.service"
+        return f"{self.PREFIX}{unit_name(unit)}.service"
 
     @staticmethod
     def env_file(cwd: Path, unit: str) -> Path:
-        return Path(cwd) / f".{check_unit(unit)}.env"
+        return Path(cwd) / f".{unit_name(unit)}.env"
 
     @staticmethod
     def env_file_content(unit: str, env: dict[str, str]) -> str:
@@ -537,17 +526,12 @@ class SystemdLauncher(Launcher):
         cmd = self.command(unit, argv, env, cwd=cwd, resources=resources, identity=identity, writable=writable)
         if self.is_running(unit):
             return False
-        path = self.env_file(cwd, unit)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.env_file_content(unit, env))
-        os.replace(tmp, path)
+        write_atomic(self.env_file(cwd, unit), self.env_file_content(unit, env), 0o600, durable=False)
         res = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if res.returncode != 0:
             if self.is_running(unit):  # lost a race with another starter: fine
                 return False
-            raise RuntimeError(f"systemd-run {self.service(unit)} failed: {res.stderr.strip()}")
+            raise BackendError(f"systemd-run {self.service(unit)} failed: {res.stderr.strip()}")
         log.info("started %s", self.service(unit))
         return True
 
@@ -562,7 +546,7 @@ class SystemdLauncher(Launcher):
             check=False, capture_output=True, text=True, timeout=timeout + 30,
         )  # fmt: skip
         if res.returncode not in (0, 5):
-            raise RuntimeError(f"systemctl stop failed: {res.stderr.strip()}")
+            raise BackendError(f"systemctl stop failed: {res.stderr.strip()}")
 
     def is_running(self, unit: str) -> bool:
         cmd = [self.systemctl, "is-active", "--quiet", "--", self.service(unit)]
@@ -581,7 +565,7 @@ class SystemdLauncher(Launcher):
             if not fields:
                 continue
             name = fields[0].removeprefix(self.PREFIX).removesuffix(".service")
-            if UNIT_RE.match(name):  # skips gatewayha-api@…, gatewayha-worker
+            if is_unit_name(name):  # skips gatewayha-api@…, gatewayha-worker
                 out.add(name)
         return out
 
@@ -603,5 +587,5 @@ def make_launcher(settings: Settings) -> Launcher:
     if kind == "systemd" or (kind == "auto" and systemd_is_init()):
         return SystemdLauncher(nice=settings.node.dask_nice, slice_name=settings.node.dask_slice)
     if kind not in ("auto", "process"):
-        raise ValueError(f"node.launcher: 'auto', 'process' or 'systemd', got {kind!r}")
+        raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {kind!r}")
     return ProcessLauncher(Path(settings.node.state_dir).absolute() / "run", nice=settings.node.dask_nice)

@@ -32,17 +32,11 @@ import random
 import re
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
-from gatewayha.backends.base import (
-    CLUSTER_NAME_RE,
-    Backend,
-    SchedulerSpec,
-    WorkerSpec,
-    check_cluster_name,
-)
+from gatewayha import validate
+from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.backends.launcher import (
     Identity,
     Launcher,
@@ -53,6 +47,8 @@ from gatewayha.backends.launcher import (
     worker_unit,
 )
 from gatewayha.config import Settings
+from gatewayha.errors import BackendError, ConfigError, InvalidValue
+from gatewayha.files import write_atomic
 from gatewayha.options import ClusterConfig, environment_patterns, split_environment
 
 log = logging.getLogger(__name__)
@@ -79,8 +75,6 @@ CONTROL_TLS_PRELOAD = str(Path(__file__).with_name("control_tls.py"))
 # Reports the start and worker joins at once.
 PROMPT_REPORTS_PRELOAD = str(Path(__file__).with_name("prompt_reports.py"))
 
-_HOST_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})\Z")
-_SCHEDULER_ADDRESS_RE = re.compile(r"\Atls://(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}|\[[0-9A-Fa-f:.]+\]):\d{1,5}\Z")
 _API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
 _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
 
@@ -88,42 +82,26 @@ _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
 def _number(name: str, value: float) -> str:
     value = float(value)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise InvalidValue(f"{name} must be a finite number >= 0, got {value!r}")
     return repr(value)
 
 
 def _check(regex: re.Pattern, what: str, value: object) -> str:
     if not isinstance(value, str) or not regex.match(value):
-        raise ValueError(f"invalid {what} {value!r}")
+        raise InvalidValue(f"invalid {what} {value!r}")
     return value
 
 
 def _check_pem(what: str, value: object) -> str:
     if not isinstance(value, str) or "-----BEGIN " not in value or "\0" in value:
-        raise ValueError(f"{what} must be a PEM string")
+        raise InvalidValue(f"{what} must be a PEM string")
     return value
 
 
 def _write_secret(path: Path, content: str, gid: int | None = None) -> None:
-    """Write ``content`` to ``path`` atomically: mode 0600, or 0440 readable by group ``gid``.
-
-    The temporary file is created with O_EXCL|O_NOFOLLOW (a planted link or file fails the
-    write instead of being followed) and renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left by a crash of this very thread's process: ours
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            if gid is not None:
-                os.fchown(f.fileno(), 0, gid)
-                os.fchmod(f.fileno(), 0o440)
-            f.write(content)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    os.replace(tmp, path)
+    """Write ``content`` to ``path`` atomically: mode 0600, or 0440 readable by group ``gid``
+    (gatewayha.files.write_atomic: no link planted next to it is followed)."""
+    write_atomic(path, content, 0o600 if gid is None else 0o440, gid=gid, durable=False)
 
 
 def open_for_traversal(path: Path) -> list[str]:
@@ -146,20 +124,20 @@ class LocalBackend(Backend):
     def __init__(self, settings: Settings, launcher: Launcher | None = None):
         self.settings = settings
         self.launcher = launcher if launcher is not None else make_launcher(settings)
-        self.host = _check(_HOST_RE, "node.host", settings.node.host)
+        self.host = validate.ipv4(settings.node.host, "node.host")
         self.root = Path(settings.node.state_dir).absolute() / "clusters"
         self.logs_root = Path(settings.node.state_dir).absolute() / "logs"
         python = settings.node.python or sys.executable
         # Absolute, not resolved: a venv's bin/python is a symlink and its bin dir matters.
         self.python = python if os.path.isabs(python) else (shutil.which(python) or python)
         if not os.path.isabs(self.python):
-            raise ValueError(f"node.python: {python!r} not found")
+            raise ConfigError(f"node.python: {python!r} not found")
         self.env_patterns = environment_patterns(settings.cluster.environment_allow)
         self.isolated = settings.node.isolation == "uid"
         self.uid_min, self.uid_count = settings.node.dask_uid_min, settings.node.dask_uid_count
         if self.isolated:
             if os.geteuid() != 0:
-                raise ValueError(
+                raise ConfigError(
                     "node.isolation = 'uid' runs each cluster under a uid of its own and needs root;"
                     " set node.isolation = 'none' to run tenants' code as this user (unsafe)"
                 )
@@ -182,7 +160,7 @@ class LocalBackend(Backend):
 
     # -------------------------------------------------------------------- paths
     def cluster_dir(self, cluster_name: str) -> Path:
-        return self.root / check_cluster_name(cluster_name)
+        return self.root / validate.cluster_name(cluster_name)
 
     @contextlib.contextmanager
     def _uid_lock(self):
@@ -211,7 +189,7 @@ class LocalBackend(Backend):
         used = set()
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
-                if CLUSTER_NAME_RE.match(entry.name):
+                if validate.is_cluster_name(entry.name):
                     with contextlib.suppress(OSError):
                         used.add(os.stat(Path(entry.path) / "work", follow_symlinks=False).st_uid)
         return used
@@ -228,7 +206,7 @@ class LocalBackend(Backend):
                 except FileNotFoundError:
                     used = self._used_uids()
                     if len(used) >= self.uid_count:
-                        raise RuntimeError("node.dask_uid_count: every uid of the range is in use") from None
+                        raise BackendError("node.dask_uid_count: every uid of the range is in use") from None
                     uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
                     while uid in used:
                         uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
@@ -318,7 +296,7 @@ class LocalBackend(Backend):
         threads = int(cfg.threads)
         memory = int(float(cfg.worker_memory_gib) * GIB)
         if threads < 1 or memory < 1:
-            raise ValueError("worker threads and memory must be positive")
+            raise InvalidValue("worker threads and memory must be positive")
         argv = [
             *self.dask_command("worker"),
             spec.scheduler_address,
@@ -373,7 +351,7 @@ class LocalBackend(Backend):
 
     def start_worker(self, spec: WorkerSpec) -> None:
         unit = worker_unit(spec.cluster_name, spec.worker_name)
-        _check(_SCHEDULER_ADDRESS_RE, "scheduler address", spec.scheduler_address)
+        validate.address(spec.scheduler_address, ("tls",), "scheduler address")
         _check_pem("tls_cert", spec.tls_cert)
         _check_pem("tls_key", spec.tls_key)
         if self.launcher.is_running(unit):
@@ -399,7 +377,7 @@ class LocalBackend(Backend):
         return self.launcher.is_running(worker_unit(cluster_name, worker_name))
 
     def stop_cluster(self, cluster_name: str) -> None:
-        check_cluster_name(cluster_name)
+        validate.cluster_name(cluster_name)
         units = {scheduler_unit(cluster_name)}
         units.update(u for u in self.launcher.units() if unit_cluster(u) == cluster_name)
         # All at once: the scheduler and its workers stop in parallel.
@@ -420,7 +398,7 @@ class LocalBackend(Backend):
         pruned = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.logs_root):
-                if CLUSTER_NAME_RE.match(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                if validate.is_cluster_name(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     shutil.rmtree(entry.path, ignore_errors=True)
                     pruned += 1
         return pruned
@@ -429,6 +407,6 @@ class LocalBackend(Backend):
         out = {unit_cluster(u) for u in self.launcher.units()}
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root):
-                if entry.is_dir(follow_symlinks=False) and CLUSTER_NAME_RE.match(entry.name):
+                if entry.is_dir(follow_symlinks=False) and validate.is_cluster_name(entry.name):
                     out.add(entry.name)
         return out

@@ -12,12 +12,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gatewayha.config import DatabaseSettings
 
-
-class DatabaseUnavailable(Exception):
-    """Postgres cannot be reached or did not answer in time (HTTP 503)."""
-
-
-# Errors that mean "the database is not there", as opposed to a bug in a query.
+# Errors that mean "the database is not there", as opposed to a bug in a query: the API answers
+# them as gatewayha.errors.DatabaseUnavailable (503).
 UNAVAILABLE_ERRORS = (PoolTimeout, psycopg.OperationalError, psycopg.errors.AdminShutdown)
 
 

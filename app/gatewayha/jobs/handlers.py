@@ -1,6 +1,7 @@
 """What each job kind does. A handler returns normally when the job is done,
-raises Defer to hand it back unharmed, and raises anything else to retry it
-with backoff. Handlers are idempotent: a job re-run after a crash finds the
+raises Defer to hand it back unharmed, raises MalformedJob (before doing anything) when its
+payload is not one it can run, which fails the job at once for good, and raises anything else
+to retry it with backoff. Handlers are idempotent: a job re-run after a crash finds the
 work done (or half done) and finishes it without doing it twice.
 """
 
@@ -11,10 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from gatewayha import clusters, liveness, tls, warm_pool
+from gatewayha import clusters, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
+from gatewayha.errors import GatewayError, InvalidValue, MalformedJob
 from gatewayha.jobs import queue
 from gatewayha.jobs.queue import Job
 from gatewayha.options import ClusterConfig
@@ -46,11 +49,45 @@ class Context:
         return self.settings.server.secrets
 
 
+T = TypeVar("T")
+
+
+def _field(job: Job, key: str, check: Callable[[object], T]) -> T:
+    """``job.payload[key]`` as ``check`` accepts it; MalformedJob (failed at once, never retried)
+    when it is missing or not of its kind: running the job again would not change it."""
+    try:
+        return check(job.payload.get(key))
+    except InvalidValue as exc:
+        raise MalformedJob(f"{key}: {exc}") from None
+
+
 def _cluster_name(job: Job) -> str:
-    name = job.payload.get("cluster", "")
-    if not clusters.valid_name(name):
-        raise ValueError(f"invalid cluster name in job {job.id}: {name!r}")
-    return name
+    return _field(job, "cluster", validate.cluster_name)
+
+
+def _worker_name(job: Job, cluster: str) -> str:
+    return _field(job, "worker", lambda w: validate.worker_name(w, cluster))
+
+
+def _one_of(*allowed: object) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if value not in allowed:
+            raise InvalidValue(f"one of {allowed}, got {value!r}")
+        return value
+
+    return check
+
+
+def _optional_text(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidValue(f"a string, got {value!r}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidValue(f"a number, got {value!r}")
+    return float(value)
 
 
 def _node_alive(conn, node: str, timeout: float) -> bool:
@@ -80,7 +117,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
         # Placement is committed before the launch, so a crash after the launch
         # leaves a record of where the scheduler may be running.
         conn.execute(
-            "UPDATE clusters SET node = %s, launched_at = now(), generation = generation + 1 WHERE name = %s",
+            "UPDATE clusters SET node = %s, launched_at = now() WHERE name = %s",
             (ctx.node, name),
         )
     spec = SchedulerSpec(
@@ -127,28 +164,23 @@ def _hold_launch_slot(ctx: Context, what: str, starting_sql: str, params: tuple,
 
 def stop_cluster(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
+    final = _field(job, "final", _one_of(None, "STOPPED", "FAILED")) or "STOPPED"
+    reason = _field(job, "reason", _optional_text)
     ctx.backend.stop_cluster(name)
-    final = "FAILED" if job.payload.get("final") == "FAILED" else "STOPPED"
     with ctx.pool.connection() as conn, conn.transaction():
         conn.execute(
-            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s),"
-            " generation = generation + 1 WHERE name = %s AND status = 'STOPPING'",
-            (final, job.payload.get("reason"), name),
+            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s)"
+            " WHERE name = %s AND status = 'STOPPING'",
+            (final, reason, name),
         )
-        conn.execute(
-            "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-            " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-            (name,),
-        )
+        clusters.workers_stopped(conn, name)
         clusters.notify_routes(conn, name)
-    log.info("cluster %s: %s (%s)", name, final, job.payload.get("reason"))
+    log.info("cluster %s: %s (%s)", name, final, reason)
 
 
 def start_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
-    worker = job.payload.get("worker", "")
-    if not clusters.WORKER_NAME.match(worker) or not worker.startswith(name):
-        raise ValueError(f"invalid worker name {worker!r}")
+    worker = _worker_name(job, name)
     with ctx.pool.connection() as conn:
         row = conn.execute(
             "SELECT c.name, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc, c.scheduler_address,"
@@ -184,9 +216,7 @@ def start_worker(ctx: Context, job: Job) -> None:
 
 def stop_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
-    worker = job.payload.get("worker", "")
-    if not clusters.WORKER_NAME.match(worker):
-        raise ValueError(f"invalid worker name {worker!r}")
+    worker = _worker_name(job, name)
     ctx.backend.stop_worker(name, worker)
     with ctx.pool.connection() as conn:
         conn.execute(
@@ -281,17 +311,13 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                     "UPDATE clusters c SET status = CASE WHEN c.status = 'STOPPING' AND NOT EXISTS ("
                     " SELECT 1 FROM jobs j WHERE j.kind = 'stop_cluster' AND j.cluster = c.name"
                     " AND j.payload->>'final' = 'FAILED') THEN 'STOPPED' ELSE 'FAILED' END,"
-                    " reason = coalesce(c.reason, %s), stopped_at = now(), generation = c.generation + 1"
+                    " reason = coalesce(c.reason, %s), stopped_at = now()"
                     " WHERE c.node = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING c.name AS name",
                     (reason, node),
                 ).fetchall()
                 for r in failed:
                     log.warning("cluster %s: %s", r["name"], reason)
-                    conn.execute(
-                        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-                        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-                        (r["name"],),
-                    )
+                    clusters.workers_stopped(conn, r["name"])
                     clusters.notify_routes(conn, r["name"])
                 conn.execute("DELETE FROM warm_pool WHERE node = %s", (node,))
                 for j in conn.execute(
@@ -414,10 +440,8 @@ def reap_orphans(ctx: Context) -> list[str]:
 
 def probe(ctx: Context, job: Job) -> None:
     """An operator's end-to-end check of the queue: runs for `seconds` (at most 60), then is done."""
-    seconds = job.payload.get("seconds", 0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ValueError("probe: seconds must be a number")
-    time.sleep(min(max(0.0, float(seconds)), 60.0))
+    seconds = _field(job, "seconds", lambda v: _seconds(0 if v is None else v))
+    time.sleep(min(max(0.0, seconds), 60.0))
     log.info("probe job %s done by %s", job.id, ctx.node)
 
 
@@ -435,6 +459,23 @@ HANDLERS: dict[str, Callable[[Context, Job], None]] = {
     "warm_pool": warm_pool_tick,
     "refill_pool": refill_pool,
 }
+
+
+class UnknownJobKind(GatewayError, LookupError):
+    """A kind this release has no handler for: during a rolling upgrade, one a newer node
+    enqueued. Not malformed: retried with backoff like any failure, so a node that knows the
+    kind takes it; dead after max_attempts if none does."""
+
+
+def handler_for(job: Job) -> Callable[[Context, Job], None]:
+    """The handler of ``job``; UnknownJobKind for a kind without one, MalformedJob for a payload
+    that is not a JSON object (each handler checks its own keys before it does anything)."""
+    fn = HANDLERS.get(job.kind)
+    if fn is None:
+        raise UnknownJobKind(f"unknown job kind {job.kind!r} (a newer release's?)")
+    if not isinstance(job.payload, dict):
+        raise MalformedJob(f"the payload must be a JSON object, got {job.payload!r:.200}")
+    return fn
 
 
 def periodic_tasks(settings: Settings) -> dict[str, float]:

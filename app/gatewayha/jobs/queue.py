@@ -146,10 +146,20 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** max(0, attempts - 1))) + base / 2
 
 
-def fail(conn: psycopg.Connection, job: Job, owner: str, error: str, base: float = 1.0, cap: float = 60.0) -> str:
-    """Retry later with backoff, or move to the log as dead after max_attempts."""
+def fail(
+    conn: psycopg.Connection,
+    job: Job,
+    owner: str,
+    error: str,
+    base: float = 1.0,
+    cap: float = 60.0,
+    *,
+    permanent: bool = False,
+) -> str:
+    """Retry later with backoff, or move to the log as dead after max_attempts, or at once when
+    ``permanent`` (a malformed job: another attempt would fail the same way)."""
     error = error[:2000]
-    if job.attempts >= job.max_attempts:
+    if permanent or job.attempts >= job.max_attempts:
         return "dead" if _finish(conn, job.id, owner, "dead", error) else "lost"
     row = conn.execute(
         "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, last_error = %s,"

@@ -21,6 +21,7 @@ from gatewayha import clusters, liveness
 from gatewayha.backends import get_backend
 from gatewayha.config import Settings, load_settings
 from gatewayha.db.pool import UNAVAILABLE_ERRORS, listen_forever, make_pool
+from gatewayha.errors import MalformedJob
 from gatewayha.jobs import handlers, queue
 from gatewayha.jobs.queue import Job
 
@@ -40,6 +41,7 @@ class Worker:
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
         self.start_queues = queue.start_queues(self.node)
+        self.draining = False
         self.executor = ThreadPoolExecutor(w.concurrency + self.start_slots, thread_name_prefix="job")
         self.held: dict[int, Job] = {}
         self.held_lock = threading.Lock()
@@ -167,14 +169,17 @@ class Worker:
     def _run(self, job: Job) -> None:
         w = self.settings.worker
         try:
-            fn = handlers.HANDLERS.get(job.kind)
-            if fn is None:
-                raise ValueError(f"unknown job kind {job.kind!r}")
             try:
-                fn(self.ctx, job)
+                handlers.handler_for(job)(self.ctx, job)
             except handlers.Defer as d:
                 with self.pool.connection() as conn:
                     queue.defer(conn, job, self.owner, d.delay, d.queue)
+                return
+            except MalformedJob as exc:
+                # Running it again would fail the same way: failed for good now, with the reason.
+                log.error("job %s %s is malformed, failed without a retry: %s", job.id, job.kind, exc)
+                with self.pool.connection() as conn:
+                    queue.fail(conn, job, self.owner, f"malformed job: {exc}", permanent=True)
                 return
             except Exception as exc:
                 log.warning("job %s %s attempt %s failed: %s", job.id, job.kind, job.attempts, exc)
@@ -206,7 +211,15 @@ class Worker:
     # --- main loop ------------------------------------------------------------
 
     def _heartbeat_node(self, conn) -> None:
-        liveness.report_node(conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval)
+        draining = liveness.report_node(
+            conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval
+        )
+        if draining != self.draining:
+            log.info("node %s %s", self.node, "draining: starts no new scheduler" if draining else "no longer draining")
+        self.draining = draining
+        # Draining: new schedulers (the shared start queue) are left to the other nodes; the
+        # workers of this node's own clusters still start (its own start queue).
+        self.start_queues = [queue.node_start_queue(self.node)] if draining else queue.start_queues(self.node)
 
     def tick(self, now: float, state: dict) -> None:
         w = self.settings.worker

@@ -11,7 +11,6 @@ from gatewayha.routes.render import (
     render_haproxy_cfg,
     render_map,
     validate_map_entries,
-    write_atomic,
 )
 from gatewayha.routes.runtime import HAProxyRuntime, MapEntry, RuntimeAPIError, RuntimeConnectionError
 from gatewayha.routes.sync import ensure_map_files, sync_maps
@@ -28,5 +27,4 @@ __all__ = [
     "render_map",
     "sync_maps",
     "validate_map_entries",
-    "write_atomic",
 ]

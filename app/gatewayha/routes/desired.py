@@ -7,20 +7,22 @@ import logging
 import psycopg
 
 from gatewayha.routes.render import validate_route_address
+from gatewayha.validate import reported_address
 
 log = logging.getLogger("gatewayha.routes")
 
 
-def _hostport(name: str, address: str | None) -> str | None:
-    """host:port of a URL-ish address, or None (logged) when it cannot be a route.
+def _hostport(name: str, key: str, address: str | None) -> str | None:
+    """host:port of a reported address (gatewayha.validate), or None (logged) when it cannot
+    be a route.
 
     One bad row must not block every other route on the node, so it is skipped.
     """
-    if not address or "://" not in address:
+    if not address:
         return None
-    target = address.split("://", 1)[1].rstrip("/")
     try:
-        return validate_route_address(target)
+        parsed = reported_address(key, address)
+        return validate_route_address(f"{parsed.host}:{parsed.port}")
     except ValueError as exc:
         log.error("cluster %s: no route for %r: %s", name, address, exc)
         return None
@@ -35,10 +37,10 @@ def desired_routes(conn: psycopg.Connection) -> tuple[dict[str, str], dict[str, 
         " WHERE status = 'RUNNING' AND scheduler_address IS NOT NULL"
     ).fetchall()
     for r in rows:
-        target = _hostport(r["name"], r["scheduler_address"])
+        target = _hostport(r["name"], "scheduler_address", r["scheduler_address"])
         if target:
             sni[f"daskgateway-{r['name']}"] = target
-        board = _hostport(r["name"], r["dashboard_address"])
+        board = _hostport(r["name"], "dashboard_address", r["dashboard_address"])
         if board:
             dash[r["name"]] = board
     return sni, dash

@@ -9,28 +9,36 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
 
+from gatewayha import validate
+from gatewayha.errors import InvalidValue
+
 MapKind = Literal["sni", "dash"]
 
 SNI_MAP_NAME = "sni.map"
 DASH_MAP_NAME = "dash.map"
 
-# Cluster names are 32 lowercase hex characters (uuid4().hex).
-SNI_KEY_RE = re.compile(r"daskgateway-[a-f0-9]{32}")
-DASH_KEY_RE = re.compile(r"[a-f0-9]{32}")
-_KEY_RES: dict[MapKind, re.Pattern[str]] = {"sni": SNI_KEY_RE, "dash": DASH_KEY_RE}
+# A key is a cluster name (gatewayha.validate), behind the SNI prefix in sni.map.
+SNI_PREFIX = "daskgateway-"
+
+
+def _is_map_key(kind: MapKind, key: object) -> bool:
+    if kind == "sni":
+        return isinstance(key, str) and key.startswith(SNI_PREFIX) and validate.is_cluster_name(key[len(SNI_PREFIX) :])
+    return validate.is_cluster_name(key)
+
+
+_KEY_FORMS: dict[MapKind, str] = {"sni": f"{SNI_PREFIX}<cluster name>", "dash": "<cluster name>"}
 
 _HOST_RE = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_IPV4_RE = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
-_PORT_RE = re.compile(r"[1-9]\d{0,4}")
+_PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
 _SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NO_SPACE_RE = re.compile(r"[^\s;#'\"\\]+")
 _JWT_KEY_RE = re.compile(r"[0-9a-f]{64}")
@@ -49,7 +57,7 @@ def map_paths(map_dir: str | os.PathLike[str]) -> tuple[str, str]:
     """
     base = Path(map_dir)
     if not base.is_absolute():
-        raise ValueError(f"map_dir must be an absolute path, got {str(map_dir)!r}")
+        raise InvalidValue(f"map_dir must be an absolute path, got {str(map_dir)!r}")
     return str(base / SNI_MAP_NAME), str(base / DASH_MAP_NAME)
 
 
@@ -57,9 +65,9 @@ def validate_address(value: str) -> str:
     """Check a ``host:port`` address; return it unchanged or raise ValueError."""
     host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
     if not sep or not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"invalid address {value!r}: expected host:port with port 1-65535")
-    if not (_IPV4_RE.fullmatch(host) or _HOST_RE.fullmatch(host)):
-        raise ValueError(f"invalid address {value!r}: host must be an IPv4 address or a hostname")
+        raise InvalidValue(f"invalid address {value!r}: expected host:port with port 1-65535")
+    if not (validate.is_ipv4(host) or _HOST_RE.fullmatch(host)):
+        raise InvalidValue(f"invalid address {value!r}: host must be an IPv4 address or a hostname")
     return value
 
 
@@ -72,10 +80,10 @@ def validate_route_address(value: str) -> str:
     """
     validate_address(value)
     host = value.rpartition(":")[0]
-    if not _IPV4_RE.fullmatch(host):
-        raise ValueError(f"invalid route target {value!r}: expected an IPv4 address, not a hostname")
+    if not validate.is_ipv4(host):
+        raise InvalidValue(f"invalid route target {value!r}: expected an IPv4 address, not a hostname")
     if host == "0.0.0.0":
-        raise ValueError(f"invalid route target {value!r}: 0.0.0.0 is not a destination")
+        raise InvalidValue(f"invalid route target {value!r}: 0.0.0.0 is not a destination")
     return value
 
 
@@ -84,11 +92,11 @@ def validate_map_entries(entries: Mapping[str, str], kind: MapKind | None = None
 
     With ``kind=None`` a key may be either an SNI key or a dashboard key.
     """
-    patterns = [_KEY_RES[kind]] if kind else list(_KEY_RES.values())
+    kinds: list[MapKind] = [kind] if kind else ["sni", "dash"]
     for key, value in entries.items():
-        if not isinstance(key, str) or not any(p.fullmatch(key) for p in patterns):
-            expected = " or ".join(p.pattern for p in patterns)
-            raise ValueError(f"invalid {kind or 'route'} map key {key!r}: expected {expected}")
+        if not any(_is_map_key(k, key) for k in kinds):
+            expected = " or ".join(_KEY_FORMS[k] for k in kinds)
+            raise InvalidValue(f"invalid {kind or 'route'} map key {key!r}: expected {expected}")
         validate_route_address(value)
 
 
@@ -104,28 +112,28 @@ def _check_params(params: dict[str, Any]) -> None:
         if name in ("pidfile", "tls_crt") and not value:
             continue  # optional: empty means none
         if value is not None and not _NO_SPACE_RE.fullmatch(str(value)):
-            raise ValueError(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
+            raise InvalidValue(f"{name} must be a non-empty string without spaces or quotes: {value!r}")
     for key in [params.get("dashboard_jwt_key"), *(params.get("dashboard_jwt_previous_keys") or [])]:
         if key is not None and not _JWT_KEY_RE.fullmatch(str(key)):
-            raise ValueError("dashboard JWT keys must be 64 hex characters (gatewayha.dashboards.jwt_key)")
+            raise InvalidValue("dashboard JWT keys must be 64 hex characters (gatewayha.dashboards.jwt_key)")
     for name in ("limit_conn_cur", "limit_conn_rate", "limit_http_rate", "hsts_max_age"):
         value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+            raise InvalidValue(f"{name} must be a whole number >= 0, got {value!r}")
     for network in params.get("limit_exempt") or []:
         try:
             ipaddress.ip_network(str(network), strict=False)
         except ValueError:
-            raise ValueError(f"limit_exempt: not an address or network: {network!r}") from None
+            raise InvalidValue(f"limit_exempt: not an address or network: {network!r}") from None
     binds = params.get("bind")
     for bind in [binds] if isinstance(binds, str) else binds or []:
         if not _NO_SPACE_RE.fullmatch(str(bind)):
-            raise ValueError(f"invalid bind address {bind!r}")
+            raise InvalidValue(f"invalid bind address {bind!r}")
     names = set()
     for server in params.get("api_servers") or []:
         name = server["name"]
         if not _SERVER_NAME_RE.fullmatch(name) or name in names:
-            raise ValueError(f"invalid or duplicate API server name {name!r}")
+            raise InvalidValue(f"invalid or duplicate API server name {name!r}")
         names.add(name)
         validate_address(server["address"])
 
@@ -146,39 +154,3 @@ def render_haproxy_cfg(template_path: str | os.PathLike[str], **params: Any) -> 
         autoescape=False,
     )
     return env.get_template(path.name).render(**params)
-
-
-def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> bool:
-    """Replace the file at ``path`` with ``text`` in one step; return whether it changed.
-
-    A reader (HAProxy on reload) sees either the old or the new file, never a torn one. An
-    unchanged file is left alone, so its mtime and inode say when routes last changed.
-    """
-    target = Path(path)
-    data = text.encode()
-    try:
-        if target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True

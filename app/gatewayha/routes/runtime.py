@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatewayha.errors import GatewayError, InvalidValue
+
 # What may appear in a key or value on the command line: no whitespace (it separates
 # arguments, a newline ends the command), no ';' (separates commands), no '#' or '@' at the
 # start (reference or version syntax), no backslash or quotes (escapes).
@@ -24,7 +26,7 @@ _MAP_LIST_RE = re.compile(r"^\d+ \((.*?)\) ", re.MULTILINE)
 PAYLOAD_CHUNK_BYTES = 8192
 
 
-class RuntimeAPIError(Exception):
+class RuntimeAPIError(GatewayError):
     """HAProxy refused a runtime-API command, or answered something unexpected."""
 
     def __init__(self, command: str, response: str) -> None:
@@ -49,22 +51,22 @@ class MapEntry:
 
 def _token(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
-        raise ValueError(f"unsafe map {kind} for the runtime API: {value!r}")
+        raise InvalidValue(f"unsafe map {kind} for the runtime API: {value!r}")
     return value
 
 
 def _ref(ref: str) -> str:
     if not re.fullmatch(r"0x[0-9a-fA-F]+", ref):
-        raise ValueError(f"not a map entry reference: {ref!r}")
+        raise InvalidValue(f"not a map entry reference: {ref!r}")
     return ref
 
 
 def _map_ref(map_path: str | os.PathLike[str]) -> str:
     ref = str(map_path)
     if not Path(ref).is_absolute():
-        raise ValueError(f"map must be named by its absolute path, got {ref!r}")
+        raise InvalidValue(f"map must be named by its absolute path, got {ref!r}")
     if not re.fullmatch(r"[^\s;\\'\"]+", ref):
-        raise ValueError(f"unsafe map path {ref!r}")
+        raise InvalidValue(f"unsafe map path {ref!r}")
     return ref
 
 

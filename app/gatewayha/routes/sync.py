@@ -13,7 +13,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from gatewayha.routes.render import MapKind, map_paths, render_map, validate_map_entries, write_atomic
+from gatewayha.files import write_atomic
+from gatewayha.routes.render import MapKind, map_paths, render_map, validate_map_entries
 from gatewayha.routes.runtime import HAProxyRuntime, MapEntry, RuntimeAPIError
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,16 @@ def test_gateway_service_active_and_enabled(gw, name):
     assert service.is_enabled, f"{name} is not enabled on {gw}"
 
 
+@pytest.mark.parametrize("unit", ["gatewayha-worker", "gatewayha-api@8101"])
+def test_the_units_documentation_is_installed(unit):
+    """`systemctl help <unit>` opens what Documentation= names: this release's README and docs."""
+    host = gwtest.node("gw1")
+    docs = host.run(f"systemctl show -p Documentation --value {unit}").stdout.split()
+    assert docs, f"{unit} names no documentation"
+    for url in docs:
+        assert url.startswith("file://") and host.file(url.removeprefix("file://")).is_file, (unit, url)
+
+
 def test_postgresql_active_and_enabled():
     service = gwtest.node("db1").service("postgresql@15-main")
     assert service.is_running
@@ -72,9 +82,10 @@ def test_api_instances_healthy_on_each_node(gw):
         assert gwtest.instance_healthy(gw, port), f"gatewayha-api@{port} on {gw}"
 
 
-def test_api_instances_ping_the_systemd_watchdog():
-    """systemd receives the granian workers' pings (NotifyAccess=all): the watchdog timestamp of
-    every instance moves on, and none was restarted for want of a ping."""
+def test_each_node_s_instances_run_its_wsgi_server_with_its_liveness_guard():
+    """gw1's instances run granian, and systemd receives their workers' pings (NotifyAccess=all):
+    the watchdog timestamp of each moves on. gw2's run gunicorn (gatewayha_wsgi_server): their
+    unit has no watchdog (gunicorn's worker timeout instead). None was restarted."""
 
     def watchdog_state():
         state = {}
@@ -90,9 +101,19 @@ def test_api_instances_ping_the_systemd_watchdog():
     time.sleep(11)  # pings every 10 s (a third of WatchdogSec)
     after = watchdog_state()
     for key, props in after.items():
-        assert props["WatchdogUSec"] == "30s", (key, props)
-        assert int(props["WatchdogTimestampMonotonic"]) > int(before[key]["WatchdogTimestampMonotonic"]), (key, props)
+        gw, port = key
+        if gwtest.WSGI[gw] == "granian":
+            assert props["WatchdogUSec"] == "30s", (key, props)
+            pinged = int(props["WatchdogTimestampMonotonic"]) > int(before[key]["WatchdogTimestampMonotonic"])
+            assert pinged, (key, props)
+        else:
+            assert props["WatchdogUSec"] == "0", (key, props)
         assert props["NRestarts"] == "0", (key, props)
+        # The server that answers, asked on the node itself.
+        out = gwtest.node(gw).run(
+            f". /etc/gatewayha/environment && curl -s -o /dev/null -D - http://$GATEWAYHA_API_HOST:{port}/api/version"
+        )
+        assert f"server: {gwtest.WSGI[gw]}" in out.stdout.lower(), (key, out.stdout)
 
 
 def test_pg_hba_refuses_other_addresses():

@@ -1,0 +1,85 @@
+"""Job workers run in the test's own process against the real Postgres, with a backend that
+records calls: a job handler's effect is checked in milliseconds, without a worker subprocess
+(``drive`` runs the claim loop as the worker's main loop does)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import make_settings
+from gatewayha.backends.base import Backend
+from gatewayha.jobs.worker import Worker
+from helpers import wait_until
+
+
+class RecordingBackend(Backend):
+    """Records every call; ``fail_stops`` stop_cluster calls raise first (a passing failure)."""
+
+    def __init__(self, fail_stops: int = 0):
+        self.calls: list[tuple] = []
+        self.fail_stops = fail_stops
+
+    def start_scheduler(self, spec):
+        self.calls.append(("start_scheduler", spec.cluster_name))
+
+    def stop_scheduler(self, cluster_name):
+        self.calls.append(("stop_scheduler", cluster_name))
+
+    def scheduler_running(self, cluster_name):
+        return False
+
+    def start_worker(self, spec):
+        self.calls.append(("start_worker", spec.worker_name))
+
+    def stop_worker(self, cluster_name, worker_name):
+        self.calls.append(("stop_worker", cluster_name, worker_name))
+
+    def worker_running(self, cluster_name, worker_name):
+        return False
+
+    def stop_cluster(self, cluster_name):
+        self.calls.append(("stop_cluster", cluster_name))
+        if self.fail_stops > 0:
+            self.fail_stops -= 1
+            raise RuntimeError("the backend is busy")
+
+    def local_clusters(self):
+        return set()
+
+
+@contextmanager
+def in_process_workers(db_dsn: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """``make(backend, node="node-m")`` builds a Worker of that node (retries after 50 ms: a
+    retry shows at once); all are stopped at the end."""
+    made: list[Worker] = []
+
+    def make(backend: Backend, node: str = "node-m") -> Worker:
+        settings = make_settings(
+            db_dsn,
+            tmp_path / node,
+            node={"name": node, "launcher": "process", "isolation": "none"},
+            worker={"retry_base_seconds": 0.05, "retry_max_seconds": 0.05, "concurrency": 2},
+        )
+        worker = Worker(settings, backend=backend)
+        made.append(worker)
+        return worker
+
+    try:
+        yield make
+    finally:
+        for worker in made:
+            worker.stop()
+            worker.executor.shutdown(wait=True)
+            worker.pool.close()
+
+
+def drive(worker: Worker, seconds: float) -> None:
+    state = {"next_node_heartbeat": 0.0, "started": True}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        worker.tick(time.monotonic(), state)
+        time.sleep(0.02)
+    wait_until(lambda: not worker.held, 10, "the claimed jobs to finish", interval=0.02)

@@ -1,0 +1,64 @@
+"""A drained node (gatewayha-admin nodes drain) starts no new scheduler; another node does, and
+the drained node goes on serving what it runs. Job workers in this process, a real Postgres."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from inprocess import RecordingBackend, drive, in_process_workers
+from psycopg.rows import dict_row
+
+from conftest import SECRET, make_settings
+from gatewayha import clusters, liveness
+from gatewayha.auth import users
+from gatewayha.jobs import queue
+
+
+@pytest.fixture
+def db(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute(
+            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM clusters; DELETE FROM nodes"
+        )
+        users.ensure_user(conn, "carol")
+        yield conn
+
+
+@pytest.fixture
+def workers(db_dsn, tmp_path):
+    with in_process_workers(db_dsn, tmp_path) as make:
+        yield make
+
+
+def create(db) -> str:
+    settings = make_settings("postgresql://unused/x", Path("/tmp"))
+    settings.server.secret = SECRET
+    return clusters.create_cluster(db, settings, "carol", {})
+
+
+def test_a_drained_node_leaves_new_schedulers_to_the_others_and_takes_them_again_when_undrained(db, workers):
+    drained_backend, other_backend = RecordingBackend(), RecordingBackend()
+    drained, other = workers(drained_backend, "node-d"), workers(other_backend, "node-o")
+    liveness.report_node(db, "node-d", "127.0.0.1", 2)
+    assert liveness.set_draining(db, "node-d", True)
+
+    name = create(db)
+    drive(drained, 0.5)
+    assert drained.draining and drained_backend.calls == []
+    job = db.execute("SELECT queue, attempts, lease_owner FROM jobs WHERE cluster = %s", (name,)).fetchone()
+    assert (job["queue"], job["attempts"], job["lease_owner"]) == (queue.START_QUEUE, 0, None), job
+
+    drive(other, 0.5)
+    assert other_backend.calls == [("start_scheduler", name)]
+    assert db.execute("SELECT node FROM clusters WHERE name = %s", (name,)).fetchone()["node"] == "node-o"
+
+    # Its own node's launches (a worker of a cluster it runs) are still its to do.
+    assert queue.start_queues("node-d")[1] in drained.start_queues
+
+    assert liveness.set_draining(db, "node-d", False)
+    second = create(db)
+    drive(drained, 0.5)
+    assert not drained.draining
+    assert drained_backend.calls == [("start_scheduler", second)]

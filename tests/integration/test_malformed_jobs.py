@@ -1,0 +1,90 @@
+"""A malformed job (missing or ill-typed payload keys) fails at once, for good, with its reason,
+in a job worker's own claim loop against a real Postgres; a job that merely failed, or whose kind
+this release does not know (a newer node's, in a rolling upgrade), is still retried."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from inprocess import RecordingBackend, drive, in_process_workers
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from gatewayha.jobs import queue
+
+CLUSTER = "0123456789abcdef0123456789abcdef"
+OTHER = "f" * 32
+
+
+@pytest.fixture
+def db(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM clusters")
+        yield conn
+
+
+@pytest.fixture
+def run_worker(db_dsn, tmp_path):
+    with in_process_workers(db_dsn, tmp_path) as make:
+        yield make
+
+
+MALFORMED = [
+    ("start_cluster", {}, "cluster: invalid cluster name None"),
+    ("start_cluster", {"cluster": 5}, "cluster: invalid cluster name 5"),
+    ("stop_cluster", {"cluster": "../../etc"}, "cluster: invalid cluster name '../../etc'"),
+    ("stop_cluster", {"cluster": CLUSTER, "final": "EXPLODED"}, "final: one of"),
+    ("stop_cluster", {"cluster": CLUSTER, "reason": ["x"]}, "reason: a string"),
+    ("start_worker", {"cluster": CLUSTER}, "worker: invalid worker name None"),
+    ("stop_worker", {"cluster": CLUSTER, "worker": f"{OTHER}-a"}, "for cluster"),
+    ("stop_worker", {"cluster": CLUSTER, "worker": f"{CLUSTER}-a\n"}, "worker: invalid worker name"),
+    ("probe", {"seconds": "3"}, "seconds: a number"),
+]
+
+
+@pytest.mark.parametrize("kind, payload, reason", MALFORMED, ids=[f"{k}-{r[:20]}" for k, _, r in MALFORMED])
+def test_a_malformed_job_fails_once_with_its_reason_and_is_not_retried(db, run_worker, kind, payload, reason):
+    backend = RecordingBackend()
+    jid = queue.enqueue(db, kind, payload, max_attempts=5)
+    drive(run_worker(backend), 1.0)  # 20 retry periods
+    assert db.execute("SELECT id FROM jobs WHERE id = %s", (jid,)).fetchone() is None
+    [logged] = db.execute("SELECT outcome, attempts, finished_by, last_error FROM job_log WHERE id = %s", (jid,))
+    assert logged["outcome"] == "dead" and logged["attempts"] == 1, logged
+    assert logged["finished_by"].startswith("node-m/")
+    assert logged["last_error"].startswith("malformed job: ") and reason in logged["last_error"], logged
+    assert backend.calls == []  # refused before anything was done
+
+
+def test_a_payload_that_is_not_an_object_fails_once(db, run_worker):
+    jid = db.execute(
+        "INSERT INTO jobs (kind, payload) VALUES ('stop_cluster', %s) RETURNING id", (Jsonb([CLUSTER]),)
+    ).fetchone()["id"]
+    backend = RecordingBackend()
+    drive(run_worker(backend), 0.5)
+    [logged] = db.execute("SELECT outcome, attempts, last_error FROM job_log WHERE id = %s", (jid,))
+    assert (logged["outcome"], logged["attempts"]) == ("dead", 1)
+    assert "the payload must be a JSON object" in logged["last_error"]
+    assert backend.calls == []
+
+
+def test_a_job_of_a_kind_this_release_does_not_know_is_retried_not_killed(db, run_worker):
+    """In a rolling upgrade an old node may claim a job a new node enqueued: it must hand it back
+    for a node that knows the kind (retry with backoff), not fail it for good."""
+    backend = RecordingBackend()
+    jid = queue.enqueue(db, "a_kind_of_a_later_release", {"cluster": CLUSTER}, max_attempts=100)
+    drive(run_worker(backend), 0.5)
+    row = db.execute("SELECT attempts, last_error FROM jobs WHERE id = %s", (jid,)).fetchone()
+    assert row is not None, "the job was ended instead of handed back"
+    assert row["attempts"] >= 2 and "unknown job kind 'a_kind_of_a_later_release'" in row["last_error"], row
+    assert db.execute("SELECT 1 FROM job_log WHERE id = %s", (jid,)).fetchone() is None
+    assert backend.calls == []
+
+
+def test_a_job_that_failed_for_a_passing_reason_is_still_retried(db, run_worker):
+    backend = RecordingBackend(fail_stops=2)
+    jid = queue.enqueue(db, "stop_cluster", {"cluster": CLUSTER, "final": "STOPPED", "reason": "test"})
+    drive(run_worker(backend), 1.0)
+    [logged] = db.execute("SELECT outcome, attempts, last_error FROM job_log WHERE id = %s", (jid,))
+    assert (logged["outcome"], logged["attempts"]) == ("done", 3)
+    assert "the backend is busy" in logged["last_error"]
+    assert backend.calls == [("stop_cluster", CLUSTER)] * 3
