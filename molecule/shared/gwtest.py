@@ -210,14 +210,17 @@ def dashboard_cookie(name: str, address: str = ADDRESS_A, user: str = "demo", pa
     return token[0]
 
 
-def answers_503(since: str = "-5min") -> list[str]:
-    """Every 503 the gateway nodes answered lately, as HAProxy logged it (frontend, backend/server,
+def answers_503(since: str | float = "-5min") -> list[str]:
+    """Every 503 the gateway nodes answered since ``since`` (a journalctl time, or a time.time()
+    of this host: the containers share its clock), as HAProxy logged it (frontend, backend/server,
     timers, termination state: `<NOSRV>` is HAProxy's own) and as the API logged it (its error):
     to tell in a failure message which of them said no."""
+    if isinstance(since, float | int):
+        since = f"@{int(since) - 1}"
     lines = []
     for gw in GATEWAYS:
         journal = f"journalctl -u haproxy -u 'gatewayha-api@*' --since={since} --no-pager -o cat"
-        out = node(gw).run(f"{journal} | grep -E ' 503 |-> 503' | tail -20").stdout
+        out = node(gw).run(f"{journal} | grep -E ' 503 |-> 503| is DOWN' | tail -40").stdout
         lines += [f"{gw}: {line}" for line in out.splitlines()]
     return lines
 
