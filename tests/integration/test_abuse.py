@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from conftest import SECRET, new_database
 from gatewayha.api.app import create_app
+from gatewayha.api.throttle import LoginThrottle
 from gatewayha.auth import users
 from gatewayha.config import load_settings
 from gatewayha.db.migrate import migrate
@@ -205,6 +206,53 @@ def test_a_burst_of_one_users_correct_logins_is_not_throttled(env, db, scrypt_ca
         ).fetchone()["n"]
         == 0
     )
+
+
+@pytest.mark.parametrize("held", ["source", "user"])
+def test_a_release_never_holds_one_row_while_waiting_for_the_other(env, db, held):
+    """A deadlock between a release and a concurrent reserve (which locks the source's row, then
+    the user's) failed logins with 503 under molecule's STORM-100. Another transaction holds
+    the ``held`` row: the release may wait for it, but meanwhile it must hold no other row."""
+    settings, pool, dsn = env
+    throttle = LoginThrottle(settings)
+    name, source = new_user(db), new_source()
+    slot = throttle.reserve(db, name, source)
+    other = "user" if held == "source" else "source"
+    keys = {"source": source, "user": name}
+    lock = "SELECT 1 FROM login_failures WHERE scope = %s AND key = %s FOR UPDATE"
+    with psycopg.connect(dsn) as holder, psycopg.connect(dsn) as probe:
+        holder.execute(lock, (held, keys[held]))
+        done = threading.Event()
+
+        def release():
+            with pool.connection() as conn:
+                throttle.release(conn, slot)
+            done.set()
+
+        thread = threading.Thread(target=release, daemon=True)
+        thread.start()
+        # The release is blocked on the held row (Postgres shows it waiting for a lock) ...
+        wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE %s",
+                    ("%UPDATE login_failures SET failures = failures - 1%",),
+                ).fetchone()["n"]
+                == 1
+            ),
+            10,
+        )
+        assert not done.is_set()
+        # ... and the other row is free: a lock without waiting succeeds.
+        probe.execute("SET lock_timeout = '100ms'")
+        probe.execute(lock, (other, keys[other]))
+        probe.rollback()
+        holder.rollback()
+        assert done.wait(10)
+    thread.join(10)
+    failures = db.execute("SELECT scope, failures FROM login_failures WHERE key IN (%s, %s)", (name, source)).fetchall()
+    assert {r["scope"]: r["failures"] for r in failures} == {"source": 0, "user": 0}
 
 
 def test_shared_password_mode_is_throttled_too(env, db):

@@ -12,9 +12,10 @@ The check costs a successful login nothing extra in round trips: it is one subqu
 query that reads the stored password hash anyway (``lookup``). Only a password check that
 runs scrypt (not one answered by the process's cache of verified passwords) first takes a
 slot atomically (``reserve``: a conditional upsert, source before user) and gives it back on
-success (``release``): a burst of concurrent guesses cannot slip past the limit between the
-check and the count. Concurrent logins of one user with the same password share one scrypt
-run (auth.authenticators.basic.VerifiedPasswords) and so one slot.
+success (``release``: the source's, then the user's, one row at a time): a burst of
+concurrent guesses cannot slip past the limit between the check and the count. Concurrent
+logins of one user with the same password share one scrypt run
+(auth.authenticators.basic.VerifiedPasswords) and so one slot.
 
 The source address is the peer's, or, when the peer is a trusted proxy (``server.
 trusted_proxies``: HAProxy, on loopback or on a peer node), the last X-Forwarded-For entry,
@@ -81,10 +82,14 @@ SELECT (SELECT window_start FROM src) AS source_start,
        now() AS now
 """
 
+# One row per statement, the source's first: each runs as its own transaction (autocommit), so
+# a release never holds one row while it waits for the other. One UPDATE of both rows locked
+# them in scan order, the user's first at times, while a concurrent reserve held the source's
+# and waited for the same user's: Postgres broke the deadlock by failing one (seen as 503s in
+# molecule's STORM-100, 100 logins by 4 users from one address).
 _RELEASE = """
 UPDATE login_failures SET failures = failures - 1
-WHERE failures > 0 AND ((scope = 'source' AND key = %s AND window_start = %s)
-                     OR (scope = 'user' AND key = %s AND window_start = %s))
+WHERE failures > 0 AND scope = %s AND key = %s AND window_start = %s
 """
 
 _PURGE = "DELETE FROM login_failures WHERE window_start <= now() - make_interval(secs => %s)"
@@ -157,7 +162,8 @@ class LoginThrottle:
 
     def release(self, conn, slot: Slot) -> None:
         """A successful check: its attempt does not count."""
-        conn.execute(_RELEASE, (slot.source, slot.source_start, slot.user, slot.user_start))
+        conn.execute(_RELEASE, ("source", slot.source, slot.source_start))
+        conn.execute(_RELEASE, ("user", slot.user, slot.user_start))
 
     def record_failure(self, conn, user: str, source: str) -> None:
         """Count a failed check that took no slot (the "simple" authenticator: no scrypt runs)."""
