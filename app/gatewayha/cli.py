@@ -65,7 +65,7 @@ def cmd_users(settings, args) -> int:
                 )
                 return 1
             for name in active:
-                clusters.stop_cluster(conn, name, f"owner {args.name} removed by an administrator")
+                clusters.stop_cluster(conn, name, lifecycle.reasons.owner_removed(args.name))
             if not users.remove_user(conn, args.name):
                 print(f"error: no user {args.name}", file=sys.stderr)
                 return 1
@@ -134,7 +134,7 @@ def cmd_clusters(settings, args) -> int:
 
     with _conn(settings) as conn:
         if args.action == "stop":
-            if not clusters.stop_cluster(conn, args.name, "Stopped by an administrator"):
+            if not clusters.stop_cluster(conn, args.name, lifecycle.reasons.BY_ADMINISTRATOR):
                 print(f"cluster {args.name} is not active")
                 return 1
             print(f"stopping {args.name}")

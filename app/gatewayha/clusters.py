@@ -303,7 +303,7 @@ def cluster_model(row: dict, secrets: str | Sequence[str], full: bool = True) ->
     }
 
 
-def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool = False) -> bool:
+def stop_cluster(conn: psycopg.Connection, name: str, reason: lifecycle.StopReason | str, failed: bool = False) -> bool:
     """Move an active cluster towards STOPPED (or FAILED): gatewayha.lifecycle.stop_cluster."""
     return lifecycle.stop_cluster(conn, name, reason, failed=failed)
 

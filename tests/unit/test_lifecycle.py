@@ -131,3 +131,19 @@ def test_the_literal_check_finds_a_status_literal(tmp_path):
     (tmp_path / "lifecycle").mkdir()
     (tmp_path / "lifecycle" / "ok.py").write_text('RUNNING = "RUNNING"\n')
     assert _status_literals(tmp_path) == ["jobs/x.py:1: conn.execute(\"UPDATE clusters SET status = 'FAILED'\")"]
+
+
+def test_each_stop_reason_says_why_and_whether_it_is_a_failure():
+    r = lifecycle.reasons
+    assert (str(r.by_owner("carol")), r.by_owner("carol").target) == ("Shut down by user carol", C.STOPPED)
+    assert r.BY_SCHEDULER.target == r.BY_ADMINISTRATOR.target == C.STOPPED
+    assert r.owner_removed("bob").text == "owner bob removed by an administrator"
+    assert (r.max_lifetime(3600).text, r.max_lifetime(3600).failed) == ("reached the maximum lifetime of 3600 s", False)
+    failures = [r.no_heartbeat(12), r.did_not_start(30), r.never_placed(600), r.node_lost("n1", 4.5)]
+    assert [f.text for f in failures] == [
+        "no heartbeat for 12 s",
+        "did not start within 30 s",
+        "no node could start it within 600 s",
+        "node n1 lost (unseen for 4.5 s)",
+    ]
+    assert all(f.target == C.FAILED for f in failures)

@@ -178,11 +178,11 @@ class Cluster(Base):
         if req.context.user is None:
             with self.pool.connection() as conn:
                 clusters.check_cluster_token(conn, self.settings, name, req.context.get("cluster_token"))
-            reason = "Shut down by its scheduler (idle timeout or request)"
+            reason = lifecycle.reasons.BY_SCHEDULER
             owner = None
         else:
             owner = req.context.user.name
-            reason = f"Shut down by user {owner}"
+            reason = lifecycle.reasons.by_owner(owner)
         with self.pool.connection() as conn:
             # Unknown names and other users' clusters look alike: 204, nothing changed.
             if clusters.get_cluster(conn, name, owner=owner) is not None:

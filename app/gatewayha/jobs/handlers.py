@@ -235,12 +235,12 @@ def check_clusters(ctx: Context, job: Job) -> None:
                    CASE
                      WHEN status = %(running)s AND %(reliable)s
                           AND last_heartbeat < now() - make_interval(secs => %(hb)s)
-                       THEN 'no heartbeat for ' || %(hb)s || ' s'
+                       THEN 'no_heartbeat'
                      WHEN status = %(pending)s AND launched_at < now() - make_interval(secs => %(start)s)
-                       THEN 'did not start within ' || %(start)s || ' s'
+                       THEN 'did_not_start'
                      WHEN status = %(pending)s AND launched_at IS NULL
                           AND created_at < now() - make_interval(secs => %(queued)s)
-                       THEN 'no node could start it within ' || %(queued)s || ' s'
+                       THEN 'never_placed'
                    END AS failure,
                    %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired
             FROM clusters
@@ -257,12 +257,18 @@ def check_clusters(ctx: Context, job: Job) -> None:
                 "reliable": reliable,
             },
         ).fetchall()
+        failures = {
+            "no_heartbeat": lifecycle.reasons.no_heartbeat(c.heartbeat_timeout),
+            "did_not_start": lifecycle.reasons.did_not_start(c.start_timeout),
+            "never_placed": lifecycle.reasons.never_placed(c.queue_timeout),
+        }
         for r in rows:
             if r["failure"]:
-                log.warning("cluster %s failed: %s", r["name"], r["failure"])
-                clusters.stop_cluster(conn, r["name"], r["failure"], failed=True)
+                reason = failures[r["failure"]]
+                log.warning("cluster %s failed: %s", r["name"], reason)
+                clusters.stop_cluster(conn, r["name"], reason)
             elif r["expired"]:
-                clusters.stop_cluster(conn, r["name"], f"reached the maximum lifetime of {c.max_lifetime:g} s")
+                clusters.stop_cluster(conn, r["name"], lifecycle.reasons.max_lifetime(c.max_lifetime))
 
 
 def sweep_nodes(ctx: Context, job: Job) -> None:
@@ -291,7 +297,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                 ).fetchone()
                 if not row or not row["dead"]:
                     continue
-                reason = f"node {node} lost (unseen for {timeout:g} s)"
+                reason = lifecycle.reasons.node_lost(node, timeout).text
                 # Its clusters end now: a stopping one at its stop target (a failing one stays
                 # FAILED), any other FAILED (gatewayha.lifecycle).
                 for r in lifecycle.end_node_clusters(conn, node, reason):

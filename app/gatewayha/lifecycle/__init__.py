@@ -5,6 +5,8 @@ Nothing outside this package writes a cluster's or a worker's status; everything
 statuses through the names and groups here (docs/architecture.md, "Cluster lifecycle").
 """
 
+from gatewayha.lifecycle import reasons
+from gatewayha.lifecycle.reasons import StopReason
 from gatewayha.lifecycle.status import (
     ACTIVE,
     CLUSTER_TRANSITIONS,
@@ -48,6 +50,7 @@ __all__ = [
     "LIVE",
     "LIVE_WORKERS",
     "STOP_TARGETS",
+    "StopReason",
     "WORKER_TRANSITIONS",
     "ClusterStatus",
     "IllegalTransition",
@@ -59,6 +62,7 @@ __all__ = [
     "finish_stop",
     "mark_running",
     "names",
+    "reasons",
     "notify_changed",
     "set_worker_status",
     "stop_cluster",

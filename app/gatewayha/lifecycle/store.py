@@ -12,6 +12,7 @@ from importlib import resources
 import psycopg
 
 from gatewayha.jobs import queue
+from gatewayha.lifecycle.reasons import StopReason
 from gatewayha.lifecycle.status import (
     ACTIVE,
     ClusterStatus,
@@ -53,15 +54,18 @@ def stop_target(failed: bool) -> ClusterStatus:
     return ClusterStatus.FAILED if failed else ClusterStatus.STOPPED
 
 
-def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool = False) -> bool:
-    """Move an active cluster towards its stop target (STOPPED, or FAILED when ``failed``);
-    idempotent. False when the cluster is unknown or already ended.
+def stop_cluster(conn: psycopg.Connection, name: str, reason: StopReason | str, failed: bool = False) -> bool:
+    """Move an active cluster towards its stop target (STOPPED, or FAILED when the reason is a
+    failure: ``reason.failed``, or ``failed`` with a plain text); idempotent. False when the
+    cluster is unknown or already ended.
 
     A cluster not yet placed on a node ends at once (its start job sees it is no longer
     PENDING and does nothing); a placed one goes STOPPING, with the stop target stored on its
     row, and its node stops the processes (job stop_cluster). A failure while a plain stop is
     under way raises the target to FAILED.
     """
+    if isinstance(reason, StopReason):
+        reason, failed = reason.text, reason.failed
     target = stop_target(failed)
     with conn.transaction():
         row = conn.execute(sql("lock_cluster"), {"name": name}).fetchone()
