@@ -167,7 +167,7 @@ def stop_cluster(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
     # The stop target is on the cluster's row; "final" is only read for a stop a node of the
     # previous release requested (it stored no target).
-    final = _field(job, "final", _one_of(None, *lifecycle.STOP_TARGETS)) or ClusterStatus.STOPPED
+    final = _field(job, "final", _one_of(None, *lifecycle.names(lifecycle.STOP_TARGETS))) or ClusterStatus.STOPPED
     reason = _field(job, "reason", _optional_text)
     ctx.backend.stop_cluster(name)
     with ctx.pool.connection() as conn:
