@@ -43,6 +43,21 @@ def test_migrate_is_idempotent(dsn):
     assert second.returncode == 0 and "applied: nothing" in second.stdout
 
 
+def test_migrate_leaves_the_contract_migrations_to_migrate_contract(dsn):
+    """Expand-then-contract: a plain migrate (each node's, as it is upgraded) only lists them."""
+    plain = admin(dsn, "migrate")
+    assert plain.returncode == 0 and "contract migrations pending: 0009_drop_generation.sql" in plain.stdout
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1 FROM information_schema.columns WHERE column_name = 'generation'").fetchone()
+    contract = admin(dsn, "migrate", "--contract")
+    assert contract.returncode == 0 and "applied: contract/0009_drop_generation.sql" in contract.stdout
+    assert "pending" not in contract.stdout
+    with psycopg.connect(dsn) as conn:
+        assert not conn.execute("SELECT 1 FROM information_schema.columns WHERE column_name = 'generation'").fetchone()
+    again = admin(dsn, "migrate", "--contract")
+    assert again.returncode == 0 and "applied: nothing" in again.stdout and "pending" not in again.stdout
+
+
 def test_users_add_list_remove(dsn):
     assert admin(dsn, "users", "add", "dora", "--password-stdin", stdin="explorer\n").returncode == 0
     again = admin(dsn, "users", "add", "dora", "--password-stdin", stdin="x\n")
