@@ -133,6 +133,10 @@ def cmd_clusters(settings, args) -> int:
     from gatewayha import clusters, lifecycle
 
     with _conn(settings) as conn:
+        if args.action == "end-all":
+            ended = lifecycle.end_all(conn, lifecycle.reasons.gateway_shut_down(args.reason))
+            print(f"ended {len(ended)} clusters")
+            return 0
         if args.action == "stop":
             if not clusters.stop_cluster(conn, args.name, lifecycle.reasons.BY_ADMINISTRATOR):
                 print(f"cluster {args.name} is not active")
@@ -263,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--all", action="store_true", help="include stopped and failed clusters")
     cst = cs.add_parser("stop")
     cst.add_argument("name")
+    cea = cs.add_parser(
+        "end-all",
+        help="record every active cluster as ended: only once the whole gateway, its clusters' processes"
+        " with it, is stopped (the local stack's `make down`)",
+    )
+    cea.add_argument("--reason", required=True, help="stored as each cluster's reason")
 
     r = sub.add_parser("render-haproxy", help="write haproxy.cfg from the template")
     r.add_argument("--out", required=True, help="path, or - for stdout")

@@ -130,6 +130,21 @@ def test_clusters_and_nodes_listing_and_admin_stop(dsn, tmp_path):
     assert admin(dsn, "clusters", "stop", name).returncode == 1
 
 
+def test_clusters_end_all_records_every_active_cluster_as_ended(dsn, tmp_path):
+    """What the local stack's `make down` runs once the whole gateway is stopped."""
+    admin(dsn, "users", "add", "ivy", "--password-stdin", stdin="pw\n")
+    settings = make_settings(dsn, tmp_path)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        names = [clusters.create_cluster(conn, settings, "ivy", {}) for _ in range(2)]
+    assert admin(dsn, "clusters", "end-all").returncode == 2  # the reason is required
+    ended = admin(dsn, "clusters", "end-all", "--reason", "local stack stopped")
+    assert ended.returncode == 0 and "ended" in ended.stdout
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT status, reason FROM clusters WHERE name = ANY(%s)", (names,)).fetchall()
+        assert [(r["status"], r["reason"]) for r in rows] == [("STOPPED", "local stack stopped")] * 2
+        assert not conn.execute("SELECT 1 FROM clusters WHERE status IN ('PENDING', 'RUNNING', 'STOPPING')").fetchone()
+
+
 def test_bad_configuration_is_reported_with_its_name(dsn, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[server]\nsecret = "short"\n')

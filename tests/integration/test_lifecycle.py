@@ -171,6 +171,24 @@ def test_a_lost_nodes_clusters_end_at_their_stored_targets_without_reading_jobs(
     assert worker_statuses(db, running) == [W.STOPPED]
 
 
+def test_end_all_ends_every_active_cluster_through_legal_transitions(db, db_dsn):
+    """The local stack's `make down` (gatewayha-admin clusters end-all): the whole gateway and
+    its clusters' processes are stopped; a failing stop under way stays FAILED."""
+    unplaced, running = create(db), create(db, node="node-a", status=C.RUNNING, workers=1)
+    failing, ended = create(db, node="node-a", status=C.RUNNING), create(db)
+    assert clusters.stop_cluster(db, failing, "no heartbeat for 3 s", failed=True)
+    assert clusters.stop_cluster(db, ended, "Shut down by user carol")
+    ended_row = db.execute("SELECT stopped_at FROM clusters WHERE name = %s", (ended,)).fetchone()
+    got = lifecycle.end_all(db, lifecycle.reasons.gateway_shut_down("local stack stopped"))
+    assert sorted((r["name"], r["status"]) for r in got) == sorted(
+        [(unplaced, C.STOPPED), (running, C.STOPPED), (failing, C.FAILED)]
+    )
+    assert state(db, unplaced) == state(db, running) == (C.STOPPED, C.STOPPED, "local stack stopped")
+    assert state(db, failing) == (C.FAILED, C.FAILED, "no heartbeat for 3 s")
+    assert db.execute("SELECT stopped_at FROM clusters WHERE name = %s", (ended,)).fetchone() == ended_row
+    assert worker_statuses(db, running) == [W.STOPPED]
+
+
 def test_an_illegal_transition_is_refused_and_writes_nothing(db):
     name = create(db, node="node-a", status=C.RUNNING, workers=1)
     worker = f"{name}-0000"

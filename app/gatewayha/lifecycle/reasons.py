@@ -27,6 +27,11 @@ BY_SCHEDULER = StopReason("Shut down by its scheduler (idle timeout or request)"
 BY_ADMINISTRATOR = StopReason("Stopped by an administrator")
 
 
+def gateway_shut_down(text: str) -> StopReason:
+    """The whole gateway was stopped, its clusters with it (``gatewayha-admin clusters end-all``)."""
+    return StopReason(text)
+
+
 def by_owner(user: str) -> StopReason:
     return StopReason(f"Shut down by user {user}")
 

@@ -154,6 +154,26 @@ def end_node_clusters(conn: psycopg.Connection, node: str, reason: str) -> list[
     return ended
 
 
+def end_all(conn: psycopg.Connection, reason: StopReason) -> list[dict]:
+    """Every active cluster ends now, its processes stopped with the whole gateway (the local
+    stack's ``down``; never while job runners run): each not yet stopping is stopped
+    (STOPPING, target STOPPED), then every STOPPING one ends at its target. Returns
+    [{name, status}]."""
+    with conn.transaction():
+        conn.execute(
+            sql("request_stop_all"),
+            {"stopping": ClusterStatus.STOPPING, "stopped": ClusterStatus.STOPPED, "reason": reason.text,
+             "from": cluster_sources(ClusterStatus.STOPPING)},
+        )  # fmt: skip
+        ended = conn.execute(
+            sql("end_stopping"), {"stopping": ClusterStatus.STOPPING, "stopped": ClusterStatus.STOPPED}
+        ).fetchall()
+        for r in ended:
+            stop_workers(conn, r["name"])
+            notify_changed(conn, r["name"])
+    return ended
+
+
 def stop_workers(conn: psycopg.Connection, cluster: str, worker: str | None = None) -> int:
     """The one "stop every worker of a cluster" (or the one named): each active worker ends
     STOPPED (their processes went with the cluster, or were stopped). Returns how many."""
