@@ -28,15 +28,23 @@ from gatewayha.lifecycle import WorkerStatus as W
 @pytest.fixture
 def db(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute("DELETE FROM jobs; DELETE FROM job_log; DELETE FROM clusters; DELETE FROM nodes")
+        conn.execute(
+            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM clusters; DELETE FROM nodes; DELETE FROM api_instances"
+        )
         users.ensure_user(conn, "carol")
         yield conn
 
 
 @pytest.fixture
 def ctx(db_dsn, tmp_path):
-    """Handlers' context for node-a, with a backend that records calls."""
-    settings = make_settings(db_dsn, tmp_path, worker={"node_timeout": 4})
+    """Handlers' context for node-a, with a backend that records calls (node timeout 4 s,
+    heartbeat timeout 3 s, start timeout 30 s, queue timeout 600 s)."""
+    settings = make_settings(
+        db_dsn,
+        tmp_path,
+        worker={"node_timeout": 4},
+        cluster={"heartbeat_period": 1, "heartbeat_timeout": 3, "start_timeout": 30, "queue_timeout": 600},
+    )
     pool = make_pool(settings.database, "test-lifecycle", open_wait=True)
     try:
         yield handlers.Context(settings, pool, RecordingBackend(), "node-a")
@@ -71,6 +79,16 @@ def state(db, name: str) -> tuple:
 
 def worker_statuses(db, name: str) -> list[str]:
     return [r["status"] for r in db.execute("SELECT status FROM workers WHERE cluster = %s", (name,)).fetchall()]
+
+
+def nodes(db, steady: str, lost: str) -> None:
+    """``steady`` up for an hour (it may judge others), ``lost`` unseen for an hour."""
+    db.execute(
+        "INSERT INTO nodes (name, host, last_seen, up_since) VALUES"
+        " (%s, '127.0.0.1', now(), now() - interval '1 hour'),"
+        " (%s, '10.9.9.9', now() - interval '1 hour', now() - interval '2 hours')",
+        (steady, lost),
+    )
 
 
 def run_queued(ctx, db, kind: str, cluster: str) -> None:
@@ -147,11 +165,7 @@ def test_a_stop_job_for_a_cluster_that_ended_already_changes_nothing(db, ctx):
 
 
 def test_a_lost_nodes_clusters_end_at_their_stored_targets_without_reading_jobs(db, ctx):
-    db.execute(
-        "INSERT INTO nodes (name, host, last_seen, up_since) VALUES"
-        " ('node-a', '127.0.0.1', now(), now() - interval '1 hour'),"
-        " ('gone', '10.9.9.9', now() - interval '1 hour', now() - interval '2 hours')"
-    )
+    nodes(db, steady="node-a", lost="gone")
     running = create(db, node="gone", status=C.RUNNING, workers=1)
     pending = create(db, node="gone")
     failing = create(db, node="gone", status=C.RUNNING)
@@ -187,6 +201,93 @@ def test_end_all_ends_every_active_cluster_through_legal_transitions(db, db_dsn)
     assert state(db, failing) == (C.FAILED, C.FAILED, "no heartbeat for 3 s")
     assert db.execute("SELECT stopped_at FROM clusters WHERE name = %s", (ended,)).fetchone() == ended_row
     assert worker_statuses(db, running) == [W.STOPPED]
+
+
+# --- the periodic judgements (check_clusters, sweep_nodes), each run here once -----------------
+
+
+def heard(db, name: str, seconds_ago: float) -> None:
+    db.execute("UPDATE clusters SET last_heartbeat = now() - make_interval(secs => %s) WHERE name = %s",
+               (seconds_ago, name))  # fmt: skip
+
+
+def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, ctx):
+    fresh, silent = create(db, node="node-a", status=C.RUNNING), create(db, node="node-a", status=C.RUNNING)
+    heard(db, fresh, -3600)  # heard from "in the future": stays up
+    heard(db, silent, 60)
+    handlers.check_clusters(ctx, None)
+    assert state(db, silent) == (C.STOPPING, C.FAILED, "no heartbeat for 3 s")
+    assert state(db, fresh) == (C.RUNNING, None, None)
+
+
+def test_start_timeout_counts_from_the_launch_and_a_queued_start_from_the_create(db, ctx):
+    """start_timeout (30 s here) judges a launched scheduler; a start still waiting for a launch
+    slot is judged by queue_timeout (600 s) from the create, not failed at 30 s."""
+
+    def pending(created_ago: float, launched_ago: float | None) -> str:
+        name = create(db)
+        db.execute(
+            "UPDATE clusters SET created_at = now() - make_interval(secs => %s),"
+            " launched_at = now() - make_interval(secs => %s), node = CASE WHEN %s THEN 'node-a' END"
+            " WHERE name = %s",
+            (created_ago, launched_ago, launched_ago is not None, name),
+        )
+        return name
+
+    silent_launch, fresh_launch = pending(60, 45), pending(60, 5)
+    queued, queued_too_long = pending(60, None), pending(700, None)
+    for _ in range(3):  # judged again and again: the same two, and only they, fail
+        handlers.check_clusters(ctx, None)
+        assert state(db, silent_launch) == (C.STOPPING, C.FAILED, "did not start within 30 s")
+        assert state(db, queued_too_long) == (C.FAILED, C.FAILED, "no node could start it within 600 s")
+        assert state(db, fresh_launch) == state(db, queued) == (C.PENDING, None, None)
+
+
+def test_silence_while_every_api_instance_was_down_is_not_held_against_a_cluster(db, ctx):
+    """No heartbeat can arrive while no API instance is up: the cluster is judged only once
+    an instance has been up, without a gap, for the heartbeat timeout (gatewayha.liveness)."""
+    db.execute(  # the only API instance stopped reporting an hour ago: the API tier is down
+        "INSERT INTO api_instances (name, up_since, last_seen) VALUES ('gw1:1', now() - interval '2 hours',"
+        " now() - interval '1 hour')"
+    )
+    silent = create(db, node="node-a", status=C.RUNNING)
+    heard(db, silent, 60)
+    handlers.check_clusters(ctx, None)
+    assert state(db, silent)[0] == C.RUNNING
+    # The API is back, but only just: still no judgement.
+    db.execute("UPDATE api_instances SET up_since = now(), last_seen = now()")
+    handlers.check_clusters(ctx, None)
+    assert state(db, silent)[0] == C.RUNNING
+    # Up for longer than the heartbeat timeout (3 s here) and the cluster is still silent: it fails.
+    db.execute("UPDATE api_instances SET up_since = now() - interval '10 s', last_seen = now()")
+    handlers.check_clusters(ctx, None)
+    assert state(db, silent) == (C.STOPPING, C.FAILED, "no heartbeat for 3 s")
+
+
+def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, ctx):
+    nodes(db, steady="node-a", lost="ghost")
+    name = create(db, node="ghost", status=C.RUNNING)
+    heard(db, name, -3600)
+    jid = queue.enqueue(db, "stop_worker", {"cluster": name, "worker": name + "-abc"}, queue="node:ghost")
+    handlers.sweep_nodes(ctx, None)
+    assert state(db, name) == (C.FAILED, C.FAILED, "node ghost lost (unseen for 4 s)")
+    log = db.execute("SELECT outcome FROM job_log WHERE id = %s", (jid,)).fetchone()
+    assert log == {"outcome": "cancelled"}
+
+
+def test_a_node_that_is_not_steady_itself_judges_no_other(db, ctx):
+    """After every job runner was down, every node looks unseen: a node not up for a node
+    timeout without a gap leaves the others alone."""
+    db.execute(
+        "INSERT INTO nodes (name, host, last_seen, up_since) VALUES ('node-a', '127.0.0.1', now(), now()),"
+        " ('ghost', '10.9.9.9', now() - interval '1 hour', now() - interval '2 hours')"
+    )
+    name = create(db, node="ghost", status=C.RUNNING)
+    handlers.sweep_nodes(ctx, None)
+    assert state(db, name) == (C.RUNNING, None, None)
+    db.execute("UPDATE nodes SET up_since = now() - interval '5 s' WHERE name = 'node-a'")
+    handlers.sweep_nodes(ctx, None)
+    assert state(db, name)[0] == C.FAILED
 
 
 def test_an_illegal_transition_is_refused_and_writes_nothing(db):
