@@ -15,6 +15,7 @@ from gatewayha.jobs import queue
 from gatewayha.lifecycle.reasons import StopReason
 from gatewayha.lifecycle.status import (
     ACTIVE,
+    STOP_TARGETS,
     ClusterStatus,
     IllegalTransition,
     WorkerStatus,
@@ -103,7 +104,7 @@ def finish_stop(conn: psycopg.Connection, name: str, fallback: str, reason: str 
     """The node stopped a STOPPING cluster's processes: it ends at its stop target (``fallback``
     when the stop came from a release that stored none), its workers STOPPED. Returns the
     status it ended in, None when it was not STOPPING (ended already: nothing changes)."""
-    if fallback not in (ClusterStatus.STOPPED, ClusterStatus.FAILED):
+    if fallback not in STOP_TARGETS:
         raise IllegalTransition(f"a stop may not end in {fallback}")
     with conn.transaction():
         row = conn.execute(
