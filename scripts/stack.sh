@@ -251,11 +251,9 @@ ENV
 down() {
     # Stop the clusters first (their processes live in their own sessions), then the services.
     if [ -f "$CONFIG" ] && scripts/pg.sh dsn "$STATE/pg" >/dev/null 2>&1 && [ -f "$STATE/pg/data/postmaster.pid" ]; then
+        gatewayha-admin clusters end-all --reason "local stack stopped" >/dev/null 2>&1 || true
         psql "$(python3 -c "import tomllib;print(tomllib.load(open('$CONFIG','rb'))['database']['dsn'])")" -qc \
-            "UPDATE clusters SET status = CASE WHEN status = 'PENDING' THEN 'FAILED' ELSE 'STOPPED' END,
-                    reason = coalesce(reason, 'local stack stopped'), stopped_at = now()
-             WHERE status IN ('PENDING','RUNNING','STOPPING');
-             DELETE FROM warm_pool" >/dev/null 2>&1 || true
+            "DELETE FROM warm_pool" >/dev/null 2>&1 || true
     fi
     # Job workers, API instances and HAProxy together (each session's leftovers too); the old
     # marker (GATEWAYHA_CONFIG, set by stacks started before GATEWAYHA_LOCAL_STACK) also counts.

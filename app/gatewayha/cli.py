@@ -17,12 +17,17 @@ def _conn(settings):
 
 
 def cmd_migrate(settings, args) -> int:
-    from gatewayha.db.migrate import current_version, migrate
+    from gatewayha.db.migrate import current_version, migrate, pending_contract
 
     with _conn(settings) as conn:
-        applied = migrate(conn)
+        applied = migrate(conn, contract=args.contract)
         version = current_version(conn)
+        pending = pending_contract(conn)
     print(f"applied: {', '.join(applied) or 'nothing'}; schema version {version}")
+    if pending:
+        # Expand-then-contract: what the previous release still uses goes only once no node runs it.
+        print(f"contract migrations pending: {', '.join(pending)} (gatewayha-admin migrate --contract,"
+              " once every node runs this release)")  # fmt: skip
     return 0
 
 
@@ -44,13 +49,13 @@ def cmd_users(settings, args) -> int:
                 return 1
             print(f"{'created' if created else 'updated'} user {args.name}")
         elif args.action == "remove":
-            from gatewayha import clusters
+            from gatewayha import clusters, lifecycle
 
             active = [
                 r["name"]
                 for r in conn.execute(
-                    "SELECT name FROM clusters WHERE owner = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-                    (args.name,),
+                    "SELECT name FROM clusters WHERE owner = %s AND status = ANY(%s)",
+                    (args.name, lifecycle.names(lifecycle.ACTIVE)),
                 ).fetchall()
             ]
             if active and not args.force:
@@ -60,7 +65,7 @@ def cmd_users(settings, args) -> int:
                 )
                 return 1
             for name in active:
-                clusters.stop_cluster(conn, name, f"owner {args.name} removed by an administrator")
+                clusters.stop_cluster(conn, name, lifecycle.reasons.owner_removed(args.name))
             if not users.remove_user(conn, args.name):
                 print(f"error: no user {args.name}", file=sys.stderr)
                 return 1
@@ -93,7 +98,7 @@ def cmd_tokens(settings, args) -> int:
 
 
 def cmd_nodes(settings, args) -> int:
-    from gatewayha import liveness
+    from gatewayha import lifecycle, liveness
 
     if getattr(args, "action", None) in ("drain", "undrain"):
         with _conn(settings) as conn:
@@ -111,9 +116,9 @@ def cmd_nodes(settings, args) -> int:
         rows = conn.execute(
             "SELECT n.name, n.host, n.last_seen, n.draining,"
             " now() - n.last_seen < make_interval(secs => %s) AS alive,"
-            " (SELECT count(*) FROM clusters c WHERE c.node = n.name AND c.status IN ('PENDING','RUNNING')) AS clusters"
+            " (SELECT count(*) FROM clusters c WHERE c.node = n.name AND c.status = ANY(%s)) AS clusters"
             " FROM nodes n ORDER BY n.name",
-            (settings.worker.node_timeout,),
+            (settings.worker.node_timeout, lifecycle.names(lifecycle.LIVE)),
         ).fetchall()
     print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'DRAINING':<8} {'CLUSTERS':>8}  LAST SEEN")
     for r in rows:
@@ -125,20 +130,24 @@ def cmd_nodes(settings, args) -> int:
 
 
 def cmd_clusters(settings, args) -> int:
-    from gatewayha import clusters
+    from gatewayha import clusters, lifecycle
 
     with _conn(settings) as conn:
+        if args.action == "end-all":
+            ended = lifecycle.end_all(conn, lifecycle.reasons.gateway_shut_down(args.reason))
+            print(f"ended {len(ended)} clusters")
+            return 0
         if args.action == "stop":
-            if not clusters.stop_cluster(conn, args.name, "Stopped by an administrator"):
+            if not clusters.stop_cluster(conn, args.name, lifecycle.reasons.BY_ADMINISTRATOR):
                 print(f"cluster {args.name} is not active")
                 return 1
             print(f"stopping {args.name}")
             return 0
         rows = conn.execute(
             "SELECT name, owner, status, node, reason, created_at, target_workers,"
-            " (SELECT count(*) FROM workers w WHERE w.cluster = c.name AND w.status = 'RUNNING') AS workers"
-            " FROM clusters c WHERE %s OR status IN ('PENDING','RUNNING','STOPPING') ORDER BY created_at",
-            (args.all,),
+            " (SELECT count(*) FROM workers w WHERE w.cluster = c.name AND w.status = %s) AS workers"
+            " FROM clusters c WHERE %s OR status = ANY(%s) ORDER BY created_at",
+            (lifecycle.WorkerStatus.RUNNING, args.all, lifecycle.names(lifecycle.ACTIVE)),
         ).fetchall()
     # WORKERS: running now / what the scheduler last asked for (its heartbeat's target count).
     print(f"{'NAME':<33} {'OWNER':<12} {'STATUS':<9} {'NODE':<12} {'WORKERS':>9}  REASON")
@@ -222,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="apply database migrations (safe on several nodes at once)")
+    m = sub.add_parser("migrate", help="apply database migrations (safe on several nodes at once)")
+    m.add_argument(
+        "--contract",
+        action="store_true",
+        help="also drop what only the previous release used: only once every node runs this release",
+    )
 
     u = sub.add_parser("users", help="manage users")
     us = u.add_subparsers(dest="action", required=True)
@@ -253,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--all", action="store_true", help="include stopped and failed clusters")
     cst = cs.add_parser("stop")
     cst.add_argument("name")
+    cea = cs.add_parser(
+        "end-all",
+        help="record every active cluster as ended: only once the whole gateway, its clusters' processes"
+        " with it, is stopped (the local stack's `make down`)",
+    )
+    cea.add_argument("--reason", required=True, help="stored as each cluster's reason")
 
     r = sub.add_parser("render-haproxy", help="write haproxy.cfg from the template")
     r.add_argument("--out", required=True, help="path, or - for stdout")

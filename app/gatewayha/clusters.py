@@ -2,12 +2,11 @@
 
 Every function here takes a connection, changes state in one transaction, and
 enqueues the background work that follows; none starts a process or talks to
-HAProxy. Changes that alter routes NOTIFY ``gatewayha_routes``.
+HAProxy. Status changes are gatewayha.lifecycle's (which NOTIFYs the cluster-changed channel).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import secrets
@@ -19,39 +18,21 @@ import psycopg
 from cryptography.exceptions import InvalidTag
 from psycopg.types.json import Jsonb
 
-from gatewayha import tls, warm_pool
+from gatewayha import lifecycle, tls, warm_pool
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.errors import Conflict, Forbidden, InvalidValue, LimitExceeded, NotFound, Unprocessable
 from gatewayha.jobs import queue
+from gatewayha.lifecycle import WorkerStatus
 from gatewayha.options import ClusterConfig, cluster_config, environment_patterns, split_environment, validate_options
 from gatewayha.validate import ADDRESS_SCHEMES, is_cluster_name, reported_address
 
-ROUTES_CHANNEL = "gatewayha_routes"
-ACTIVE = ("PENDING", "RUNNING", "STOPPING")
+# The channel gatewayha.jobs.worker listens on: the old name, NOTIFYed alongside the new
+# (lifecycle.CLUSTER_CHANGED) for one release. At the merge the worker is to listen on
+# lifecycle.CHANNELS and this alias goes.
+ROUTES_CHANNEL = lifecycle.LEGACY_CHANNEL
 
 log = logging.getLogger("gatewayha.clusters")
-
-
-class ClusterStatus(enum.Enum):
-    PENDING = 1
-    RUNNING = 2
-    STOPPING = 3
-    STOPPED = 4
-    FAILED = 5
-
-
-def workers_stopped(conn: psycopg.Connection, cluster: str) -> None:
-    """Record every worker of a cluster that ended as STOPPED (their processes went with it)."""
-    conn.execute(
-        "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-        " WHERE cluster = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')",
-        (cluster,),
-    )
-
-
-def notify_routes(conn: psycopg.Connection, cluster: str) -> None:
-    conn.execute("SELECT pg_notify(%s, %s)", (ROUTES_CHANNEL, cluster))
 
 
 @dataclass
@@ -73,12 +54,17 @@ def _usage(conn: psycopg.Connection, user: str, exclude: str | None = None) -> U
         FROM clusters c
         CROSS JOIN LATERAL (
             SELECT count(*) AS n FROM workers
-            WHERE cluster = c.name AND status IN ('PENDING', 'RUNNING')
+            WHERE cluster = c.name AND status = ANY(%(live_workers)s)
         ) w
-        WHERE c.owner = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING')
-          AND c.name IS DISTINCT FROM %s
+        WHERE c.owner = %(user)s AND c.status = ANY(%(active)s)
+          AND c.name IS DISTINCT FROM %(exclude)s
         """,
-        (user, exclude),
+        {
+            "user": user,
+            "exclude": exclude,
+            "active": lifecycle.names(lifecycle.ACTIVE),
+            "live_workers": lifecycle.names(lifecycle.LIVE_WORKERS),
+        },
     ).fetchone()
     return Usage(row["clusters"], row["cores"], row["memory"])
 
@@ -134,10 +120,9 @@ def create_cluster(
             name = pooled["name"]
             conn.execute(
                 """
-                INSERT INTO clusters (name, owner, status, options, config, tls_cert, tls_key_enc, token_hash,
-                                      token_enc, node, scheduler_address, dashboard_address, api_address,
-                                      started_at, last_heartbeat)
-                VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now())
+                INSERT INTO clusters (name, owner, options, config, tls_cert, tls_key_enc, token_hash,
+                                      token_enc, node, last_heartbeat)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
                 """,
                 (
                     name,
@@ -149,12 +134,9 @@ def create_cluster(
                     pooled["token_hash"],
                     pooled["token_enc"],
                     pooled["node"],
-                    pooled["scheduler_address"],
-                    pooled["dashboard_address"],
-                    pooled["api_address"],
                 ),
             )
-            notify_routes(conn, name)
+            lifecycle.mark_running(conn, name, lifecycle.ClusterStatus.PENDING, pooled)
             warm_pool.request_refill(conn, pooled["node"])
         else:
             conn.execute(
@@ -239,9 +221,9 @@ def check_cluster_token(conn: psycopg.Connection, settings: Settings, name: str,
     row = None
     if token is not None and is_cluster_name(name):
         row = conn.execute(
-            "SELECT token_hash FROM clusters WHERE name = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
+            "SELECT token_hash FROM clusters WHERE name = %s AND status = ANY(%s)"
             " UNION ALL SELECT token_hash FROM warm_pool WHERE name = %s",
-            (name, name),
+            (name, lifecycle.names(lifecycle.ACTIVE), name),
         ).fetchone()
     if row is None or not sec.cluster_token_ok(settings.server.secrets, name, token, row["token_hash"]):
         raise Forbidden("Invalid cluster token")
@@ -305,7 +287,7 @@ def _epoch_ms(ts) -> int | None:
 
 def cluster_model(row: dict, secrets: str | Sequence[str], full: bool = True) -> dict:
     """The wire form: exactly the keys ClusterReport(**msg) accepts."""
-    running = row["status"] == "RUNNING"
+    running = row["status"] == lifecycle.ClusterStatus.RUNNING
     key = None
     if running and full:
         key = tls.decrypt_key(secrets, row["tls_key_enc"], row["name"])
@@ -321,41 +303,9 @@ def cluster_model(row: dict, secrets: str | Sequence[str], full: bool = True) ->
     }
 
 
-def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool = False) -> bool:
-    """Move an active cluster towards STOPPED (or FAILED); idempotent.
-
-    A cluster not yet placed on a node stops at once (its start job sees it is
-    no longer PENDING and does nothing); a placed one goes STOPPING and its
-    node stops the processes.
-    """
-    final = "FAILED" if failed else "STOPPED"
-    with conn.transaction():
-        row = conn.execute("SELECT status, node FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
-        if row is None or row["status"] not in ACTIVE:
-            return False
-        if row["status"] == "STOPPING" and not failed:
-            return True
-        if row["node"] is None:
-            conn.execute(
-                "UPDATE clusters SET status = %s, reason = %s, stopped_at = now() WHERE name = %s",
-                (final, reason, name),
-            )
-            workers_stopped(conn, name)
-        else:
-            conn.execute(
-                "UPDATE clusters SET status = 'STOPPING', reason = coalesce(reason, %s) WHERE name = %s",
-                (reason, name),
-            )
-            queue.enqueue(
-                conn,
-                "stop_cluster",
-                {"cluster": name, "final": final, "reason": reason},
-                queue=queue.node_queue(row["node"]),
-                cluster=name,
-                dedupe_key=f"stop_cluster:{name}",
-            )
-        notify_routes(conn, name)
-    return True
+def stop_cluster(conn: psycopg.Connection, name: str, reason: lifecycle.StopReason | str, failed: bool = False) -> bool:
+    """Move an active cluster towards STOPPED (or FAILED): gatewayha.lifecycle.stop_cluster."""
+    return lifecycle.stop_cluster(conn, name, reason, failed=failed)
 
 
 def worker_allowance(conn: psycopg.Connection, settings: Settings, row: dict, wanted: int) -> tuple[int, str | None]:
@@ -408,23 +358,17 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
             _check_fixed(name, pooled, msg)
             warm_pool.record_heartbeat(conn, name, msg)
             return
-        if row["status"] not in ACTIVE or not sec.cluster_token_ok(
+        if row["status"] not in lifecycle.ACTIVE or not sec.cluster_token_ok(
             settings.server.secrets, name, token, row["token_hash"]
         ):
             raise Forbidden("Invalid cluster token")
-        if row["status"] == "STOPPING":
-            raise Conflict(f"Cluster {name} is STOPPING")
-        addresses = (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"])
+        if row["status"] == lifecycle.ClusterStatus.STOPPING:
+            raise Conflict(f"Cluster {name} is {row['status']}")
         if row["scheduler_address"] is None:
             check_addresses(settings, name, _node_host(conn, row["node"]), msg)
         _check_fixed(name, row, msg)
-        if row["status"] == "PENDING":
-            conn.execute(
-                "UPDATE clusters SET status = 'RUNNING', scheduler_address = %s, dashboard_address = %s,"
-                " api_address = %s, started_at = coalesce(started_at, now()) WHERE name = %s",
-                (*addresses, name),
-            )
-            notify_routes(conn, name)
+        if row["status"] == lifecycle.ClusterStatus.PENDING:
+            lifecycle.mark_running(conn, name, row["status"], msg)
         conn.execute(
             "UPDATE clusters SET last_heartbeat = now(), target_workers = %s WHERE name = %s",
             (msg["count"], name),
@@ -462,8 +406,8 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
         w["name"]: w
         for w in conn.execute(
             "SELECT name, status, created_at < now() - make_interval(secs => %s) AS overdue"
-            " FROM workers WHERE cluster = %s AND status IN ('PENDING', 'RUNNING')",
-            (settings.cluster.start_timeout, name),
+            " FROM workers WHERE cluster = %s AND status = ANY(%s)",
+            (settings.cluster.start_timeout, name, lifecycle.names(lifecycle.LIVE_WORKERS)),
         ).fetchall()
     }
     active = set(msg["active_workers"])
@@ -472,18 +416,20 @@ def _reconcile_workers(conn: psycopg.Connection, settings: Settings, row: dict, 
     for wname, w in workers.items():
         if wname in leaving:
             to_stop.append(wname)
-        elif wname in active and w["status"] == "PENDING":
-            conn.execute("UPDATE workers SET status = 'RUNNING' WHERE cluster = %s AND name = %s", (name, wname))
-        elif w["status"] == "PENDING" and w["overdue"]:
+        elif wname in active and w["status"] == WorkerStatus.PENDING:
+            lifecycle.set_worker_status(conn, name, wname, w["status"], WorkerStatus.RUNNING)
+        elif w["status"] == WorkerStatus.PENDING and w["overdue"]:
             to_stop.append(wname)  # never joined: give up on it and start another
     # Pending workers beyond the target are not needed any more (newest first).
     live = [w for w in workers if w not in to_stop]
-    pending = sorted((w for w in live if workers[w]["status"] == "PENDING" and w not in active), reverse=True)
+    pending = sorted(
+        (w for w in live if workers[w]["status"] == WorkerStatus.PENDING and w not in active), reverse=True
+    )
     excess = len(live) - msg["count"]
     for wname in pending[: max(0, excess)]:
         to_stop.append(wname)
     for wname in to_stop:
-        conn.execute("UPDATE workers SET status = 'STOPPING' WHERE cluster = %s AND name = %s", (name, wname))
+        lifecycle.set_worker_status(conn, name, wname, workers[wname]["status"], WorkerStatus.STOPPING)
         _enqueue_worker_job(conn, "stop_worker", name, wname, node_q)
     n_live = len(workers) - len(to_stop)
     need = msg["count"] - n_live

@@ -43,6 +43,21 @@ def test_migrate_is_idempotent(dsn):
     assert second.returncode == 0 and "applied: nothing" in second.stdout
 
 
+def test_migrate_leaves_the_contract_migrations_to_migrate_contract(dsn):
+    """Expand-then-contract: a plain migrate (each node's, as it is upgraded) only lists them."""
+    plain = admin(dsn, "migrate")
+    assert plain.returncode == 0 and "contract migrations pending: 0009_drop_generation.sql" in plain.stdout
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1 FROM information_schema.columns WHERE column_name = 'generation'").fetchone()
+    contract = admin(dsn, "migrate", "--contract")
+    assert contract.returncode == 0 and "applied: contract/0009_drop_generation.sql" in contract.stdout
+    assert "pending" not in contract.stdout
+    with psycopg.connect(dsn) as conn:
+        assert not conn.execute("SELECT 1 FROM information_schema.columns WHERE column_name = 'generation'").fetchone()
+    again = admin(dsn, "migrate", "--contract")
+    assert again.returncode == 0 and "applied: nothing" in again.stdout and "pending" not in again.stdout
+
+
 def test_users_add_list_remove(dsn):
     assert admin(dsn, "users", "add", "dora", "--password-stdin", stdin="explorer\n").returncode == 0
     again = admin(dsn, "users", "add", "dora", "--password-stdin", stdin="x\n")
@@ -113,6 +128,21 @@ def test_clusters_and_nodes_listing_and_admin_stop(dsn, tmp_path):
     assert name not in admin(dsn, "clusters", "list").stdout
     assert name in admin(dsn, "clusters", "list", "--all").stdout
     assert admin(dsn, "clusters", "stop", name).returncode == 1
+
+
+def test_clusters_end_all_records_every_active_cluster_as_ended(dsn, tmp_path):
+    """What the local stack's `make down` runs once the whole gateway is stopped."""
+    admin(dsn, "users", "add", "ivy", "--password-stdin", stdin="pw\n")
+    settings = make_settings(dsn, tmp_path)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        names = [clusters.create_cluster(conn, settings, "ivy", {}) for _ in range(2)]
+    assert admin(dsn, "clusters", "end-all").returncode == 2  # the reason is required
+    ended = admin(dsn, "clusters", "end-all", "--reason", "local stack stopped")
+    assert ended.returncode == 0 and "ended" in ended.stdout
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT status, reason FROM clusters WHERE name = ANY(%s)", (names,)).fetchall()
+        assert [(r["status"], r["reason"]) for r in rows] == [("STOPPED", "local stack stopped")] * 2
+        assert not conn.execute("SELECT 1 FROM clusters WHERE status IN ('PENDING', 'RUNNING', 'STOPPING')").fetchone()
 
 
 def test_bad_configuration_is_reported_with_its_name(dsn, tmp_path):

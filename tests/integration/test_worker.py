@@ -1,4 +1,6 @@
-"""gatewayha-worker processes against a real Postgres: leases, periodic ticks, timeouts, dead nodes, orphans."""
+"""gatewayha-worker processes against a real Postgres: leases, periodic ticks, a fresh worker's judgement of
+other nodes, orphans, launch slots. The judgements themselves (timeouts, dead nodes) run in-process in
+test_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -183,93 +185,10 @@ def _running_cluster(db, node, heartbeat_age_s=0.0):
     return name
 
 
-def test_silent_cluster_fails_after_the_heartbeat_timeout_with_a_reason(db, workers):
-    workers.start("node-a")
-    fresh = _running_cluster(db, "node-a", heartbeat_age_s=-3600)  # heard from "in the future": stays up
-    silent = _running_cluster(db, "node-a", heartbeat_age_s=60)
-    row = wait_until(
-        lambda: db.execute(
-            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (silent,)
-        ).fetchone(),
-        20,
-        "the silent cluster to fail",
-    )
-    assert "no heartbeat" in row["reason"]
-    assert db.execute("SELECT status FROM clusters WHERE name = %s", (fresh,)).fetchone()["status"] == "RUNNING"
-
-
-def test_start_timeout_counts_from_the_launch_and_a_queued_start_from_the_create(db, workers):
-    """start_timeout (30 s here) judges a launched scheduler; a start still waiting for a launch
-    slot is judged by queue_timeout (600 s) from the create, not failed at 30 s."""
-    settings = make_settings("postgresql://unused/x", Path("/tmp"))
-    settings.server.secret = SECRET
-
-    def pending(created_ago: float, launched_ago: float | None) -> str:
-        name = clusters.create_cluster(db, settings, "carol", {})
-        db.execute("DELETE FROM jobs WHERE cluster = %s", (name,))  # nobody launches anything here
-        db.execute(
-            "UPDATE clusters SET created_at = now() - make_interval(secs => %s),"
-            " launched_at = now() - make_interval(secs => %s), node = CASE WHEN %s THEN 'node-a' END"
-            " WHERE name = %s",
-            (created_ago, launched_ago, launched_ago is not None, name),
-        )
-        return name
-
-    silent_launch = pending(60, 45)
-    fresh_launch = pending(60, 5)
-    queued = pending(60, None)
-    queued_too_long = pending(700, None)
-    everyone = [silent_launch, fresh_launch, queued, queued_too_long]
-
-    def failed() -> dict[str, str]:
-        rows = db.execute(
-            "SELECT name, reason FROM clusters WHERE status IN ('STOPPING', 'FAILED') AND name = ANY(%s)",
-            (everyone,),
-        ).fetchall()
-        return {r["name"]: r["reason"] for r in rows}
-
-    workers.start("node-a")
-    wait_until(lambda: {silent_launch, queued_too_long} <= set(failed()), 20, "the two overdue clusters to fail")
-    time.sleep(2)  # a few more checks: the other two must stay PENDING
-    reasons = failed()
-    assert set(reasons) == {silent_launch, queued_too_long}, reasons
-    assert "did not start within 30" in reasons[silent_launch]
-    assert "no node could start it within 600" in reasons[queued_too_long]
-
-
 def _runs_since(db, kind: str, since) -> int:
     return db.execute(
         "SELECT count(*) AS n FROM job_log WHERE kind = %s AND outcome = 'done' AND finished_at > %s", (kind, since)
     ).fetchone()["n"]
-
-
-def test_silence_while_every_api_instance_was_down_is_not_held_against_a_cluster(db, workers):
-    """No heartbeat can arrive while no API instance is up: the cluster is judged only once
-    an instance has been up, without a gap, for the heartbeat timeout (gatewayha.liveness)."""
-    db.execute(  # the only API instance stopped reporting an hour ago: the API tier is down
-        "INSERT INTO api_instances (name, up_since, last_seen) VALUES ('gw1:1', now() - interval '2 hours',"
-        " now() - interval '1 hour')"
-    )
-    silent = _running_cluster(db, "node-a", heartbeat_age_s=60)
-    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
-    workers.start("node-a")
-    wait_until(lambda: _runs_since(db, "check_clusters", t0) >= 3, 20, "three cluster checks")
-    assert db.execute("SELECT status FROM clusters WHERE name = %s", (silent,)).fetchone()["status"] == "RUNNING"
-    # The API is back, but only just: still no judgement.
-    db.execute("UPDATE api_instances SET up_since = now(), last_seen = now()")
-    t1 = db.execute("SELECT now() AS t").fetchone()["t"]
-    wait_until(lambda: _runs_since(db, "check_clusters", t1) >= 1, 20, "a cluster check")
-    assert db.execute("SELECT status FROM clusters WHERE name = %s", (silent,)).fetchone()["status"] == "RUNNING"
-    # Up for longer than the heartbeat timeout (3 s here) and the cluster is still silent: FAILED.
-    db.execute("UPDATE api_instances SET up_since = now() - interval '10 s', last_seen = now()")
-    row = wait_until(
-        lambda: db.execute(
-            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (silent,)
-        ).fetchone(),
-        20,
-        "the silent cluster to fail once heartbeats could have arrived",
-    )
-    assert "no heartbeat" in row["reason"]
 
 
 def test_a_freshly_started_worker_does_not_declare_the_others_lost(db, workers):
@@ -331,24 +250,6 @@ def test_a_cluster_failing_while_its_node_is_swept_ends_failed(db, db_dsn, tmp_p
     assert not sweeper.is_alive() and not errors, errors
     row = db.execute("SELECT status, reason FROM clusters WHERE name = %s", (name,)).fetchone()
     assert (row["status"], row["reason"]) == ("FAILED", "no heartbeat for 3 s")
-
-
-def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers):
-    db.execute("INSERT INTO nodes (name, host, last_seen) VALUES ('ghost', '10.9.9.9', now() - interval '1 hour')")
-    name = _running_cluster(db, "ghost")
-    db.execute("UPDATE clusters SET last_heartbeat = now() + interval '1 hour' WHERE name = %s", (name,))
-    jid = queue.enqueue(db, "stop_worker", {"cluster": name, "worker": name + "-abc"}, queue="node:ghost")
-    workers.start("node-a")
-    row = wait_until(
-        lambda: db.execute(
-            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (name,)
-        ).fetchone(),
-        20,
-        "the dead node's cluster to fail",
-    )
-    assert "node ghost lost" in row["reason"]
-    log = db.execute("SELECT outcome FROM job_log WHERE id = %s", (jid,)).fetchone()
-    assert log == {"outcome": "cancelled"}
 
 
 def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):

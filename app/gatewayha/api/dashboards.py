@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import falcon
 
-from gatewayha import clusters, dashboards
+from gatewayha import clusters, dashboards, lifecycle
 from gatewayha.api.access import Access
 from gatewayha.config import Settings
 from gatewayha.errors import NotFound, Unavailable
@@ -41,7 +41,7 @@ class DashboardLogin:
             row = clusters.get_cluster(conn, name)
         if row is None or not dashboards.may_view(user, row):
             raise NotFound(f"Cluster {name} does not exist")
-        if row["status"] != "RUNNING" or not row.get("dashboard_address"):
+        if row["status"] != lifecycle.ClusterStatus.RUNNING or not row.get("dashboard_address"):
             raise NotFound(f"Cluster {name} has no dashboard now (it is {row['status']})")
         held = (req.get_cookie_values(dashboards.COOKIE) or [None])[0]
         if dashboards.check_token(self.settings.server.secrets, held, name) == user:

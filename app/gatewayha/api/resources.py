@@ -9,7 +9,7 @@ from contextlib import nullcontext
 
 import falcon
 
-from gatewayha import __version__, clusters, control, validate
+from gatewayha import __version__, clusters, control, lifecycle, validate
 from gatewayha.api.access import Access
 from gatewayha.api.gate import KeyedGate
 from gatewayha.api.throttle import WaitSlots
@@ -18,8 +18,8 @@ from gatewayha.config import Settings
 from gatewayha.errors import BadRequest, Conflict, Forbidden, InvalidValue, NotFound, PayloadTooLarge, Unprocessable
 from gatewayha.options import options_spec
 
-STATUS_NAMES = {s.name for s in clusters.ClusterStatus}
-DEFAULT_STATUSES = ["PENDING", "RUNNING"]
+STATUS_NAMES = {str(s) for s in lifecycle.ClusterStatus}
+DEFAULT_STATUSES = lifecycle.names(lifecycle.DEFAULT_LISTED)
 MAX_INT = 2**31 - 1
 
 
@@ -166,7 +166,7 @@ class Cluster(Base):
                 with self.pool.connection() as conn:
                     row = self._own(conn, req, name)
                 left = deadline - time.monotonic()
-                if not wait or row["status"] != "PENDING" or left <= 0:
+                if not wait or row["status"] != lifecycle.ClusterStatus.PENDING or left <= 0:
                     break
                 changed.wait(min(self._poll_interval(started), left))
         resp.media = clusters.cluster_model(row, self.settings.server.secrets)
@@ -178,11 +178,11 @@ class Cluster(Base):
         if req.context.user is None:
             with self.pool.connection() as conn:
                 clusters.check_cluster_token(conn, self.settings, name, req.context.get("cluster_token"))
-            reason = "Shut down by its scheduler (idle timeout or request)"
+            reason = lifecycle.reasons.BY_SCHEDULER
             owner = None
         else:
             owner = req.context.user.name
-            reason = f"Shut down by user {owner}"
+            reason = lifecycle.reasons.by_owner(owner)
         with self.pool.connection() as conn:
             # Unknown names and other users' clusters look alike: 204, nothing changed.
             if clusters.get_cluster(conn, name, owner=owner) is not None:
@@ -197,7 +197,7 @@ class _Forward(Base):
             row = clusters.get_cluster(conn, name, owner=req.context.user.name)
         if row is None:
             raise NotFound(f"Cluster {name} does not exist")
-        if row["status"] != "RUNNING" or not row["api_address"]:
+        if row["status"] != lifecycle.ClusterStatus.RUNNING or not row["api_address"]:
             raise Conflict(f"Cluster {name} is not running")
         return row
 

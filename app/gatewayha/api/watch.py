@@ -1,6 +1,8 @@
 """Wake long polls (``GET /api/v1/clusters/{name}?wait``) when their cluster changes.
 
-One LISTEN connection per API process on the routes channel: every change a waiter cares
+One LISTEN connection per API process on the cluster-changed channel(s)
+(gatewayha.lifecycle.CHANNELS: the new name and, for one release, the old "routes" one that
+nodes of the previous release still NOTIFY during a rolling upgrade): every change a waiter cares
 about (the first heartbeat makes a cluster RUNNING, a stop, a failure) is NOTIFYed there
 with the cluster's name, by whichever API instance or job worker made it. A waiter is woken
 at once instead of at its next poll (up to ``server.wait_poll_interval`` later, 0.25–0.5 s
@@ -16,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gatewayha import clusters
+from gatewayha import lifecycle
 from gatewayha.config import DatabaseSettings
 from gatewayha.db.pool import listen_forever
 
@@ -80,7 +82,7 @@ class ClusterWatch:
         listen_forever(
             self.db,
             self.application_name,
-            (clusters.ROUTES_CHANNEL,),
+            lifecycle.CHANNELS,
             self.stopped,
             lambda n: self._wake(n.payload),
             self._connected,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from gatewayha import validate
+from gatewayha import lifecycle, validate
 from gatewayha.auth import secrets as sec
 from gatewayha.errors import GatewayError
 
@@ -55,9 +55,10 @@ def list_users(conn: psycopg.Connection) -> list[dict]:
         """
         SELECT u.name, u.created_at, u.password_hash IS NOT NULL AS has_password,
                (SELECT count(*) FROM clusters c WHERE c.owner = u.name
-                  AND c.status IN ('PENDING', 'RUNNING', 'STOPPING')) AS active_clusters
+                  AND c.status = ANY(%s)) AS active_clusters
         FROM users u ORDER BY u.name
-        """
+        """,
+        (lifecycle.names(lifecycle.ACTIVE),),
     ).fetchall()
 
 

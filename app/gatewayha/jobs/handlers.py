@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gatewayha import clusters, liveness, tls, validate, warm_pool
+from gatewayha import clusters, lifecycle, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
 from gatewayha.errors import GatewayError, InvalidValue, MalformedJob
 from gatewayha.jobs import queue
 from gatewayha.jobs.queue import Job
+from gatewayha.lifecycle import ClusterStatus, WorkerStatus
 from gatewayha.options import ClusterConfig
 
 log = logging.getLogger("gatewayha.jobs")
@@ -106,7 +107,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
             " WHERE name = %s FOR UPDATE",
             (name,),
         ).fetchone()
-        if row is None or row["status"] != "PENDING":
+        if row is None or row["status"] != ClusterStatus.PENDING:
             return  # stopped (or gone) before it started: nothing to do
         if row["node"] not in (None, ctx.node):
             # Placed on another node by an earlier claim. While that node lives,
@@ -133,8 +134,8 @@ def start_cluster(ctx: Context, job: Job) -> None:
     _hold_launch_slot(
         ctx,
         f"cluster {name}: scheduler",
-        "SELECT status = 'PENDING' AS starting FROM clusters WHERE name = %s",
-        (name,),
+        "SELECT status = %s AS starting FROM clusters WHERE name = %s",
+        (ClusterStatus.PENDING, name),
         lambda: ctx.backend.scheduler_running(name),
     )
 
@@ -164,18 +165,14 @@ def _hold_launch_slot(ctx: Context, what: str, starting_sql: str, params: tuple,
 
 def stop_cluster(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
-    final = _field(job, "final", _one_of(None, "STOPPED", "FAILED")) or "STOPPED"
+    # The stop target is on the cluster's row; "final" is only read for a stop a node of the
+    # previous release requested (it stored no target).
+    final = _field(job, "final", _one_of(None, *lifecycle.names(lifecycle.STOP_TARGETS))) or ClusterStatus.STOPPED
     reason = _field(job, "reason", _optional_text)
     ctx.backend.stop_cluster(name)
-    with ctx.pool.connection() as conn, conn.transaction():
-        conn.execute(
-            "UPDATE clusters SET status = %s, stopped_at = now(), reason = coalesce(reason, %s)"
-            " WHERE name = %s AND status = 'STOPPING'",
-            (final, reason, name),
-        )
-        clusters.workers_stopped(conn, name)
-        clusters.notify_routes(conn, name)
-    log.info("cluster %s: %s (%s)", name, final, reason)
+    with ctx.pool.connection() as conn:
+        ended = lifecycle.finish_stop(conn, name, final, reason)
+    log.info("cluster %s: %s (%s)", name, ended or "ended already", reason)
 
 
 def start_worker(ctx: Context, job: Job) -> None:
@@ -188,7 +185,7 @@ def start_worker(ctx: Context, job: Job) -> None:
             " FROM clusters c JOIN workers w ON w.cluster = c.name WHERE c.name = %s AND w.name = %s",
             (name, worker),
         ).fetchone()
-    if row is None or row["status"] != "RUNNING" or row["wstatus"] != "PENDING":
+    if row is None or row["status"] != ClusterStatus.RUNNING or row["wstatus"] != WorkerStatus.PENDING:
         return
     if row["node"] != ctx.node:
         raise Defer(queue=queue.node_start_queue(row["node"]))
@@ -207,9 +204,9 @@ def start_worker(ctx: Context, job: Job) -> None:
     _hold_launch_slot(
         ctx,
         f"cluster {name}: worker {worker}",
-        "SELECT w.status = 'PENDING' AND c.status = 'RUNNING' AS starting"
+        "SELECT w.status = %s AND c.status = %s AS starting"
         " FROM workers w JOIN clusters c ON c.name = w.cluster WHERE w.cluster = %s AND w.name = %s",
-        (name, worker),
+        (WorkerStatus.PENDING, ClusterStatus.RUNNING, name, worker),
         lambda: ctx.backend.worker_running(name, worker),
     )
 
@@ -219,11 +216,7 @@ def stop_worker(ctx: Context, job: Job) -> None:
     worker = _worker_name(job, name)
     ctx.backend.stop_worker(name, worker)
     with ctx.pool.connection() as conn:
-        conn.execute(
-            "UPDATE workers SET status = 'STOPPED', stopped_at = now()"
-            " WHERE cluster = %s AND name = %s AND status <> 'STOPPED'",
-            (name, worker),
-        )
+        lifecycle.stop_workers(conn, name, worker)
 
 
 # --- periodic tasks: each tick runs once across all nodes -------------------
@@ -240,20 +233,23 @@ def check_clusters(ctx: Context, job: Job) -> None:
             """
             SELECT name,
                    CASE
-                     WHEN status = 'RUNNING' AND %(reliable)s
+                     WHEN status = %(running)s AND %(reliable)s
                           AND last_heartbeat < now() - make_interval(secs => %(hb)s)
-                       THEN 'no heartbeat for ' || %(hb)s || ' s'
-                     WHEN status = 'PENDING' AND launched_at < now() - make_interval(secs => %(start)s)
-                       THEN 'did not start within ' || %(start)s || ' s'
-                     WHEN status = 'PENDING' AND launched_at IS NULL
+                       THEN 'no_heartbeat'
+                     WHEN status = %(pending)s AND launched_at < now() - make_interval(secs => %(start)s)
+                       THEN 'did_not_start'
+                     WHEN status = %(pending)s AND launched_at IS NULL
                           AND created_at < now() - make_interval(secs => %(queued)s)
-                       THEN 'no node could start it within ' || %(queued)s || ' s'
+                       THEN 'never_placed'
                    END AS failure,
                    %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired
             FROM clusters
-            WHERE status IN ('PENDING', 'RUNNING')
+            WHERE status = ANY(%(live)s)
             """,
             {
+                "running": ClusterStatus.RUNNING,
+                "pending": ClusterStatus.PENDING,
+                "live": lifecycle.names(lifecycle.LIVE),
                 "hb": c.heartbeat_timeout,
                 "start": c.start_timeout,
                 "queued": c.queue_timeout,
@@ -261,12 +257,18 @@ def check_clusters(ctx: Context, job: Job) -> None:
                 "reliable": reliable,
             },
         ).fetchall()
+        failures = {
+            "no_heartbeat": lifecycle.reasons.no_heartbeat(c.heartbeat_timeout),
+            "did_not_start": lifecycle.reasons.did_not_start(c.start_timeout),
+            "never_placed": lifecycle.reasons.never_placed(c.queue_timeout),
+        }
         for r in rows:
             if r["failure"]:
-                log.warning("cluster %s failed: %s", r["name"], r["failure"])
-                clusters.stop_cluster(conn, r["name"], r["failure"], failed=True)
+                reason = failures[r["failure"]]
+                log.warning("cluster %s failed: %s", r["name"], reason)
+                clusters.stop_cluster(conn, r["name"], reason)
             elif r["expired"]:
-                clusters.stop_cluster(conn, r["name"], f"reached the maximum lifetime of {c.max_lifetime:g} s")
+                clusters.stop_cluster(conn, r["name"], lifecycle.reasons.max_lifetime(c.max_lifetime))
 
 
 def sweep_nodes(ctx: Context, job: Job) -> None:
@@ -295,30 +297,11 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
                 ).fetchone()
                 if not row or not row["dead"]:
                     continue
-                reason = f"node {node} lost (unseen for {timeout:g} s)"
-                # Lock its clusters first, in a statement of its own: a check_clusters failing one
-                # of them right now ("no heartbeat") holds its row until it commits, and only a
-                # statement begun after that commit sees the stop_cluster job it queued (READ
-                # COMMITTED: a waiting UPDATE re-reads the row, but its subqueries keep the old
-                # snapshot, and the cluster would end STOPPED).
-                conn.execute(
-                    "SELECT 1 FROM clusters WHERE node = %s AND status IN ('PENDING', 'RUNNING', 'STOPPING')"
-                    " ORDER BY name FOR UPDATE",
-                    (node,),
-                )
-                # A cluster already stopping because it failed (e.g. no heartbeat) stays FAILED.
-                failed = conn.execute(
-                    "UPDATE clusters c SET status = CASE WHEN c.status = 'STOPPING' AND NOT EXISTS ("
-                    " SELECT 1 FROM jobs j WHERE j.kind = 'stop_cluster' AND j.cluster = c.name"
-                    " AND j.payload->>'final' = 'FAILED') THEN 'STOPPED' ELSE 'FAILED' END,"
-                    " reason = coalesce(c.reason, %s), stopped_at = now()"
-                    " WHERE c.node = %s AND c.status IN ('PENDING', 'RUNNING', 'STOPPING') RETURNING c.name AS name",
-                    (reason, node),
-                ).fetchall()
-                for r in failed:
-                    log.warning("cluster %s: %s", r["name"], reason)
-                    clusters.workers_stopped(conn, r["name"])
-                    clusters.notify_routes(conn, r["name"])
+                reason = lifecycle.reasons.node_lost(node, timeout).text
+                # Its clusters end now: a stopping one at its stop target (a failing one stays
+                # FAILED), any other FAILED (gatewayha.lifecycle).
+                for r in lifecycle.end_node_clusters(conn, node, reason):
+                    log.warning("cluster %s: %s (%s)", r["name"], r["status"], reason)
                 conn.execute("DELETE FROM warm_pool WHERE node = %s", (node,))
                 for j in conn.execute(
                     "SELECT id FROM jobs WHERE queue IN (%s, %s) FOR UPDATE SKIP LOCKED",
@@ -334,9 +317,8 @@ def cleanup(ctx: Context, job: Job) -> None:
     keep = ctx.settings.cluster.stopped_retention
     with ctx.pool.connection() as conn:
         conn.execute(
-            "DELETE FROM clusters WHERE status IN ('STOPPED', 'FAILED')"
-            " AND stopped_at < now() - make_interval(secs => %s)",
-            (keep,),
+            "DELETE FROM clusters WHERE status = ANY(%s) AND stopped_at < now() - make_interval(secs => %s)",
+            (lifecycle.names(lifecycle.ENDED), keep),
         )
         conn.execute("DELETE FROM job_log WHERE finished_at < now() - make_interval(secs => %s)", (keep,))
 
@@ -425,11 +407,11 @@ def reap_orphans(ctx: Context) -> list[str]:
                 """
                 SELECT l.name FROM unnest(%(local)s::text[]) AS l(name)
                 WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.name = l.name AND c.node = %(node)s
-                                  AND c.status IN ('PENDING', 'RUNNING', 'STOPPING'))
+                                  AND c.status = ANY(%(active)s))
                   AND NOT EXISTS (SELECT 1 FROM warm_pool w WHERE w.name = l.name AND w.node = %(node)s)
                 ORDER BY l.name
                 """,
-                {"local": sorted(local), "node": ctx.node},
+                {"local": sorted(local), "node": ctx.node, "active": lifecycle.names(lifecycle.ACTIVE)},
             ).fetchall()
         ]
     for name in orphans:

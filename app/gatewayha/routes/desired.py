@@ -6,6 +6,7 @@ import logging
 
 import psycopg
 
+from gatewayha.lifecycle import ClusterStatus
 from gatewayha.routes.render import validate_route_address
 from gatewayha.validate import reported_address
 
@@ -34,7 +35,8 @@ def desired_routes(conn: psycopg.Connection) -> tuple[dict[str, str], dict[str, 
     dash: dict[str, str] = {}
     rows = conn.execute(
         "SELECT name, scheduler_address, dashboard_address FROM clusters"
-        " WHERE status = 'RUNNING' AND scheduler_address IS NOT NULL"
+        " WHERE status = %s AND scheduler_address IS NOT NULL",
+        (ClusterStatus.RUNNING,),
     ).fetchall()
     for r in rows:
         target = _hostport(r["name"], "scheduler_address", r["scheduler_address"])
