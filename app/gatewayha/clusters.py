@@ -183,7 +183,8 @@ def create_cluster(
 
 CLUSTER_COLUMNS = (
     "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node,"
-    " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
+    " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at,"
+    " scheduler_state"
 )
 
 
@@ -324,18 +325,20 @@ def cluster_model(row: dict, secrets: str | Sequence[str], full: bool = True) ->
 def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool = False) -> bool:
     """Move an active cluster towards STOPPED (or FAILED); idempotent.
 
-    A cluster not yet placed on a node stops at once (its start job sees it is
-    no longer PENDING and does nothing); a placed one goes STOPPING and its
-    node stops the processes.
+    A cluster not yet launched stops at once (its start job sees it is no longer PENDING and
+    does nothing); a launched one goes STOPPING and its node stops the processes (any node,
+    for a backend that is not node-bound: then the cluster has no node).
     """
     final = "FAILED" if failed else "STOPPED"
     with conn.transaction():
-        row = conn.execute("SELECT status, node FROM clusters WHERE name = %s FOR UPDATE", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT status, node, launched_at FROM clusters WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
         if row is None or row["status"] not in ACTIVE:
             return False
         if row["status"] == "STOPPING" and not failed:
             return True
-        if row["node"] is None:
+        if row["node"] is None and row["launched_at"] is None:
             conn.execute(
                 "UPDATE clusters SET status = %s, reason = %s, stopped_at = now() WHERE name = %s",
                 (final, reason, name),
@@ -350,7 +353,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: str, failed: bool 
                 conn,
                 "stop_cluster",
                 {"cluster": name, "final": final, "reason": reason},
-                queue=queue.node_queue(row["node"]),
+                queue=queue.node_queue(row["node"]) if row["node"] else "any",
                 cluster=name,
                 dedupe_key=f"stop_cluster:{name}",
             )
@@ -382,6 +385,16 @@ def worker_allowance(conn: psycopg.Connection, settings: Settings, row: dict, wa
 
 def _worker_name(cluster: str) -> str:
     return f"{cluster}-{secrets.token_hex(5)}"
+
+
+def _placed_host(conn: psycopg.Connection, row: dict) -> str | None:
+    """The host a cluster's scheduler was placed on: its gateway node's, or, for a backend that
+    is not node-bound (no node), the ``host`` of the backend's state record."""
+    if row["node"] is None:
+        state = row["scheduler_state"]
+        host = state.get("host") if isinstance(state, dict) else None
+        return host if isinstance(host, str) else None
+    return _node_host(conn, row["node"])
 
 
 def _node_host(conn: psycopg.Connection, node: str | None) -> str | None:
@@ -416,7 +429,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
             raise Conflict(f"Cluster {name} is STOPPING")
         addresses = (msg["scheduler_address"], msg["dashboard_address"], msg["api_address"])
         if row["scheduler_address"] is None:
-            check_addresses(settings, name, _node_host(conn, row["node"]), msg)
+            check_addresses(settings, name, _placed_host(conn, row), msg)
         _check_fixed(name, row, msg)
         if row["status"] == "PENDING":
             conn.execute(

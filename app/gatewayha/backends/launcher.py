@@ -86,6 +86,8 @@ class Resources:
 class Launcher(ABC):
     """Start, stop and check named processes. All verbs are idempotent."""
 
+    kind: str  # node.launcher's name for it
+
     @abstractmethod
     def start(
         self,
@@ -116,6 +118,10 @@ class Launcher(ABC):
     @abstractmethod
     def is_running(self, unit: str) -> bool:
         """Whether the unit's main process is alive."""
+
+    def running_many(self, units: list[str]) -> list[bool]:
+        """``is_running`` of each unit, in order (a launcher that can ask once for all does)."""
+        return [self.is_running(u) for u in units]
 
     @abstractmethod
     def units(self) -> set[str]:
@@ -193,6 +199,8 @@ class ProcessLauncher(Launcher):
     makes the next check look for the unit's marker in /proc instead of starting a
     second copy.
     """
+
+    kind = "process"
 
     def __init__(self, run_dir: str | os.PathLike, nice: int = 0):
         self.run_dir = Path(run_dir)
@@ -444,6 +452,7 @@ class SystemdLauncher(Launcher):
     """
 
     PREFIX = "gatewayha-"
+    kind = "systemd"
 
     def __init__(
         self,
@@ -552,6 +561,21 @@ class SystemdLauncher(Launcher):
         cmd = [self.systemctl, "is-active", "--quiet", "--", self.service(unit)]
         res = subprocess.run(cmd, check=False, capture_output=True)
         return res.returncode == 0
+
+    def running_many(self, units: list[str]) -> list[bool]:
+        """One ``systemctl is-active`` for all: it prints one state per unit, in order."""
+        if not units:
+            return []
+        services = [self.service(u) for u in units]
+        res = subprocess.run(
+            [self.systemctl, "is-active", "--", *services], check=False, capture_output=True, text=True
+        )
+        states = res.stdout.split()
+        if len(states) != len(services):
+            raise BackendError(
+                f"systemctl is-active: {len(states)} states for {len(services)} units: {res.stderr.strip()}"
+            )
+        return [state == "active" for state in states]
 
     def units(self) -> set[str]:
         res = subprocess.run(
