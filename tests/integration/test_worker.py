@@ -351,6 +351,118 @@ def test_dead_nodes_clusters_fail_and_its_queued_jobs_are_cancelled(db, workers)
     assert log == {"outcome": "cancelled"}
 
 
+def _beat(count: int, active: list[str] | None = None) -> dict:
+    return {
+        "count": count,
+        "active_workers": active or [],
+        "closing_workers": [],
+        "closed_workers": [],
+        "scheduler_address": "tls://127.0.0.1:40001",
+        "dashboard_address": "http://127.0.0.1:40002",
+        "api_address": "https://127.0.0.1:40003",
+    }
+
+
+def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bound(db, workers, tmp_path):
+    """backend.name picks a plug-in whose processes are not node-bound (tests/unbound_backend.py:
+    real processes, reachable from both nodes). Its clusters have no node: their jobs go to the
+    shared queues, the node that launched the scheduler is killed (-9) and swept as lost, and the
+    cluster stays RUNNING; the survivor starts its worker and stops it. A scheduler that dies is
+    found by the batched process check (one per tick) and its cluster fails with the backend's reason."""
+    from unbound_backend import UnboundLocalBackend
+
+    shared = tmp_path / "shared"
+    plugin = {
+        "GATEWAYHA_BACKEND__NAME": "unbound_backend:UnboundLocalBackend",
+        "GATEWAYHA_NODE__STATE_DIR": str(shared),
+        "PYTHONPATH": str(ROOT / "tests"),
+        "GATEWAYHA_CLUSTER__HEARTBEAT_TIMEOUT": "600",  # the test plays the scheduler's heartbeats
+        "GATEWAYHA_SERVER__API_URL": "http://127.0.0.1:9/api",
+    }
+    workers.start("node-a", **plugin)
+    workers.start("node-b", **plugin)
+    settings = make_settings("postgresql://unused/x", tmp_path, node={"state_dir": str(shared)})
+    backend = UnboundLocalBackend(settings)
+    name = clusters.create_cluster(db, settings, "carol", {})
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT node, scheduler_state FROM clusters WHERE name = %s AND scheduler_state IS NOT NULL", (name,)
+        ).fetchone(),
+        30,
+        "the scheduler's launch",
+    )
+    assert row["node"] is None  # no gateway node owns it
+    launched_by = row["scheduler_state"]["node"]
+    survivor = {"node-a": "node-b", "node-b": "node-a"}[launched_by]
+    assert backend.scheduler_running(name, row["scheduler_state"])
+    token = clusters.cluster_token(SECRET, clusters.get_cluster(db, name))
+    # The first report's addresses are pinned to the host of the backend's state record.
+    clusters.record_heartbeat(db, settings, name, _beat(0), token)
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
+
+    workers.kill9(launched_by)
+    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
+    wait_until(
+        lambda: db.execute(
+            "SELECT 1 FROM nodes WHERE name = %s AND last_seen < now() - interval '4 seconds'", (launched_by,)
+        ).fetchone(),
+        20,
+        f"{launched_by} to be unseen for the node timeout",
+    )
+    t_lost = db.execute("SELECT now() AS t").fetchone()["t"]
+    wait_until(lambda: _runs_since(db, "sweep_nodes", t_lost) >= 2, 20, f"two node sweeps by {survivor}")
+    assert _runs_since(db, "sweep_nodes", t0) >= 2
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
+    assert backend.scheduler_running(name)
+
+    # A scale-up: the worker's start goes to the shared start queue and the survivor launches it.
+    clusters.record_heartbeat(db, settings, name, _beat(1), token)
+    (start,) = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
+    assert start["queue"] == queue.START_QUEUE
+    w = wait_until(
+        lambda: db.execute(
+            "SELECT name, state FROM workers WHERE cluster = %s AND state IS NOT NULL", (name,)
+        ).fetchone(),
+        30,
+        "the worker's launch",
+    )
+    assert w["state"]["node"] == survivor and backend.worker_running(name, w["name"], w["state"])
+
+    # A stop goes to the shared queue too: the survivor stops what the lost node launched.
+    assert clusters.stop_cluster(db, name, "done")
+    assert db.execute("SELECT queue FROM jobs WHERE kind = 'stop_cluster' AND cluster = %s", (name,)).fetchone() == {
+        "queue": "any"
+    }
+    wait_until(
+        lambda: db.execute("SELECT 1 FROM clusters WHERE name = %s AND status = 'STOPPED'", (name,)).fetchone(),
+        30,
+        "the cluster to stop",
+    )
+    assert not backend.scheduler_running(name) and not backend.worker_running(name, w["name"])
+    assert name not in backend.local_clusters()
+
+    # A scheduler killed behind the backend's back: the batched check fails its cluster.
+    doomed = clusters.create_cluster(db, settings, "carol", {})
+    wait_until(lambda: backend.scheduler_running(doomed), 30, "the second scheduler")
+    wait_until(
+        lambda: db.execute(
+            "SELECT 1 FROM clusters WHERE name = %s AND scheduler_state IS NOT NULL", (doomed,)
+        ).fetchone(),
+        10,
+        "its state to be saved",
+    )
+    pid = int((shared / "run" / f"{doomed}-scheduler.pid").read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (doomed,)
+        ).fetchone(),
+        20,
+        "the dead scheduler's cluster to fail",
+    )
+    assert row["reason"] == f"scheduler: {doomed}-scheduler is not running on {survivor}"
+
+
 def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):
     from gatewayha import tls
     from gatewayha.auth import secrets as sec
