@@ -43,6 +43,8 @@ from gatewayha.validate import cluster_name, is_env_name, is_unit_name, unit_nam
 log = logging.getLogger(__name__)
 
 MARKER_VAR = "GATEWAYHA_UNIT"  # set in every launched process; never settable by users
+# How long a start waits for its process's environment (and so its marker) to be readable.
+EXEC_WAIT_S = 5.0
 
 
 def scheduler_unit(cluster: str) -> str:
@@ -341,6 +343,15 @@ class ProcessLauncher(Launcher):
                 # Right after the spawn (Python 3.11's Popen has no nice=); its children inherit it.
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, proc.pid, self.nice)
+            # Popen returns once the child's exec has begun (its close-on-exec pipe is closed), a
+            # moment before the kernel has set up the new image's environment: until then
+            # /proc/<pid>/environ is empty, and a check (a second start, a stop) would take the
+            # unit for dead and drop its pidfile. Under load the window was long enough for the
+            # contract suite's start-then-stop to leave a worker running, and for a repeated start
+            # to launch a copy.
+            deadline = time.monotonic() + EXEC_WAIT_S
+            while not _has_marker(proc.pid, unit) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
             st = _proc_stat(proc.pid)
             self._write_pidfile(unit, f"{proc.pid} {st[2] if st else 0}\n")
             with self._children_lock:

@@ -259,10 +259,16 @@ class Worker:
                         )
                         queue.ensure_periodic(conn, handlers.periodic_tasks(self.settings))
                     handlers.verify_pool(self.ctx)
-                    handlers.reap_orphans(self.ctx)
+                    handlers.reap_orphans(self.ctx)  # node-bound backends only (it checks)
                     self.routes_dirty.set()
                     state["started"] = True
-                    log.info("worker %s ready (queues %s)", self.owner, self.queues)
+                    log.info(
+                        "worker %s ready (queues %s; backend %s, %s)",
+                        self.owner,
+                        self.queues,
+                        self.settings.backend.name,
+                        "node-bound" if self.backend.node_bound else "not node-bound: no node owns its clusters",
+                    )
                 self.tick(time.monotonic(), state)
                 delay = 0.5
             except UNAVAILABLE_ERRORS as exc:
