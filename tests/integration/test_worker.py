@@ -378,6 +378,10 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
         "PYTHONPATH": str(ROOT / "tests"),
         "GATEWAYHA_CLUSTER__HEARTBEAT_TIMEOUT": "600",  # the test plays the scheduler's heartbeats
         "GATEWAYHA_SERVER__API_URL": "http://127.0.0.1:9/api",
+        # Node-bound only: a warm pool, and orphan reaping (every node_reconcile would otherwise
+        # stop the processes of clusters that have no node: all of them here).
+        "GATEWAYHA_CLUSTER__WARM_POOL_SIZE": "1",
+        "GATEWAYHA_HAPROXY__RESYNC_INTERVAL": "1",
     }
     workers.start("node-a", **plugin)
     workers.start("node-b", **plugin)
@@ -414,6 +418,8 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     assert _runs_since(db, "sweep_nodes", t0) >= 2
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
     assert backend.scheduler_running(name)
+    assert _runs_since(db, "node_reconcile", t0) >= 2  # orphan reaping had its chances
+    assert db.execute("SELECT count(*) AS n FROM warm_pool").fetchone()["n"] == 0
 
     # A scale-up: the worker's start goes to the shared start queue and the survivor launches it.
     clusters.record_heartbeat(db, settings, name, _beat(1), token)
