@@ -1,7 +1,8 @@
 """The backend contract: what every backend (gatewayha.backends.base.Backend) must do, with real
-processes. It runs against the local backend on both launchers; a new backend passes it by
-adding one ``Harness`` below and its name to ``HARNESSES`` (issue 15: Slurm, with ``sbatch``
-job ids in its state records).
+processes. It runs against the local backend on both launchers, and against a backend that is
+not node-bound (tests/unbound_backend.py: its scheduler's host comes from a check, as a batch
+job's does); a new backend passes it by adding one ``Harness`` below and its name to
+``HARNESSES`` (issue 15: Slurm, with ``sbatch`` job ids in its state records).
 
 A harness gives the suite what only the backend's own world can tell: how many schedulers of a
 cluster really run, how to kill one behind the backend's back (a crash), what the backend left
@@ -21,9 +22,9 @@ import pytest
 
 from gatewayha import tls
 from gatewayha.backends import get_backend
-from gatewayha.backends.base import Backend, ProcessStatus, SchedulerSpec, WorkerSpec
+from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.backends.launcher import MARKER_VAR, scheduler_unit, systemd_is_init, worker_unit
-from gatewayha.config import NodeSettings, Settings
+from gatewayha.config import BackendSettings, NodeSettings, Settings
 from gatewayha.options import ClusterConfig, cluster_config
 from helpers import wait_until
 
@@ -49,15 +50,16 @@ class LocalHarness:
     """The local backend on one launcher; processes found through /proc (process launcher) or
     systemd (systemd launcher), files under the node's state directory."""
 
-    def __init__(self, tmp_path: Path, launcher: str):
+    def __init__(self, tmp_path: Path, launcher: str, backend: str = "local"):
         self.state_dir = tmp_path / "node"
         self.launcher = launcher
+        self.backend_name = backend
         self.backend = self.new_backend()
 
     def settings(self, **node) -> Settings:
         values = dict(state_dir=str(self.state_dir), host="127.0.0.1", launcher=self.launcher, isolation="none")
         values.update(node)
-        return Settings(node=NodeSettings(**values))
+        return Settings(node=NodeSettings(**values), backend=BackendSettings(name=self.backend_name))
 
     def new_backend(self) -> Backend:
         """Another backend object, as a restarted job runner makes (nothing shared in memory)."""
@@ -115,6 +117,8 @@ class LocalHarness:
 HARNESSES = {
     "local-process": lambda tmp: LocalHarness(tmp, "process"),
     "local-systemd": lambda tmp: LocalHarness(tmp, "systemd"),
+    # A backend that is not node-bound (tests/unbound_backend.py): its host comes from a check.
+    "unbound-process": lambda tmp: LocalHarness(tmp, "process", "unbound_backend:UnboundLocalBackend"),
 }
 
 
@@ -161,10 +165,12 @@ def test_the_state_record_is_json_and_says_what_the_backend_needs(harness, keypa
     assert isinstance(state, dict) and stored(state) == state
     wstate = harness.backend.start_worker(worker_spec(name, f"{name}-a", keypair))
     assert isinstance(wstate, dict) and stored(wstate) == wstate
-    # A backend that is not node-bound must say where its scheduler runs: the heartbeat's
-    # addresses are pinned to that host (gatewayha.clusters._placed_host).
+    # A backend that is not node-bound must say where its scheduler runs, at the start or by
+    # the first check that finds it running: the heartbeat's addresses are pinned to that host
+    # (gatewayha.clusters._placed_host).
     if not type(harness.backend).node_bound:
-        assert isinstance(state.get("host"), str)
+        checked = wait_until(lambda: (st := harness.backend.check_schedulers([(name, state)])[0]).alive and st, 60)
+        assert isinstance({**state, **(checked.state or {})}.get("host"), str)
 
 
 def test_starting_twice_gives_one_scheduler_and_one_worker(harness, keypair):
@@ -211,8 +217,8 @@ def test_the_state_survives_a_restart_of_the_job_runner(harness, keypair):
     wstate = stored(harness.backend.start_worker(worker_spec(name, worker, keypair)))
     wait_until(lambda: harness.schedulers(name) == 1 and harness.workers(name, worker) == 1, 20, "both processes")
     after = harness.new_backend()
-    assert after.check_schedulers([(name, state)]) == [ProcessStatus(True)]
-    assert after.check_workers([(name, worker, wstate)]) == [ProcessStatus(True)]
+    assert [s.alive for s in after.check_schedulers([(name, state)])] == [True]
+    assert [s.alive for s in after.check_workers([(name, worker, wstate)])] == [True]
     after.stop_cluster(name, state, {worker: wstate})
     assert harness.schedulers(name) == 0 and harness.workers(name, worker) == 0
     assert harness.leftovers(name) == []

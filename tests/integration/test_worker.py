@@ -371,6 +371,8 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     found by the batched process check (one per tick) and its cluster fails with the backend's reason."""
     from unbound_backend import UnboundLocalBackend
 
+    from gatewayha.errors import Unprocessable
+
     shared = tmp_path / "shared"
     plugin = {
         "GATEWAYHA_BACKEND__NAME": "unbound_backend:UnboundLocalBackend",
@@ -399,8 +401,20 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     launched_by = row["scheduler_state"]["node"]
     survivor = {"node-a": "node-b", "node-b": "node-a"}[launched_by]
     assert backend.scheduler_running(name, row["scheduler_state"])
+    # Where it runs is learnt by the batched check (one per tick) and stored with its state.
+    state = wait_until(
+        lambda: db.execute(
+            "SELECT scheduler_state AS s FROM clusters WHERE name = %s AND scheduler_state ? 'host'", (name,)
+        ).fetchone(),
+        10,
+        "a check to store the scheduler's host",
+    )["s"]
+    assert state == {**row["scheduler_state"], "host": "127.0.0.1"}
     token = clusters.cluster_token(SECRET, clusters.get_cluster(db, name))
     # The first report's addresses are pinned to the host of the backend's state record.
+    elsewhere = {k: v.replace("127.0.0.1", "127.0.0.2") if isinstance(v, str) else v for k, v in _beat(0).items()}
+    with pytest.raises(Unprocessable, match=r"not on the host the cluster was placed on \(127.0.0.1\)"):
+        clusters.record_heartbeat(db, settings, name, elsewhere, token)
     clusters.record_heartbeat(db, settings, name, _beat(0), token)
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
 

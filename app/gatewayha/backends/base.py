@@ -76,6 +76,9 @@ class ProcessStatus:
 
     alive: bool
     reason: str | None = None
+    # A newer state record for the core to store, or None (unchanged): e.g. the node and host a
+    # batch job was placed on once it started, which the first check after that learns.
+    state: State | None = None
 
 
 ALIVE = ProcessStatus(True)

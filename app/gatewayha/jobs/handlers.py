@@ -311,11 +311,18 @@ def check_processes(ctx: Context) -> None:
     )
     with ctx.pool.connection() as conn:
         for r, st in zip(scheds, sched_status, strict=True):
+            if st.state is not None and st.state != r["scheduler_state"]:
+                conn.execute("UPDATE clusters SET scheduler_state = %s WHERE name = %s", (Jsonb(st.state), r["name"]))
             if not st.alive:
                 reason = f"scheduler: {st.reason or 'not running'}"
                 log.warning("cluster %s failed: %s", r["name"], reason)
                 clusters.stop_cluster(conn, r["name"], reason, failed=True)
         for r, st in zip(workers, worker_status, strict=True):
+            if st.state is not None and st.state != r["state"]:
+                conn.execute(
+                    "UPDATE workers SET state = %s WHERE cluster = %s AND name = %s",
+                    (Jsonb(st.state), r["cluster"], r["name"]),
+                )
             if not st.alive:
                 log.warning("cluster %s: worker %s gone: %s", r["cluster"], r["name"], st.reason or "not running")
                 conn.execute(
