@@ -367,8 +367,9 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     """backend.name picks a plug-in whose processes are not node-bound (tests/unbound_backend.py:
     real processes, reachable from both nodes). Its clusters have no node: their jobs go to the
     shared queues, the node that launched the scheduler is killed (-9) and swept as lost, and the
-    cluster stays RUNNING; the survivor starts its worker and stops it. A scheduler that dies is
-    found by the batched process check (one per tick) and its cluster fails with the backend's reason."""
+    cluster stays RUNNING; the survivor starts its worker and stops it. A worker and a scheduler
+    that die are found by the batched process check (one per tick): the worker is marked FAILED,
+    the cluster fails with the backend's reason."""
     from unbound_backend import UnboundLocalBackend
 
     from gatewayha.errors import Unprocessable
@@ -447,6 +448,14 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
         "the worker's launch",
     )
     assert w["state"]["node"] == survivor and backend.worker_running(name, w["name"], w["state"])
+    # A worker killed behind the backend's back: the batched check marks it FAILED.
+    unit = w["state"]["unit"]
+    os.killpg(int((shared / "run" / f"{unit}.pid").read_text().split()[0]), signal.SIGKILL)
+    wait_until(
+        lambda: db.execute("SELECT 1 FROM workers WHERE name = %s AND status = 'FAILED'", (w["name"],)).fetchone(),
+        20,
+        "the dead worker to be marked FAILED",
+    )
 
     # A stop goes to the shared queue too: the survivor stops what the lost node launched.
     assert clusters.stop_cluster(db, name, "done")
