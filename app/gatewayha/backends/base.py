@@ -101,7 +101,8 @@ class Backend(ABC):
     @abstractmethod
     def check_schedulers(self, items: Sequence[tuple[str, State | None]]) -> list[ProcessStatus]:
         """The status of each ``(cluster_name, state)``, in order, in as few calls as the
-        backend can make (one for a batch system)."""
+        backend can make (one for a batch system). A backend that cannot tell (its batch system
+        does not answer) raises: dead means known dead, and the core fails clusters for it."""
 
     @abstractmethod
     def start_worker(self, spec: WorkerSpec) -> State:
