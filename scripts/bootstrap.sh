@@ -33,6 +33,6 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ app/pyproject.toml -nt "$
     "$base_python" -m venv .venv
     { .venv/bin/pip install --upgrade pip && .venv/bin/pip install -e 'app[test]'; } > .venv/pip.log 2>&1 \
         || { tail -30 .venv/pip.log; echo "bootstrap: pip install failed (log: .venv/pip.log)" >&2; exit 1; }
-    .venv/bin/python -c 'import gatewayha, dask_gateway, distributed, falcon' 
+    .venv/bin/python -c 'import gatewayha, gatewayha_preload, dask_gateway, distributed, falcon'
     touch "$stamp"
 fi

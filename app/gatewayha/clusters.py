@@ -27,11 +27,6 @@ from gatewayha.lifecycle import WorkerStatus
 from gatewayha.options import ClusterConfig, cluster_config, environment_patterns, split_environment, validate_options
 from gatewayha.validate import ADDRESS_SCHEMES, is_cluster_name, reported_address
 
-# The channel gatewayha.jobs.worker listens on: the old name, NOTIFYed alongside the new
-# (lifecycle.CLUSTER_CHANGED) for one release. At the merge the worker is to listen on
-# lifecycle.CHANNELS and this alias goes.
-ROUTES_CHANNEL = lifecycle.LEGACY_CHANNEL
-
 log = logging.getLogger("gatewayha.clusters")
 
 
@@ -165,7 +160,8 @@ def create_cluster(
 
 CLUSTER_COLUMNS = (
     "name, owner, status, options, config, tls_cert, tls_key_enc, token_hash, token_enc, node,"
-    " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at"
+    " scheduler_address, dashboard_address, api_address, target_workers, reason, created_at, started_at, stopped_at,"
+    " scheduler_state"
 )
 
 
@@ -334,6 +330,16 @@ def _worker_name(cluster: str) -> str:
     return f"{cluster}-{secrets.token_hex(5)}"
 
 
+def _placed_host(conn: psycopg.Connection, row: dict) -> str | None:
+    """The host a cluster's scheduler was placed on: its gateway node's, or, for a backend that
+    is not node-bound (no node), the ``host`` of the backend's state record."""
+    if row["node"] is None:
+        state = row["scheduler_state"]
+        host = state.get("host") if isinstance(state, dict) else None
+        return host if isinstance(host, str) else None
+    return _node_host(conn, row["node"])
+
+
 def _node_host(conn: psycopg.Connection, node: str | None) -> str | None:
     if node is None:
         return None
@@ -365,7 +371,7 @@ def record_heartbeat(conn: psycopg.Connection, settings: Settings, name: str, ms
         if row["status"] == lifecycle.ClusterStatus.STOPPING:
             raise Conflict(f"Cluster {name} is {row['status']}")
         if row["scheduler_address"] is None:
-            check_addresses(settings, name, _node_host(conn, row["node"]), msg)
+            check_addresses(settings, name, _placed_host(conn, row), msg)
         _check_fixed(name, row, msg)
         if row["status"] == lifecycle.ClusterStatus.PENDING:
             lifecycle.mark_running(conn, name, row["status"], msg)

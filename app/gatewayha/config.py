@@ -141,6 +141,14 @@ class NodeSettings:
 
 
 @dataclass
+class BackendSettings:
+    # Where Dask runs (gatewayha.backends, docs/backends.md): "local" (processes on the gateway
+    # nodes; node.launcher picks how), or "package.module:Class" for a plug-in, a subclass of
+    # gatewayha.backends.base.Backend installed beside gatewayha.
+    name: str = "local"
+
+
+@dataclass
 class WorkerSettings:
     concurrency: int = 4  # jobs run at once per worker process, besides launches
     # Launches on this node not yet reported, at once (0: one per CPU): schedulers not yet
@@ -230,6 +238,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -403,6 +412,9 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"node.launcher: 'auto', 'process' or 'systemd', got {s.node.launcher!r}")
     if not s.node.name or not all(c.isalnum() or c in "-_." for c in s.node.name):
         raise ConfigError(f"node.name: letters, digits, '-', '_' and '.' only, got {s.node.name!r}")
+    from gatewayha.backends import backend_class  # it imports this module
+
+    backend_class(s.backend)
     if not is_ipv4(s.node.host):
         # HAProxy's set-dst takes an address, never a name: routes need the node's IPv4.
         raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}")

@@ -5,7 +5,7 @@ not run on the scheduler's node: it crosses the LAN. So it goes over TLS only, t
 proves it holds that cluster's key, before a byte of the request is sent:
 
 - the scheduler serves the control API with the cluster's own cert and key
-  (``backends/control_tls.py``) and reports ``api_address`` as ``https://host:port``;
+  (``gatewayha_preload/control_tls.py``) and reports ``api_address`` as ``https://host:port``;
 - the only trust anchor is that cluster's cert, from its row (``clusters.tls_cert``), never the
   system store: a server with another cluster's cert, a self-made one or none fails the
   handshake, and the token is never written;

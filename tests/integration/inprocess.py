@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import make_settings
-from gatewayha.backends.base import Backend
+from gatewayha.backends.base import Backend, ProcessStatus
 from gatewayha.jobs.worker import Worker
 from helpers import wait_until
 
@@ -24,23 +24,25 @@ class RecordingBackend(Backend):
 
     def start_scheduler(self, spec):
         self.calls.append(("start_scheduler", spec.cluster_name))
+        return {"recorded": spec.cluster_name}
 
-    def stop_scheduler(self, cluster_name):
+    def stop_scheduler(self, cluster_name, state=None):
         self.calls.append(("stop_scheduler", cluster_name))
 
-    def scheduler_running(self, cluster_name):
-        return False
+    def check_schedulers(self, items):
+        return [ProcessStatus(False, "recorded only") for _ in items]
 
     def start_worker(self, spec):
         self.calls.append(("start_worker", spec.worker_name))
+        return {"recorded": spec.worker_name}
 
-    def stop_worker(self, cluster_name, worker_name):
+    def stop_worker(self, cluster_name, worker_name, state=None):
         self.calls.append(("stop_worker", cluster_name, worker_name))
 
-    def worker_running(self, cluster_name, worker_name):
-        return False
+    def check_workers(self, items):
+        return [ProcessStatus(False, "recorded only") for _ in items]
 
-    def stop_cluster(self, cluster_name):
+    def stop_cluster(self, cluster_name, scheduler_state=None, worker_states=None):
         self.calls.append(("stop_cluster", cluster_name))
         if self.fail_stops > 0:
             self.fail_stops -= 1

@@ -278,7 +278,7 @@ def test_scheduler_heartbeats_to_api_url_and_worker_joins_over_tls(backend, reco
 
 
 def test_the_control_api_is_served_over_tls_with_the_clusters_own_certificate_only(backend, recorder, keypair):
-    """The scheduler's /api/comm (dask-gateway's preload, through backends/control_tls.py) speaks
+    """The scheduler's /api/comm (dask-gateway's preload, through gatewayha_preload/control_tls.py) speaks
     TLS only, with the cluster's own cert: a plain-HTTP request carrying the right token gets no
     HTTP answer, a client that trusts another cluster's cert refuses the server, and the API's
     own client (gatewayha.control) scales the cluster."""
@@ -342,7 +342,7 @@ def test_scale_down_retires_the_worker_and_its_nanny_exits(backend, recorder, ke
 
 def test_the_start_and_a_joining_worker_are_reported_at_once_not_at_the_next_heartbeat(backend, recorder, keypair):
     """heartbeat_period 600 s: the stock preload would report the join 600 s later; gatewayha's
-    preload (backends/prompt_reports.py) makes the scheduler report it as soon as it joins, which
+    preload (gatewayha_preload/prompt_reports.py) makes the scheduler report it as soon as it joins, which
     marks the worker RUNNING and frees the node's launch slot. It also sends the first heartbeat
     as soon as the scheduler is running, not after the stock loop's initial 0.25 s."""
     cert, key = keypair

@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 
 from conftest import make_settings
 from gatewayha import liveness, warm_pool
+from gatewayha.backends.base import ProcessStatus
 from gatewayha.db.pool import make_pool
 from gatewayha.jobs import handlers
 
@@ -140,10 +141,12 @@ class FakeBackend:
         self.running = running
         self.stopped: list[str] = []
 
-    def scheduler_running(self, name: str) -> bool:
-        return name in self.running
+    node_bound = True
 
-    def stop_cluster(self, name: str) -> None:
+    def check_schedulers(self, items) -> list[ProcessStatus]:
+        return [ProcessStatus(name in self.running) for name, _state in items]
+
+    def stop_cluster(self, name: str, scheduler_state=None, worker_states=None) -> None:
         self.stopped.append(name)
 
 

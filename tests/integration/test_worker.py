@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from conftest import SECRET, make_settings
-from gatewayha import clusters
+from gatewayha import clusters, lifecycle
 from gatewayha.auth import users
 from gatewayha.jobs import queue
 from helpers import wait_until
@@ -252,6 +252,147 @@ def test_a_cluster_failing_while_its_node_is_swept_ends_failed(db, db_dsn, tmp_p
     assert (row["status"], row["reason"]) == ("FAILED", "no heartbeat for 3 s")
 
 
+def _beat(count: int, active: list[str] | None = None) -> dict:
+    return {
+        "count": count,
+        "active_workers": active or [],
+        "closing_workers": [],
+        "closed_workers": [],
+        "scheduler_address": "tls://127.0.0.1:40001",
+        "dashboard_address": "http://127.0.0.1:40002",
+        "api_address": "https://127.0.0.1:40003",
+    }
+
+
+def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bound(db, workers, tmp_path):
+    """backend.name picks a plug-in whose processes are not node-bound (tests/unbound_backend.py:
+    real processes, reachable from both nodes). Its clusters have no node: their jobs go to the
+    shared queues, the node that launched the scheduler is killed (-9) and swept as lost, and the
+    cluster stays RUNNING; the survivor starts its worker and stops it. A worker and a scheduler
+    that die are found by the batched process check (one per tick): the worker is marked FAILED,
+    the cluster fails with the backend's reason."""
+    from unbound_backend import UnboundLocalBackend
+
+    from gatewayha.errors import Unprocessable
+
+    shared = tmp_path / "shared"
+    plugin = {
+        "GATEWAYHA_BACKEND__NAME": "unbound_backend:UnboundLocalBackend",
+        "GATEWAYHA_NODE__STATE_DIR": str(shared),
+        "PYTHONPATH": str(ROOT / "tests"),
+        "GATEWAYHA_CLUSTER__HEARTBEAT_TIMEOUT": "600",  # the test plays the scheduler's heartbeats
+        "GATEWAYHA_SERVER__API_URL": "http://127.0.0.1:9/api",
+        # Node-bound only: a warm pool, and orphan reaping (every node_reconcile would otherwise
+        # stop the processes of clusters that have no node: all of them here).
+        "GATEWAYHA_CLUSTER__WARM_POOL_SIZE": "1",
+        "GATEWAYHA_HAPROXY__RESYNC_INTERVAL": "1",
+    }
+    workers.start("node-a", **plugin)
+    workers.start("node-b", **plugin)
+    settings = make_settings("postgresql://unused/x", tmp_path, node={"state_dir": str(shared)})
+    backend = UnboundLocalBackend(settings)
+    name = clusters.create_cluster(db, settings, "carol", {})
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT node, scheduler_state FROM clusters WHERE name = %s AND scheduler_state IS NOT NULL", (name,)
+        ).fetchone(),
+        30,
+        "the scheduler's launch",
+    )
+    assert row["node"] is None  # no gateway node owns it
+    launched_by = row["scheduler_state"]["node"]
+    survivor = {"node-a": "node-b", "node-b": "node-a"}[launched_by]
+    assert backend.scheduler_running(name, row["scheduler_state"])
+    # Where it runs is learnt by the batched check (one per tick) and stored with its state.
+    state = wait_until(
+        lambda: db.execute(
+            "SELECT scheduler_state AS s FROM clusters WHERE name = %s AND scheduler_state ? 'host'", (name,)
+        ).fetchone(),
+        10,
+        "a check to store the scheduler's host",
+    )["s"]
+    assert state == {**row["scheduler_state"], "host": "127.0.0.1"}
+    token = clusters.cluster_token(SECRET, clusters.get_cluster(db, name))
+    # The first report's addresses are pinned to the host of the backend's state record.
+    elsewhere = {k: v.replace("127.0.0.1", "127.0.0.2") if isinstance(v, str) else v for k, v in _beat(0).items()}
+    with pytest.raises(Unprocessable, match=r"not on the host the cluster was placed on \(127.0.0.1\)"):
+        clusters.record_heartbeat(db, settings, name, elsewhere, token)
+    clusters.record_heartbeat(db, settings, name, _beat(0), token)
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
+
+    workers.kill9(launched_by)
+    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
+    wait_until(
+        lambda: db.execute(
+            "SELECT 1 FROM nodes WHERE name = %s AND last_seen < now() - interval '4 seconds'", (launched_by,)
+        ).fetchone(),
+        20,
+        f"{launched_by} to be unseen for the node timeout",
+    )
+    t_lost = db.execute("SELECT now() AS t").fetchone()["t"]
+    wait_until(lambda: _runs_since(db, "sweep_nodes", t_lost) >= 2, 20, f"two node sweeps by {survivor}")
+    assert _runs_since(db, "sweep_nodes", t0) >= 2
+    assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
+    assert backend.scheduler_running(name)
+    assert _runs_since(db, "node_reconcile", t0) >= 2  # orphan reaping had its chances
+    assert db.execute("SELECT count(*) AS n FROM warm_pool").fetchone()["n"] == 0
+
+    # A scale-up: the worker's start goes to the shared start queue and the survivor launches it.
+    clusters.record_heartbeat(db, settings, name, _beat(1), token)
+    (start,) = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
+    assert start["queue"] == queue.START_QUEUE
+    w = wait_until(
+        lambda: db.execute(
+            "SELECT name, state FROM workers WHERE cluster = %s AND state IS NOT NULL", (name,)
+        ).fetchone(),
+        30,
+        "the worker's launch",
+    )
+    assert w["state"]["node"] == survivor and backend.worker_running(name, w["name"], w["state"])
+    # A worker killed behind the backend's back: the batched check marks it FAILED.
+    unit = w["state"]["unit"]
+    os.killpg(int((shared / "run" / f"{unit}.pid").read_text().split()[0]), signal.SIGKILL)
+    wait_until(
+        lambda: db.execute("SELECT 1 FROM workers WHERE name = %s AND status = 'FAILED'", (w["name"],)).fetchone(),
+        20,
+        "the dead worker to be marked FAILED",
+    )
+
+    # A stop goes to the shared queue too: the survivor stops what the lost node launched.
+    assert clusters.stop_cluster(db, name, "done")
+    assert db.execute("SELECT queue FROM jobs WHERE kind = 'stop_cluster' AND cluster = %s", (name,)).fetchone() == {
+        "queue": "any"
+    }
+    wait_until(
+        lambda: db.execute("SELECT 1 FROM clusters WHERE name = %s AND status = 'STOPPED'", (name,)).fetchone(),
+        30,
+        "the cluster to stop",
+    )
+    assert not backend.scheduler_running(name) and not backend.worker_running(name, w["name"])
+    assert name not in backend.local_clusters()
+
+    # A scheduler killed behind the backend's back: the batched check fails its cluster.
+    doomed = clusters.create_cluster(db, settings, "carol", {})
+    wait_until(lambda: backend.scheduler_running(doomed), 30, "the second scheduler")
+    wait_until(
+        lambda: db.execute(
+            "SELECT 1 FROM clusters WHERE name = %s AND scheduler_state IS NOT NULL", (doomed,)
+        ).fetchone(),
+        10,
+        "its state to be saved",
+    )
+    pid = int((shared / "run" / f"{doomed}-scheduler.pid").read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (doomed,)
+        ).fetchone(),
+        20,
+        "the dead scheduler's cluster to fail",
+    )
+    assert row["reason"] == f"scheduler: {doomed}-scheduler is not running on {survivor}"
+
+
 def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):
     from gatewayha import tls
     from gatewayha.auth import secrets as sec
@@ -397,8 +538,11 @@ def test_a_route_notification_wakes_the_route_thread_and_not_the_claim_loop(db, 
         worker.routes_dirty.clear()
         worker.wake.clear()
 
-        db.execute("SELECT pg_notify(%s, %s)", (clusters.ROUTES_CHANNEL, "c1"))
-        assert wait_until(worker.routes_dirty.is_set, 10)
+        # The new channel, and the old one that nodes of the previous release NOTIFY.
+        for channel in lifecycle.CHANNELS:
+            db.execute("SELECT pg_notify(%s, %s)", (channel, "c1"))
+            assert wait_until(worker.routes_dirty.is_set, 10)
+            worker.routes_dirty.clear()
         time.sleep(0.3)
         assert not worker.wake.is_set()
 

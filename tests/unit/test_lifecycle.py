@@ -37,8 +37,10 @@ WORKER_ALLOWED = {
     (W.PENDING, W.RUNNING),
     (W.PENDING, W.STOPPING),
     (W.PENDING, W.STOPPED),
+    (W.PENDING, W.FAILED),  # its backend (not node-bound) reported the process gone
     (W.RUNNING, W.STOPPING),
     (W.RUNNING, W.STOPPED),
+    (W.RUNNING, W.FAILED),
     (W.STOPPING, W.STOPPED),
 }
 

@@ -43,6 +43,8 @@ from gatewayha.validate import cluster_name, is_env_name, is_unit_name, unit_nam
 log = logging.getLogger(__name__)
 
 MARKER_VAR = "GATEWAYHA_UNIT"  # set in every launched process; never settable by users
+# How long a start waits for its process's environment (and so its marker) to be readable.
+EXEC_WAIT_S = 5.0
 
 
 def scheduler_unit(cluster: str) -> str:
@@ -86,6 +88,8 @@ class Resources:
 class Launcher(ABC):
     """Start, stop and check named processes. All verbs are idempotent."""
 
+    kind: str  # node.launcher's name for it
+
     @abstractmethod
     def start(
         self,
@@ -116,6 +120,10 @@ class Launcher(ABC):
     @abstractmethod
     def is_running(self, unit: str) -> bool:
         """Whether the unit's main process is alive."""
+
+    def running_many(self, units: list[str]) -> list[bool]:
+        """``is_running`` of each unit, in order (a launcher that can ask once for all does)."""
+        return [self.is_running(u) for u in units]
 
     @abstractmethod
     def units(self) -> set[str]:
@@ -193,6 +201,8 @@ class ProcessLauncher(Launcher):
     makes the next check look for the unit's marker in /proc instead of starting a
     second copy.
     """
+
+    kind = "process"
 
     def __init__(self, run_dir: str | os.PathLike, nice: int = 0):
         self.run_dir = Path(run_dir)
@@ -333,6 +343,15 @@ class ProcessLauncher(Launcher):
                 # Right after the spawn (Python 3.11's Popen has no nice=); its children inherit it.
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PROCESS, proc.pid, self.nice)
+            # Popen returns once the child's exec has begun (its close-on-exec pipe is closed), a
+            # moment before the kernel has set up the new image's environment: until then
+            # /proc/<pid>/environ is empty, and a check (a second start, a stop) would take the
+            # unit for dead and drop its pidfile. Under load the window was long enough for the
+            # contract suite's start-then-stop to leave a worker running, and for a repeated start
+            # to launch a copy.
+            deadline = time.monotonic() + EXEC_WAIT_S
+            while not _has_marker(proc.pid, unit) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
             st = _proc_stat(proc.pid)
             self._write_pidfile(unit, f"{proc.pid} {st[2] if st else 0}\n")
             with self._children_lock:
@@ -444,6 +463,7 @@ class SystemdLauncher(Launcher):
     """
 
     PREFIX = "gatewayha-"
+    kind = "systemd"
 
     def __init__(
         self,
@@ -552,6 +572,21 @@ class SystemdLauncher(Launcher):
         cmd = [self.systemctl, "is-active", "--quiet", "--", self.service(unit)]
         res = subprocess.run(cmd, check=False, capture_output=True)
         return res.returncode == 0
+
+    def running_many(self, units: list[str]) -> list[bool]:
+        """One ``systemctl is-active`` for all: it prints one state per unit, in order."""
+        if not units:
+            return []
+        services = [self.service(u) for u in units]
+        res = subprocess.run(
+            [self.systemctl, "is-active", "--", *services], check=False, capture_output=True, text=True
+        )
+        states = res.stdout.split()
+        if len(states) != len(services):
+            raise BackendError(
+                f"systemctl is-active: {len(states)} states for {len(services)} units: {res.stderr.strip()}"
+            )
+        return [state == "active" for state in states]
 
     def units(self) -> set[str]:
         res = subprocess.run(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import logging
 import math
 import os
@@ -33,10 +34,11 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gatewayha import validate
-from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
+from gatewayha.backends.base import ALIVE, Backend, ProcessStatus, SchedulerSpec, State, WorkerSpec
 from gatewayha.backends.launcher import (
     Identity,
     Launcher,
@@ -69,11 +71,12 @@ WORKER_DEATH_TIMEOUT = 60
 # is 3 s) and an idle scheduler costs about 0.5 %.
 DASK_DEFAULTS = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
 
-# Loaded by path (node.python's environment need not hold gatewayha). In place of
+# Imported by module name from the scheduler's Python (gatewayha_preload, installed with
+# gatewayha: node.python's environment must hold it). In place of
 # dask_gateway.scheduler_preload: the stock gateway service, its control API over TLS.
-CONTROL_TLS_PRELOAD = str(Path(__file__).with_name("control_tls.py"))
+CONTROL_TLS_PRELOAD = "gatewayha_preload.control_tls"
 # Reports the start and worker joins at once.
-PROMPT_REPORTS_PRELOAD = str(Path(__file__).with_name("prompt_reports.py"))
+PROMPT_REPORTS_PRELOAD = "gatewayha_preload.prompt_reports"
 
 _API_URL_RE = re.compile(r"\Ahttps?://[\x21-\x7e]{1,2000}\Z")
 _TOKEN_RE = re.compile(r"\A[\x21-\x7e]{1,4096}\Z")
@@ -104,6 +107,13 @@ def _write_secret(path: Path, content: str, gid: int | None = None) -> None:
     write_atomic(path, content, 0o600 if gid is None else 0o440, gid=gid, durable=False)
 
 
+def preload_dirs() -> list[Path]:
+    """Where this Python imports gatewayha_preload from (the schedulers, under uids of their own,
+    must reach it: a venv's site-packages, or the source tree of an editable install)."""
+    spec = importlib.util.find_spec("gatewayha_preload")
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+
+
 def open_for_traversal(path: Path) -> list[str]:
     """Give "others" search (x) permission on ``path``'s directories that lack it, so processes
     under the clusters' uids reach the interpreter and their cluster's directory. Nothing is
@@ -121,8 +131,14 @@ def open_for_traversal(path: Path) -> list[str]:
 
 
 class LocalBackend(Backend):
+    """Schedulers and workers as processes (or systemd units) on the gateway node that launched
+    them: node-bound."""
+
+    node_bound = True
+
     def __init__(self, settings: Settings, launcher: Launcher | None = None):
         self.settings = settings
+        self.node = settings.node.name
         self.launcher = launcher if launcher is not None else make_launcher(settings)
         self.host = validate.ipv4(settings.node.host, "node.host")
         self.root = Path(settings.node.state_dir).absolute() / "clusters"
@@ -141,7 +157,7 @@ class LocalBackend(Backend):
                     "node.isolation = 'uid' runs each cluster under a uid of its own and needs root;"
                     " set node.isolation = 'none' to run tenants' code as this user (unsafe)"
                 )
-            self._open(Path(self.python).parent, Path(PROMPT_REPORTS_PRELOAD).parent)
+            self._open(Path(self.python).parent, *preload_dirs())
         self._root_ready = False
 
     @staticmethod
@@ -325,14 +341,22 @@ class LocalBackend(Backend):
         return argv, env
 
     # -------------------------------------------------------------------- verbs
-    def start_scheduler(self, spec: SchedulerSpec) -> None:
+    def _state(self, unit: str) -> State:
+        """A process's state record: its unit on this node (found again by name when lost)."""
+        return {"unit": unit, "node": self.node, "host": self.host, "launcher": self.launcher.kind}
+
+    def _statuses(self, units: list[str]) -> list[ProcessStatus]:
+        return [ALIVE if up else ProcessStatus(False, f"{u} is not running on {self.node}")
+                for u, up in zip(units, self.launcher.running_many(units), strict=True)]  # fmt: skip
+
+    def start_scheduler(self, spec: SchedulerSpec) -> State:
         unit = scheduler_unit(spec.cluster_name)
         _check(_API_URL_RE, "api_url", spec.api_url)
         _check(_TOKEN_RE, "token", spec.token)
         _check_pem("tls_cert", spec.tls_cert)
         _check_pem("tls_key", spec.tls_key)
         if self.launcher.is_running(unit):
-            return
+            return self._state(unit)
         d, ident = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
         # No newline: the preload uses it verbatim.
         _write_secret(d / "api-token", spec.token, ident.gid if ident else None)
@@ -342,20 +366,21 @@ class LocalBackend(Backend):
         self.launcher.start(
             unit, argv, env, cwd=d, log_path=d / "logs" / f"{unit}.log", resources=resources, identity=ident
         )
+        return self._state(unit)
 
-    def stop_scheduler(self, cluster_name: str) -> None:
+    def stop_scheduler(self, cluster_name: str, state: State | None = None) -> None:
         self.launcher.stop(scheduler_unit(cluster_name))
 
-    def scheduler_running(self, cluster_name: str) -> bool:
-        return self.launcher.is_running(scheduler_unit(cluster_name))
+    def check_schedulers(self, items: Sequence[tuple[str, State | None]]) -> list[ProcessStatus]:
+        return self._statuses([scheduler_unit(name) for name, _ in items])
 
-    def start_worker(self, spec: WorkerSpec) -> None:
+    def start_worker(self, spec: WorkerSpec) -> State:
         unit = worker_unit(spec.cluster_name, spec.worker_name)
         validate.address(spec.scheduler_address, ("tls",), "scheduler address")
         _check_pem("tls_cert", spec.tls_cert)
         _check_pem("tls_key", spec.tls_key)
         if self.launcher.is_running(unit):
-            return
+            return self._state(unit)
         d, ident = self._prepare_dir(spec.cluster_name, spec.tls_cert, spec.tls_key)
         argv, env = self.worker_command(spec, d)
         cfg: ClusterConfig = spec.config
@@ -369,14 +394,23 @@ class LocalBackend(Backend):
             resources=resources,
             identity=ident,
         )
+        return self._state(unit)
 
-    def stop_worker(self, cluster_name: str, worker_name: str) -> None:
+    def stop_worker(self, cluster_name: str, worker_name: str, state: State | None = None) -> None:
         self.launcher.stop(worker_unit(cluster_name, worker_name))
 
-    def worker_running(self, cluster_name: str, worker_name: str) -> bool:
-        return self.launcher.is_running(worker_unit(cluster_name, worker_name))
+    def check_workers(self, items: Sequence[tuple[str, str, State | None]]) -> list[ProcessStatus]:
+        return self._statuses([worker_unit(cluster, worker) for cluster, worker, _ in items])
 
-    def stop_cluster(self, cluster_name: str) -> None:
+    def stop_cluster(
+        self,
+        cluster_name: str,
+        scheduler_state: State | None = None,
+        worker_states: Mapping[str, State | None] | None = None,
+    ) -> None:
+        # The unit names follow from the cluster's name and the launcher lists every unit of this
+        # node: the state records add nothing here, and a half-started cluster (no state saved)
+        # is found the same way.
         validate.cluster_name(cluster_name)
         units = {scheduler_unit(cluster_name)}
         units.update(u for u in self.launcher.units() if unit_cluster(u) == cluster_name)

@@ -7,12 +7,15 @@ work done (or half done) and finishes it without doing it twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from psycopg.types.json import Jsonb
 
 from gatewayha import clusters, lifecycle, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
@@ -109,17 +112,19 @@ def start_cluster(ctx: Context, job: Job) -> None:
         ).fetchone()
         if row is None or row["status"] != ClusterStatus.PENDING:
             return  # stopped (or gone) before it started: nothing to do
-        if row["node"] not in (None, ctx.node):
+        bound = ctx.backend.node_bound
+        if bound and row["node"] not in (None, ctx.node):
             # Placed on another node by an earlier claim. While that node lives,
             # only it may start (or find running) the scheduler: no second copy.
             if _node_alive(conn, row["node"], ctx.settings.worker.node_timeout):
                 raise Defer(queue=queue.node_queue(row["node"]))
             log.warning("cluster %s: node %s is gone, starting here instead", name, row["node"])
         # Placement is committed before the launch, so a crash after the launch
-        # leaves a record of where the scheduler may be running.
+        # leaves a record of where the scheduler may be running. No gateway node owns the
+        # processes of a backend that is not node-bound: node stays NULL, any node stops it.
         conn.execute(
             "UPDATE clusters SET node = %s, launched_at = now() WHERE name = %s",
-            (ctx.node, name),
+            (ctx.node if bound else None, name),
         )
     spec = SchedulerSpec(
         cluster_name=name,
@@ -129,15 +134,18 @@ def start_cluster(ctx: Context, job: Job) -> None:
         tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
         config=ClusterConfig.from_json(row["config"]),
     )
-    ctx.backend.start_scheduler(spec)
-    log.info("cluster %s: scheduler started on %s", name, ctx.node)
-    _hold_launch_slot(
-        ctx,
-        f"cluster {name}: scheduler",
-        "SELECT status = %s AS starting FROM clusters WHERE name = %s",
-        (ClusterStatus.PENDING, name),
-        lambda: ctx.backend.scheduler_running(name),
-    )
+    state = ctx.backend.start_scheduler(spec)
+    with ctx.pool.connection() as conn:
+        conn.execute("UPDATE clusters SET scheduler_state = %s WHERE name = %s", (Jsonb(state), name))
+    log.info("cluster %s: scheduler started by %s", name, ctx.node)
+    if bound:
+        _hold_launch_slot(
+            ctx,
+            f"cluster {name}: scheduler",
+            "SELECT status = %s AS starting FROM clusters WHERE name = %s",
+            (ClusterStatus.PENDING, name),
+            lambda: ctx.backend.scheduler_running(name, state),
+        )
 
 
 STARTED_POLL_S = 0.1
@@ -169,7 +177,10 @@ def stop_cluster(ctx: Context, job: Job) -> None:
     # previous release requested (it stored no target).
     final = _field(job, "final", _one_of(None, *lifecycle.names(lifecycle.STOP_TARGETS))) or ClusterStatus.STOPPED
     reason = _field(job, "reason", _optional_text)
-    ctx.backend.stop_cluster(name)
+    with ctx.pool.connection() as conn:
+        row = conn.execute("SELECT scheduler_state FROM clusters WHERE name = %s", (name,)).fetchone()
+        workers = conn.execute("SELECT name, state FROM workers WHERE cluster = %s", (name,)).fetchall()
+    ctx.backend.stop_cluster(name, row and row["scheduler_state"], {w["name"]: w["state"] for w in workers})
     with ctx.pool.connection() as conn:
         ended = lifecycle.finish_stop(conn, name, final, reason)
     log.info("cluster %s: %s (%s)", name, ended or "ended already", reason)
@@ -187,9 +198,9 @@ def start_worker(ctx: Context, job: Job) -> None:
         ).fetchone()
     if row is None or row["status"] != ClusterStatus.RUNNING or row["wstatus"] != WorkerStatus.PENDING:
         return
-    if row["node"] != ctx.node:
+    if row["node"] is not None and row["node"] != ctx.node:
         raise Defer(queue=queue.node_start_queue(row["node"]))
-    ctx.backend.start_worker(
+    state = ctx.backend.start_worker(
         WorkerSpec(
             cluster_name=name,
             worker_name=worker,
@@ -200,6 +211,10 @@ def start_worker(ctx: Context, job: Job) -> None:
             config=ClusterConfig.from_json(row["config"]),
         )
     )
+    with ctx.pool.connection() as conn:
+        conn.execute("UPDATE workers SET state = %s WHERE cluster = %s AND name = %s", (Jsonb(state), name, worker))
+    if not ctx.backend.node_bound:
+        return
     # Running once its scheduler lists it (gatewayha's scheduler preload reports a join at once).
     _hold_launch_slot(
         ctx,
@@ -207,14 +222,16 @@ def start_worker(ctx: Context, job: Job) -> None:
         "SELECT w.status = %s AND c.status = %s AS starting"
         " FROM workers w JOIN clusters c ON c.name = w.cluster WHERE w.cluster = %s AND w.name = %s",
         (WorkerStatus.PENDING, ClusterStatus.RUNNING, name, worker),
-        lambda: ctx.backend.worker_running(name, worker),
+        lambda: ctx.backend.worker_running(name, worker, state),
     )
 
 
 def stop_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
     worker = _worker_name(job, name)
-    ctx.backend.stop_worker(name, worker)
+    with ctx.pool.connection() as conn:
+        row = conn.execute("SELECT state FROM workers WHERE cluster = %s AND name = %s", (name, worker)).fetchone()
+    ctx.backend.stop_worker(name, worker, row and row["state"])
     with ctx.pool.connection() as conn:
         lifecycle.stop_workers(conn, name, worker)
 
@@ -269,10 +286,57 @@ def check_clusters(ctx: Context, job: Job) -> None:
                 clusters.stop_cluster(conn, r["name"], reason)
             elif r["expired"]:
                 clusters.stop_cluster(conn, r["name"], lifecycle.reasons.max_lifetime(c.max_lifetime))
+    if not ctx.backend.node_bound:
+        check_processes(ctx)
+
+
+def check_processes(ctx: Context) -> None:
+    """A backend that is not node-bound: one batched check of every launched scheduler and
+    worker no gateway node owns (node-bound clusters are judged by heartbeats and node
+    liveness). A dead scheduler fails its cluster with the backend's reason; a dead worker is
+    marked FAILED, and the scheduler's next heartbeat starts another if it still wants one.
+    Only processes whose state was saved are checked: before that, the launch may not have
+    happened yet ("did not start within" covers a start that never saves one)."""
+    with ctx.pool.connection() as conn:
+        scheds = conn.execute(
+            "SELECT name, scheduler_state FROM clusters WHERE status = ANY(%s)"
+            " AND node IS NULL AND scheduler_state IS NOT NULL ORDER BY name",
+            (lifecycle.names(lifecycle.LIVE),),
+        ).fetchall()
+        workers = conn.execute(
+            "SELECT w.cluster, w.name, w.state FROM workers w JOIN clusters c ON c.name = w.cluster"
+            " WHERE w.status = ANY(%s) AND c.status = %s AND c.node IS NULL"
+            " AND w.state IS NOT NULL ORDER BY w.cluster, w.name",
+            (lifecycle.names(lifecycle.LIVE_WORKERS), ClusterStatus.RUNNING),
+        ).fetchall()
+    sched_status = ctx.backend.check_schedulers([(r["name"], r["scheduler_state"]) for r in scheds]) if scheds else []
+    worker_status = (
+        ctx.backend.check_workers([(r["cluster"], r["name"], r["state"]) for r in workers]) if workers else []
+    )
+    with ctx.pool.connection() as conn:
+        for r, st in zip(scheds, sched_status, strict=True):
+            if st.state is not None and st.state != r["scheduler_state"]:
+                conn.execute("UPDATE clusters SET scheduler_state = %s WHERE name = %s", (Jsonb(st.state), r["name"]))
+            if not st.alive:
+                reason = lifecycle.reasons.scheduler_gone(st.reason)
+                log.warning("cluster %s failed: %s", r["name"], reason)
+                clusters.stop_cluster(conn, r["name"], reason)
+        for r, st in zip(workers, worker_status, strict=True):
+            if st.state is not None and st.state != r["state"]:
+                conn.execute(
+                    "UPDATE workers SET state = %s WHERE cluster = %s AND name = %s",
+                    (Jsonb(st.state), r["cluster"], r["name"]),
+                )
+            if not st.alive:
+                log.warning("cluster %s: worker %s gone: %s", r["cluster"], r["name"], st.reason or "not running")
+                lifecycle.fail_worker(conn, r["cluster"], r["name"])
 
 
 def sweep_nodes(ctx: Context, job: Job) -> None:
-    """A node unseen for node_timeout is dead: its clusters fail, its queued jobs are dropped."""
+    """A node unseen for node_timeout is dead: its clusters fail, its queued jobs are dropped.
+
+    Only clusters of a node-bound backend have a node (``clusters.node``): those of a backend
+    whose processes outlive a gateway node (node stays NULL) are never failed here."""
     timeout = ctx.settings.worker.node_timeout
     with ctx.pool.connection() as conn:
         # Only a node that has itself reported without a gap for node_timeout judges the
@@ -339,8 +403,9 @@ def route_resync(ctx: Context, job: Job) -> None:
 
 
 def warm_pool_tick(ctx: Context, job: Job) -> None:
-    """Every node tops up (or trims) its own warm pool."""
-    if ctx.settings.cluster.warm_pool_size <= 0:
+    """Every node tops up (or trims) its own warm pool (a node-bound backend's only: a pooled
+    scheduler is claimed by the node it runs on)."""
+    if ctx.settings.cluster.warm_pool_size <= 0 or not ctx.backend.node_bound:
         with ctx.pool.connection() as conn:
             if conn.execute("SELECT 1 FROM warm_pool LIMIT 1").fetchone() is None:
                 return  # no pool configured and none left to drain
@@ -355,7 +420,8 @@ def verify_pool(ctx: Context) -> list[str]:
         names = warm_pool.unverified(conn, ctx.node)
     if not names:
         return []
-    live = [n for n in names if ctx.backend.scheduler_running(n)]
+    checked = ctx.backend.check_schedulers([(n, None) for n in names])  # one call; pooled: no state saved
+    live = [n for n, st in zip(names, checked, strict=True) if st.alive]
     with ctx.pool.connection() as conn:
         dead = warm_pool.record_verified(conn, ctx.node, live, [n for n in names if n not in live])
     for name in dead:
@@ -367,8 +433,11 @@ def verify_pool(ctx: Context) -> list[str]:
 
 def refill_pool(ctx: Context, job: Job) -> None:
     verify_pool(ctx)
+    settings = ctx.settings
+    if not ctx.backend.node_bound:  # no warm pool: what is left of one (another backend's) is trimmed
+        settings = dataclasses.replace(settings, cluster=dataclasses.replace(settings.cluster, warm_pool_size=0))
     with ctx.pool.connection() as conn:
-        to_start, to_stop = warm_pool.plan_refill(conn, ctx.settings, ctx.node)
+        to_start, to_stop = warm_pool.plan_refill(conn, settings, ctx.node)
     for name in to_stop:
         ctx.backend.stop_cluster(name)
     for entry in to_start:
@@ -395,6 +464,10 @@ def node_reconcile(ctx: Context, job: Job) -> None:
 
 
 def reap_orphans(ctx: Context) -> list[str]:
+    """Stop what this node runs for no active cluster of its own (a node-bound backend's only:
+    elsewhere a cluster has no node, and another node may be starting it right now)."""
+    if not ctx.backend.node_bound:
+        return []
     local = ctx.backend.local_clusters()
     if not local:
         return []

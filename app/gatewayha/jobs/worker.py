@@ -17,7 +17,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from gatewayha import clusters, liveness
+from gatewayha import lifecycle, liveness
 from gatewayha.backends import get_backend
 from gatewayha.config import Settings, load_settings
 from gatewayha.db.pool import UNAVAILABLE_ERRORS, listen_forever, make_pool
@@ -113,7 +113,7 @@ class Worker:
             self.wake.set()
 
         def notified(n) -> None:
-            if n.channel == clusters.ROUTES_CHANNEL:
+            if n.channel in lifecycle.CHANNELS:
                 # For the route thread alone: waking the claim loop too cost a tick (node
                 # heartbeat, periodic and job claims) per route change, 200 in a 100-cluster storm.
                 self.routes_dirty.set()
@@ -126,7 +126,7 @@ class Worker:
         listen_forever(
             self.settings.database,
             f"gatewayha-listen:{self.node}",
-            (queue.CHANNEL, clusters.ROUTES_CHANNEL),
+            (queue.CHANNEL, *lifecycle.CHANNELS),
             self.stopping,
             notified,
             connected,
@@ -259,10 +259,16 @@ class Worker:
                         )
                         queue.ensure_periodic(conn, handlers.periodic_tasks(self.settings))
                     handlers.verify_pool(self.ctx)
-                    handlers.reap_orphans(self.ctx)
+                    handlers.reap_orphans(self.ctx)  # node-bound backends only (it checks)
                     self.routes_dirty.set()
                     state["started"] = True
-                    log.info("worker %s ready (queues %s)", self.owner, self.queues)
+                    log.info(
+                        "worker %s ready (queues %s; backend %s, %s)",
+                        self.owner,
+                        self.queues,
+                        self.settings.backend.name,
+                        "node-bound" if self.backend.node_bound else "not node-bound: no node owns its clusters",
+                    )
                 self.tick(time.monotonic(), state)
                 delay = 0.5
             except UNAVAILABLE_ERRORS as exc:

@@ -58,3 +58,8 @@ def never_placed(seconds: float) -> StopReason:
 
 def node_lost(node: str, seconds: float) -> StopReason:
     return StopReason(f"node {node} lost (unseen for {seconds:g} s)", failed=True)
+
+
+def scheduler_gone(why: str | None) -> StopReason:
+    """A backend's batched check found the scheduler's process gone (its words for why)."""
+    return StopReason(f"scheduler: {why or 'not running'}", failed=True)

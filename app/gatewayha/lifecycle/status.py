@@ -35,8 +35,9 @@ class ClusterStatus(enum.StrEnum):
 
 
 class WorkerStatus(enum.StrEnum):
-    """A Dask worker's. FAILED is allowed by the schema but no transition leads there: a
-    worker that never joined is stopped (and another started), not failed."""
+    """A Dask worker's. A worker that never joined is stopped (and another started); FAILED is
+    a worker whose process its backend reported gone (a backend that is not node-bound:
+    handlers.check_processes)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -56,8 +57,8 @@ CLUSTER_TRANSITIONS: Mapping[ClusterStatus, frozenset[ClusterStatus]] = {
 }
 
 WORKER_TRANSITIONS: Mapping[WorkerStatus, frozenset[WorkerStatus]] = {
-    W.PENDING: frozenset({W.RUNNING, W.STOPPING, W.STOPPED}),
-    W.RUNNING: frozenset({W.STOPPING, W.STOPPED}),
+    W.PENDING: frozenset({W.RUNNING, W.STOPPING, W.STOPPED, W.FAILED}),
+    W.RUNNING: frozenset({W.STOPPING, W.STOPPED, W.FAILED}),
     W.STOPPING: frozenset({W.STOPPED}),
     W.STOPPED: frozenset(),
     W.FAILED: frozenset(),

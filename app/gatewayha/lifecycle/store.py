@@ -60,10 +60,11 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: StopReason | str, 
     failure: ``reason.failed``, or ``failed`` with a plain text); idempotent. False when the
     cluster is unknown or already ended.
 
-    A cluster not yet placed on a node ends at once (its start job sees it is no longer
-    PENDING and does nothing); a placed one goes STOPPING, with the stop target stored on its
-    row, and its node stops the processes (job stop_cluster). A failure while a plain stop is
-    under way raises the target to FAILED.
+    A cluster not yet launched (no node and no launched_at) ends at once (its start job sees
+    it is no longer PENDING and does nothing); a launched one goes STOPPING, with the stop
+    target stored on its row, and its node stops the processes (job stop_cluster; any node,
+    for a backend that is not node-bound: then the cluster has no node). A failure while a
+    plain stop is under way raises the target to FAILED.
     """
     if isinstance(reason, StopReason):
         reason, failed = reason.text, reason.failed
@@ -75,7 +76,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: StopReason | str, 
         status = row["status"]
         if status == ClusterStatus.STOPPING and (not failed or row["stop_target"] == ClusterStatus.FAILED):
             return True
-        if row["node"] is None:
+        if row["node"] is None and row["launched_at"] is None:
             check_cluster(status, target)
             conn.execute(sql("end_cluster"), {"name": name, "target": target, "reason": reason, "from": [status]})
             stop_workers(conn, name)
@@ -92,7 +93,7 @@ def stop_cluster(conn: psycopg.Connection, name: str, reason: StopReason | str, 
                 "stop_cluster",
                 # "final": what a job runner of the previous release reads (it has no stop_target).
                 {"cluster": name, "final": str(target), "reason": reason},
-                queue=queue.node_queue(row["node"]),
+                queue=queue.node_queue(row["node"]) if row["node"] else "any",
                 cluster=name,
                 dedupe_key=f"stop_cluster:{name}",
             )
@@ -197,5 +198,20 @@ def set_worker_status(conn: psycopg.Connection, cluster: str, worker: str, curre
     cur = conn.execute(
         sql("set_worker_status"),
         {"cluster": cluster, "worker": worker, "new": new, "from": worker_sources(new)},
+    )
+    return cur.rowcount > 0
+
+
+def fail_worker(conn: psycopg.Connection, cluster: str, worker: str) -> bool:
+    """A live worker whose process its backend reports gone ends FAILED (the scheduler's next
+    heartbeat asks for another if it still wants one). True when the row changed."""
+    cur = conn.execute(
+        sql("fail_worker"),
+        {
+            "cluster": cluster,
+            "worker": worker,
+            "failed": WorkerStatus.FAILED,
+            "from": worker_sources(WorkerStatus.FAILED),
+        },
     )
     return cur.rowcount > 0

@@ -1,4 +1,4 @@
-"""Scheduler preload, loaded by path after ``dask_gateway.scheduler_preload``: the scheduler
+"""Scheduler preload, imported by module name after ``gatewayha_preload.control_tls``: the scheduler
 reports to the gateway as soon as it is running and as soon as a worker joins, instead of when
 the stock heartbeat loop next wakes up.
 
@@ -10,9 +10,9 @@ it, and a launch keeps one of the node's launch slots until then (``jobs/handler
 After the first report the scheduler also connects once to its own listener
 (``warm_up_listener``), so that a client's first connection is as fast as later ones.
 
-It imports only distributed and reaches the stock service through ``scheduler.services``: it
-runs in whatever Python ``node.python`` names, where gatewayha itself may not be installed. If
-a future dask-gateway changes the service, the periodic heartbeats report as before.
+It imports only distributed (never ``gatewayha``: see the package's docstring) and reaches the
+stock service through ``scheduler.services``. If a future dask-gateway changes the service, the
+periodic heartbeats report as before.
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Scheduler preload, loaded by path in place of ``dask_gateway.scheduler_preload``: the stock
+"""Scheduler preload, imported by module name in place of ``dask_gateway.scheduler_preload``: the stock
 gateway service (heartbeats, ``/api/comm``, adaptive scaling, idle timeout), with its control
 API served over TLS with the cluster's own certificate.
 
@@ -19,8 +19,8 @@ service from that name or stops listening through ``self.app.listen``, the check
 setup find a plain-HTTP server and the scheduler exits (the launch fails visibly) instead of
 serving the token's endpoint in clear.
 
-Like ``prompt_reports.py`` it imports only distributed, dask-gateway and the standard library:
-it runs in whatever Python ``node.python`` names, where gatewayha itself may not be installed.
+Like ``prompt_reports`` it imports only distributed, dask-gateway and the standard library, never
+``gatewayha`` (see the package's docstring).
 """
 
 import functools
