@@ -370,7 +370,7 @@ def test_the_schema_upgrades_expand_then_contract_and_the_code_works_at_each_ste
         queue.enqueue(conn, "stop_cluster", {"cluster": failing, "final": "FAILED"}, cluster=failing)
 
         # Expand (each node's `gatewayha-admin migrate` as it is upgraded): the old column stays.
-        assert migrations.migrate(conn) == ["0009_stop_target.sql"]
+        assert migrations.migrate(conn) == ["0009_stop_target.sql", "0010_backend_state.sql"]
         assert migrations.pending_contract(conn) == ["0009_drop_generation.sql"]
         assert {"generation", "stop_target"} <= _columns(conn)
         assert state(conn, failing)[:2] == (C.STOPPING, C.FAILED)  # backfilled from its job
