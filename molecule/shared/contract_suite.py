@@ -120,15 +120,19 @@ def payload(have: str = "") -> bytes:
     return buf.getvalue()
 
 
+COPIED = f"{INSTALL}/.copied-by-contract-suite"  # what a run cut short left: replaced
+
+
 def ship_venv(source: str, target: str) -> bool:
-    """Copy ``source``'s VENV to the same path on ``target`` (which must have no INSTALL: it is
-    removed again afterwards); False when they are the same container (nothing to copy)."""
+    """Copy ``source``'s VENV to the same path on ``target`` (which must have no INSTALL but one
+    an earlier copy left: it is removed again afterwards); False when they are the same container
+    (nothing to copy)."""
     if source == target:
         return False
-    if sh(target, f"test -e {INSTALL}", check=False).returncode == 0:
+    if sh(target, f"test -e {COPIED} && rm -rf {INSTALL}; test -e {INSTALL}", check=False).returncode == 0:
         raise AssertionError(f"{target} already has {INSTALL}: not overwriting it")
     packed = docker("exec", source, "tar", "-C", INSTALL, "-cf", "-", "venv", timeout=120)
-    sh(target, f"mkdir -p {INSTALL}")
+    sh(target, f"mkdir -p {INSTALL} && touch {COPIED}")
     docker("exec", "-i", target, "tar", "-C", INSTALL, "-xf", "-", input=packed.stdout, timeout=120)
     return True
 
