@@ -12,10 +12,11 @@ one's own (``python molecule/shared/contract_suite.py CONTAINER``) both call it:
 2. the suite and what it imports from tests/ (``SUITE``), and pytest with its dependencies as
    installed in the app venv (.venv: pure Python, the containers' Python is 3.11 as here), go
    into a scratch directory of the container; nothing is installed into the venv;
-3. pytest runs there as root (the job runner runs as root: systemd/gatewayha-worker.service,
-   and so it starts units under other uids), with the venv's python;
+3. pytest runs there as root (as the job runner: its unit has User=root, so that it may start
+   units under other uids), with the venv's python;
 4. every harness must have passed every contract test (none skipped: a `local-systemd` that
-   skipped would prove nothing), and no gatewayha unit may be left on the container.
+   skipped would prove nothing; a harness that cannot run here, as Slurm's will be, must be
+   deselected in ``run_suite``), and no cluster unit may be left on the container.
 
 Why not on a gateway node itself: a gateway node's own job runner stops every gatewayha unit
 that no active cluster of that node owns (gatewayha.jobs.handlers.reap_orphans, every
