@@ -1,6 +1,6 @@
 """Job workers run in the test's own process against the real Postgres, with a backend that
 records calls: a job handler's effect is checked in milliseconds, without a worker subprocess
-(``drive`` runs the claim loop as the worker's main loop does)."""
+(``tick_for``, ``tick_until`` and ``drive`` run the claim loop as the worker's main loop does)."""
 
 from __future__ import annotations
 
