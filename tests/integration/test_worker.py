@@ -163,14 +163,12 @@ def test_periodic_task_runs_once_per_tick_across_two_workers(db, in_process):
     tick_for(2.5, a, b)
     elapsed = time.monotonic() - start
     wait_until(lambda: not a.held and not b.held, 10, "the claimed jobs to finish", interval=0.02)
-    runs = db.execute(
-        "SELECT split_part(finished_by, '/', 1) AS node FROM job_log"
-        " WHERE kind = 'check_clusters' AND outcome = 'done' AND finished_at > %s",
+    ran = db.execute(
+        "SELECT count(*) AS n FROM job_log WHERE kind = 'check_clusters' AND outcome = 'done' AND finished_at > %s",
         (t0,),
-    ).fetchall()
+    ).fetchone()["n"]
     # About one run per interval in all, not one per job runner per interval.
-    assert 4 <= len(runs) <= elapsed / interval + 2, len(runs)
-    assert {r["node"] for r in runs} <= {"node-a", "node-b"}
+    assert 4 <= ran <= elapsed / interval + 2, ran
 
 
 def _running_cluster(db, node, heartbeat_age_s=0.0):
