@@ -1,6 +1,6 @@
 """Job workers run in the test's own process against the real Postgres, with a backend that
 records calls: a job handler's effect is checked in milliseconds, without a worker subprocess
-(``drive`` runs the claim loop as the worker's main loop does)."""
+(``tick_for``, ``tick_until`` and ``drive`` run the claim loop as the worker's main loop does)."""
 
 from __future__ import annotations
 
@@ -54,16 +54,21 @@ class RecordingBackend(Backend):
 
 @contextmanager
 def in_process_workers(db_dsn: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """``make(backend, node="node-m")`` builds a Worker of that node (retries after 50 ms: a
-    retry shows at once); all are stopped at the end."""
+    """``make(backend, node="node-m", **sections)`` builds a Worker of that node (retries after
+    50 ms: a retry shows at once; ``sections`` override settings, e.g. ``worker={...}``);
+    ``backend=None`` gives it the real local backend (process launcher, no uid isolation),
+    whose processes are under ``tmp_path / node``. All are stopped at the end."""
     made: list[Worker] = []
 
-    def make(backend: Backend, node: str = "node-m") -> Worker:
+    def make(backend: Backend | None, node: str = "node-m", **sections) -> Worker:
+        worker_section = {"retry_base_seconds": 0.05, "retry_max_seconds": 0.05, "concurrency": 2}
+        worker_section.update(sections.pop("worker", {}))
         settings = make_settings(
             db_dsn,
             tmp_path / node,
             node={"name": node, "launcher": "process", "isolation": "none"},
-            worker={"retry_base_seconds": 0.05, "retry_max_seconds": 0.05, "concurrency": 2},
+            worker=worker_section,
+            **sections,
         )
         worker = Worker(settings, backend=backend)
         made.append(worker)
@@ -78,10 +83,30 @@ def in_process_workers(db_dsn: str, tmp_path: Path) -> Iterator[Callable[..., Wo
             worker.pool.close()
 
 
-def drive(worker: Worker, seconds: float) -> None:
-    state = {"next_node_heartbeat": 0.0, "started": True}
+def tick_for(seconds: float, *workers: Worker) -> None:
+    """Run the workers' main-loop ticks (node heartbeat, periodic and job claims), in turn,
+    for ``seconds``; the jobs they claim run in their executors meanwhile."""
+    states = {id(w): {"next_node_heartbeat": 0.0, "started": True} for w in workers}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        worker.tick(time.monotonic(), state)
+        for worker in workers:
+            worker.tick(time.monotonic(), states[id(worker)])
         time.sleep(0.02)
+
+
+def tick_until(predicate: Callable[[], object], timeout: float, what: str, *workers: Worker) -> object:
+    """Tick the workers until ``predicate`` returns something truthy, and return that value."""
+    states = {id(w): {"next_node_heartbeat": 0.0, "started": True} for w in workers}
+
+    def ticked() -> object:
+        for worker in workers:
+            worker.tick(time.monotonic(), states[id(worker)])
+        return predicate()
+
+    return wait_until(ticked, timeout, what, interval=0.02)
+
+
+def drive(worker: Worker, seconds: float) -> None:
+    """``tick_for`` one worker, then wait for the jobs it claimed to finish."""
+    tick_for(seconds, worker)
     wait_until(lambda: not worker.held, 10, "the claimed jobs to finish", interval=0.02)

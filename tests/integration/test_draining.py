@@ -7,13 +7,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from inprocess import RecordingBackend, drive, in_process_workers
+from inprocess import RecordingBackend, in_process_workers, tick_until
 from psycopg.rows import dict_row
 
 from conftest import SECRET, make_settings
 from gatewayha import clusters, liveness
 from gatewayha.auth import users
 from gatewayha.jobs import queue
+from helpers import wait_until
 
 
 @pytest.fixture
@@ -32,6 +33,12 @@ def workers(db_dsn, tmp_path):
         yield make
 
 
+def run_until(worker, predicate, what: str) -> None:
+    """Tick ``worker`` until ``predicate`` holds, then let the jobs it claimed finish."""
+    tick_until(predicate, 10, what, worker)
+    wait_until(lambda: not worker.held, 10, "the claimed jobs to finish", interval=0.02)
+
+
 def create(db) -> str:
     settings = make_settings("postgresql://unused/x", Path("/tmp"))
     settings.server.secret = SECRET
@@ -45,12 +52,14 @@ def test_a_drained_node_leaves_new_schedulers_to_the_others_and_takes_them_again
     assert liveness.set_draining(db, "node-d", True)
 
     name = create(db)
-    drive(drained, 0.5)
-    assert drained.draining and drained_backend.calls == []
+    # The tick that reads "draining" (its node heartbeat) claims next: from the drained queues.
+    run_until(drained, lambda: drained.draining, "node-d to see it is drained")
+    assert drained_backend.calls == []
     job = db.execute("SELECT queue, attempts, lease_owner FROM jobs WHERE cluster = %s", (name,)).fetchone()
     assert (job["queue"], job["attempts"], job["lease_owner"]) == (queue.START_QUEUE, 0, None), job
 
-    drive(other, 0.5)
+    # (Its start job then holds a launch slot until the scheduler reports: the workers' stop ends it.)
+    tick_until(lambda: other_backend.calls, 10, "node-o to start the scheduler", other)
     assert other_backend.calls == [("start_scheduler", name)]
     assert db.execute("SELECT node FROM clusters WHERE name = %s", (name,)).fetchone()["node"] == "node-o"
 
@@ -59,6 +68,6 @@ def test_a_drained_node_leaves_new_schedulers_to_the_others_and_takes_them_again
 
     assert liveness.set_draining(db, "node-d", False)
     second = create(db)
-    drive(drained, 0.5)
+    tick_until(lambda: drained_backend.calls, 10, "node-d to start the second scheduler", drained)
     assert not drained.draining
     assert drained_backend.calls == [("start_scheduler", second)]

@@ -1,5 +1,6 @@
-"""gatewayha-worker processes against a real Postgres: leases, periodic ticks, a fresh worker's judgement of
-other nodes, orphans, launch slots. The judgements themselves (timeouts, dead nodes) run in-process in
+"""Job runners against a real Postgres: leases of a killed gatewayha-worker process (subprocesses: kill -9,
+restart), and, in this process (tests/integration/inprocess.py), periodic ticks, a fresh job runner's
+judgement of other nodes, orphans, launch slots. The judgements themselves (timeouts, dead nodes) are in
 test_lifecycle.py."""
 
 from __future__ import annotations
@@ -8,36 +9,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from inprocess import RecordingBackend, in_process_workers, tick_for, tick_until
 from psycopg.rows import dict_row
 
 from conftest import SECRET, make_settings
-from gatewayha import clusters, lifecycle
+from gatewayha import clusters, lifecycle, liveness
 from gatewayha.auth import users
 from gatewayha.jobs import queue
 from helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def node_a_settings(tmp_path: Path):
-    """Settings of node-a as the `workers` fixture runs it (process launcher, state under tmp_path)."""
-    return make_settings(
-        "postgresql://unused/x",
-        tmp_path,
-        node={"name": "node-a", "state_dir": str(tmp_path / "node-a"), "launcher": "process"},
-    )
-
-
-def node_a_backend(tmp_path: Path):
-    """node-a's backend, to see the processes its worker launched."""
-    from gatewayha.backends import get_backend
-
-    return get_backend(node_a_settings(tmp_path))
+# Long enough for the process checks of a launch slot's holder (once a second) to have run.
+HOLD_CHECKS_S = 1.2
 
 
 class Workers:
@@ -111,6 +101,16 @@ def workers(db_dsn, tmp_path):
     w.stop_all()
 
 
+@pytest.fixture
+def in_process(db_dsn, tmp_path):
+    with in_process_workers(db_dsn, tmp_path) as make:
+        yield make
+
+
+def _now(db):
+    return db.execute("SELECT now() AS t").fetchone()["t"]
+
+
 def test_killed_workers_leased_job_completes_exactly_once_on_the_other_worker(db, workers):
     workers.start("node-a", GATEWAYHA_WORKER__CONCURRENCY=1)
     jid = queue.enqueue(db, "probe", {"seconds": 3})
@@ -156,20 +156,21 @@ def test_a_restarted_worker_takes_its_dead_predecessors_jobs_back_at_once(db, wo
     assert done["finished_by"].startswith("node-a/") and done["finished_by"] != first
 
 
-def test_periodic_task_runs_once_per_tick_across_two_workers(db, workers):
-    workers.start("node-a")
-    workers.start("node-b")
-    wait_until(lambda: db.execute("SELECT count(*) AS n FROM nodes").fetchone()["n"] == 2, 15, "both nodes")
-    t0 = time.monotonic()
-    time.sleep(6)
-    elapsed = time.monotonic() - t0
+def test_periodic_task_runs_once_per_tick_across_two_workers(db, in_process):
+    a, b = in_process(RecordingBackend(), "node-a"), in_process(RecordingBackend(), "node-b")
+    interval = 0.25
+    queue.ensure_periodic(db, {"check_clusters": interval})
+    t0 = _now(db)
+    start = time.monotonic()
+    tick_for(2.5, a, b)
+    elapsed = time.monotonic() - start
+    wait_until(lambda: not a.held and not b.held, 10, "the claimed jobs to finish", interval=0.02)
     ran = db.execute(
-        "SELECT count(*) AS n FROM job_log"
-        " WHERE kind = 'check_clusters' AND finished_at > now() - make_interval(secs => %s)",
-        (elapsed,),
+        "SELECT count(*) AS n FROM job_log WHERE kind = 'check_clusters' AND outcome = 'done' AND finished_at > %s",
+        (t0,),
     ).fetchone()["n"]
-    # Interval 1 s: about one run a second in all, not one per worker per second.
-    assert 3 <= ran <= elapsed + 2, ran
+    # About one run per interval in all, not one per job runner per interval.
+    assert 4 <= ran <= elapsed / interval + 2, ran
 
 
 def _running_cluster(db, node, heartbeat_age_s=0.0):
@@ -185,23 +186,35 @@ def _running_cluster(db, node, heartbeat_age_s=0.0):
     return name
 
 
-def _runs_since(db, kind: str, since) -> int:
+def _runs_since(db, kind: str, since, node: str | None = None) -> int:
+    """How many runs of ``kind`` finished since ``since`` (by ``node``, or by any)."""
     return db.execute(
-        "SELECT count(*) AS n FROM job_log WHERE kind = %s AND outcome = 'done' AND finished_at > %s", (kind, since)
+        "SELECT count(*) AS n FROM job_log WHERE kind = %s AND outcome = 'done' AND finished_at > %s"
+        " AND (%s::text IS NULL OR split_part(finished_by, '/', 1) = %s)",
+        (kind, since, node, node),
     ).fetchone()["n"]
 
 
-def test_a_freshly_started_worker_does_not_declare_the_others_lost(db, workers):
-    """After every worker was down (or the database was away), all nodes look unseen: the
-    first worker back must not fail the other node's clusters before that node can report."""
+def test_a_freshly_started_worker_does_not_declare_the_others_lost(db, in_process):
+    """After every job runner was down (or the database was away), all nodes look unseen: the
+    first one back must not fail the other node's clusters before that node can report."""
     db.execute("INSERT INTO nodes (name, host, last_seen) VALUES ('node-b', '10.9.9.9', now() - interval '1 minute')")
     name = _running_cluster(db, "node-b", heartbeat_age_s=-3600)
-    t0 = db.execute("SELECT now() AS t").fetchone()["t"]
-    workers.start("node-a")
-    wait_until(lambda: _runs_since(db, "sweep_nodes", t0) >= 2, 20, "two node sweeps by node-a")
+    timeout = 2.0
+    timing = {"node_timeout": timeout, "node_heartbeat_interval": 0.25}
+    a = in_process(RecordingBackend(), "node-a", worker=timing)
+    b = in_process(RecordingBackend(), "node-b", worker=timing)
+    queue.ensure_periodic(db, {"sweep_nodes": 0.2})
+    t0 = _now(db)
+    # node-a's job runner starts (Worker.run's first step) and sweeps while node-b is unseen.
+    liveness.start_node(db, "node-a", a.settings.node.host, 0.25)
+    tick_until(lambda: _runs_since(db, "sweep_nodes", t0, "node-a") >= 2, 10, "two node sweeps by node-a", a)
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
-    workers.start("node-b")  # comes back within node-a's first node_timeout (4 s)
-    wait_until(lambda: _runs_since(db, "sweep_nodes", t0) >= 6, 30, "more node sweeps")
+    # node-b comes back within node-a's first node timeout; node-a becomes steady and judges on.
+    liveness.start_node(db, "node-b", b.settings.node.host, 0.25)
+    tick_until(lambda: liveness.node_steady(db, "node-a", timeout), 15, "node-a to be steady", a, b)
+    steady = _now(db)
+    tick_until(lambda: _runs_since(db, "sweep_nodes", steady, "node-a") >= 3, 10, "sweeps by a steady node", a, b)
     assert db.execute("SELECT status FROM clusters WHERE name = %s", (name,)).fetchone()["status"] == "RUNNING"
 
 
@@ -393,14 +406,14 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     assert row["reason"] == f"scheduler: {doomed}-scheduler is not running on {survivor}"
 
 
-def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, workers, tmp_path):
+def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, in_process):
     from gatewayha import tls
     from gatewayha.auth import secrets as sec
     from gatewayha.backends.base import SchedulerSpec
     from gatewayha.options import cluster_config
 
-    settings = node_a_settings(tmp_path)
-    backend = node_a_backend(tmp_path)
+    worker = in_process(None, "node-a")
+    backend = worker.backend
     orphan = "ab" * 16
     cert, key = tls.new_keypair(orphan)
     backend.start_scheduler(
@@ -410,34 +423,41 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
             "http://127.0.0.1:9/api",
             cert,
             key,
-            cluster_config(settings, {}),
+            cluster_config(worker.settings, {}),
         )
     )
     assert backend.scheduler_running(orphan)
-    workers.start("node-a")
-    wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")
-    # Its files go once its processes are gone (the stop finishes after the process exits).
-    wait_until(lambda: orphan not in backend.local_clusters(), 10, "the orphan's files to be removed")
+    runner = threading.Thread(target=worker.run, name="job-runner", daemon=True)
+    runner.start()  # the job runner's own start, as gatewayha-worker's main runs it
+    try:
+        wait_until(lambda: not backend.scheduler_running(orphan), 20, "the orphan scheduler to be stopped")
+        # Its files go once its processes are gone (the stop finishes after the process exits).
+        wait_until(lambda: orphan not in backend.local_clusters(), 10, "the orphan's files to be removed")
+    finally:
+        worker.stop()
+        runner.join(15)
+    assert not runner.is_alive()
     # Its logs are kept for post-mortems, then pruned after the retention.
-    kept = tmp_path / "node-a" / "logs" / orphan
+    kept = backend.logs_root / orphan
     assert any(p.name.endswith("-scheduler.log") for p in kept.iterdir())
     assert backend.prune_logs(3600) == 0 and kept.is_dir()
     assert backend.prune_logs(0) == 1 and not kept.exists()
 
 
-def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_scheduler_reports(db, workers, tmp_path):
+def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_scheduler_reports(db, in_process):
     """worker.max_starting = 1: a second scheduler is not launched while the first has not
     reported (its start job keeps the slot), the other starts stay queued and unleased, and
     the slot frees as soon as the first cluster is RUNNING."""
-    workers.start(
+    worker = in_process(
+        None,
         "node-a",
-        GATEWAYHA_WORKER__MAX_STARTING=1,
-        GATEWAYHA_SERVER__API_URL="http://127.0.0.1:9/api",  # nobody answers: no scheduler reports
+        worker={"max_starting": 1},
+        server={"api_url": "http://127.0.0.1:9/api"},  # nobody answers: no scheduler reports
     )
+    backend = worker.backend
     settings = make_settings("postgresql://unused/x", Path("/tmp"))
     settings.server.secret = SECRET
     names = [clusters.create_cluster(db, settings, "carol", {}) for _ in range(3)]
-    backend = node_a_backend(tmp_path)
 
     def placed() -> list[str]:
         rows = db.execute("SELECT name FROM clusters WHERE node IS NOT NULL AND name = ANY(%s)", (names,))
@@ -448,13 +468,16 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
             "SELECT count(*) AS n FROM jobs WHERE kind = 'start_cluster' AND lease_owner IS NOT NULL"
         ).fetchone()["n"]
 
+    def held() -> list[str]:
+        return sorted(j.cluster for j in list(worker.held.values()))
+
     try:
-        first = wait_until(lambda: placed(), 20, "the first scheduler to be launched")
+        first = tick_until(placed, 20, "the first scheduler to be launched", worker)
         assert len(first) == 1
         wait_until(lambda: backend.scheduler_running(first[0]), 20, "its scheduler process")
-        time.sleep(2.5)  # the worker ticks several times meanwhile
+        tick_for(HOLD_CHECKS_S, worker)  # its start job checks the process meanwhile, and holds on
         assert placed() == first, "a second scheduler launched while the first had not reported"
-        assert leased_starts() == 1
+        assert held() == first and leased_starts() == 1
         queued = db.execute(
             "SELECT count(*) AS n FROM jobs WHERE kind = 'start_cluster' AND queue = %s AND lease_owner IS NULL",
             (queue.START_QUEUE,),
@@ -462,18 +485,22 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
         assert queued == 2
         # The scheduler "reports": the slot frees and the next start is launched.
         db.execute("UPDATE clusters SET status = 'RUNNING' WHERE name = %s", (first[0],))
-        second = wait_until(lambda: len(placed()) == 2 and placed(), 10, "the second launch")
-        time.sleep(1.5)
+        second = tick_until(lambda: len(placed()) == 2 and placed(), 10, "the second launch", worker)
+        tick_for(HOLD_CHECKS_S, worker)
         assert placed() == second and leased_starts() == 1
+        assert held() == sorted(set(second) - set(first))
     finally:
         for name in names:
             backend.stop_cluster(name)
     assert not any(backend.scheduler_running(n) for n in names)
 
 
-def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(db, workers, tmp_path):
+def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(db, in_process):
     """worker.max_starting = 1: a scale-up to 2 launches one Dask worker; the second waits in the
-    node's start queue, unleased, until the scheduler lists the first (RUNNING), then launches."""
+    node's start queue, unleased, until the scheduler lists the first (RUNNING), then launches.
+    (No periodic task runs here: as a job runner subprocess, check_clusters failed the cluster,
+    silent for its 3 s heartbeat timeout between our two heartbeats, and the second launch never
+    came.)"""
 
     settings = make_settings("postgresql://unused/x", Path("/tmp"))
     settings.server.secret = SECRET
@@ -495,17 +522,18 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
     starts = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
     assert [r["queue"] for r in starts] == [queue.node_start_queue("node-a")] * 2
     wnames = [r["name"] for r in db.execute("SELECT name FROM workers WHERE cluster = %s", (name,)).fetchall()]
-    backend = node_a_backend(tmp_path)
+    worker = in_process(None, "node-a", worker={"max_starting": 1})
+    backend = worker.backend
 
     def launched() -> list[str]:
         return sorted(w for w in wnames if backend.worker_running(name, w))
 
-    workers.start("node-a", GATEWAYHA_WORKER__MAX_STARTING=1)
     try:
-        first = wait_until(lambda: launched(), 20, "the first worker to be launched")
+        first = tick_until(launched, 20, "the first worker to be launched", worker)
         assert len(first) == 1
-        time.sleep(2.5)  # the node ticks several times meanwhile
+        tick_for(HOLD_CHECKS_S, worker)  # its start job checks the process meanwhile, and holds on
         assert launched() == first, "a second worker launched while the first had not joined"
+        assert [j.payload["worker"] for j in list(worker.held.values())] == first
         waiting = db.execute(
             "SELECT count(*) AS n FROM jobs WHERE kind = 'start_worker' AND lease_owner IS NULL AND cluster = %s",
             (name,),
@@ -516,7 +544,7 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
             db, settings, name, {**beat, "api_address": "http://127.0.0.1:9", "active_workers": first}, token
         )
         assert db.execute("SELECT status FROM workers WHERE name = %s", (first[0],)).fetchone()["status"] == "RUNNING"
-        wait_until(lambda: len(launched()) == 2, 10, "the second worker's launch")
+        tick_until(lambda: len(launched()) == 2, 10, "the second worker's launch", worker)
     finally:
         backend.stop_cluster(name)
     assert not launched()
@@ -538,12 +566,12 @@ def test_a_route_notification_wakes_the_route_thread_and_not_the_claim_loop(db, 
         worker.routes_dirty.clear()
         worker.wake.clear()
 
-        # The new channel, and the old one that nodes of the previous release NOTIFY.
-        for channel in lifecycle.CHANNELS:
-            db.execute("SELECT pg_notify(%s, %s)", (channel, "c1"))
+        # The new channel, and the old one that nodes of the previous release NOTIFY; they are
+        # handled in order: once the last is seen, the handling of those before it is over.
+        for i, channel in enumerate((*lifecycle.CHANNELS, lifecycle.CLUSTER_CHANGED)):
+            db.execute("SELECT pg_notify(%s, %s)", (channel, f"c{i}"))
             assert wait_until(worker.routes_dirty.is_set, 10)
             worker.routes_dirty.clear()
-        time.sleep(0.3)
         assert not worker.wake.is_set()
 
         db.execute("SELECT pg_notify(%s, %s)", (queue.CHANNEL, "any"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,7 +29,8 @@ from gatewayha.options import ClusterConfig, environment_patterns, split_environ
 from gatewayha.validate import unit_name as check_unit
 from helpers import wait_until
 
-CLUSTER = "0123456789abcdef0123456789abcdef"
+# Fresh per run: the markers of two test runs on one machine (parallel checkouts) never mix.
+CLUSTER = secrets.token_hex(16)
 UNIT = f"{CLUSTER}-scheduler"
 
 # A parent that forks a child; both sleep. The child ignores SIGTERM when asked to.
@@ -174,6 +176,32 @@ def test_recycled_pid_is_not_mistaken_for_our_process(launcher, tmp_path):
     (pid,) = wait_until(lambda: marked(UNIT), 10, "the real unit's marker", interval=0.02)
     assert pid != os.getpid()
     assert launcher.is_running(UNIT)
+
+
+def test_a_unit_whose_exec_is_under_way_is_running_keeps_its_pidfile_and_is_not_started_twice(
+    launcher, tmp_path, monkeypatch
+):
+    """Popen returns once the exec has begun; the kernel sets up the new image's environment a
+    moment later, and until then /proc/<pid>/environ reads empty (a wrapper such as nice execs
+    once more). A check in that window (another job thread, another process) took the live unit
+    for a stale pidfile: not running, its pidfile removed, a second copy started."""
+    from gatewayha.backends import launcher as launcher_module
+
+    assert start_sleeper(launcher, UNIT, tmp_path) is True
+    pidfile = launcher.run_dir / f"{UNIT}.pid"
+    pid = int(pidfile.read_text().split()[0])
+    real_read = launcher_module._read
+
+    def mid_exec(path, mode="r"):
+        return b"" if str(path) == f"/proc/{pid}/environ" else real_read(path, mode)
+
+    monkeypatch.setattr(launcher_module, "_read", mid_exec)
+    other = ProcessLauncher(launcher.run_dir)
+    assert other.is_running(UNIT)
+    assert start_sleeper(other, UNIT, tmp_path) is False
+    assert int(pidfile.read_text().split()[0]) == pid
+    monkeypatch.undo()
+    assert launcher.is_running(UNIT) and other.is_running(UNIT)
 
 
 def test_unit_spawned_just_before_a_crash_is_found_by_its_marker(launcher, tmp_path):

@@ -245,6 +245,12 @@ class ProcessLauncher(Launcher):
             return False
         if starttime is not None and st[2] != starttime:
             return False
+        if starttime is not None and _read(f"/proc/{pid}/environ", "rb") == b"":
+            # Mid-exec: Popen returns once the exec has begun, but the new image's environment
+            # shows only a moment later (the kernel sets it up last), and a wrapper (nice,
+            # unshare) execs again. The pid and its start time are ours: taking it for a stale
+            # pidfile lost a live unit (not running, its pidfile removed, a second copy started).
+            return True
         return _has_marker(pid, unit)
 
     def _scan(self, unit: str) -> int | None:
