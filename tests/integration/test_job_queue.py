@@ -29,9 +29,12 @@ def test_concurrent_claimers_never_share_a_job(db_dsn, conn):
         queue.enqueue(conn, "probe", {"i": i})
     got: dict[str, list[int]] = {}
 
+    ready = threading.Barrier(6)
+
     def claimer(name):
         ids = []
         with connect(db_dsn) as c:
+            ready.wait(30)  # all connected before anyone claims: one fast thread cannot take all
             while True:
                 jobs = queue.claim(c, name, ["any"], 7, 30)
                 if not jobs:
