@@ -21,7 +21,10 @@ stage() {
 }
 # --timeout-method=thread: a test over its limit ends the run with every thread's stack (the
 # signal method's report of it crashed Python 3.11.2's AST parser: an INTERNALERROR, no stack).
-PYTEST="$PY -m pytest -q -p no:cacheprovider --timeout=300 --timeout-method=thread"
+# --tb=native: a failure's traceback is Python's own (the assertion's explanation is kept):
+# pytest's long form parses the test's source with the AST parser, and that crashed the same
+# way once under load ("AST constructor recursion depth mismatch"), ending the whole stage.
+PYTEST="$PY -m pytest -q -p no:cacheprovider --timeout=300 --timeout-method=thread --tb=native"
 stage lint        400 make --no-print-directory lint
 stage unit        300 $PYTEST tests/unit
 stage integration 1000 $PYTEST tests/integration
