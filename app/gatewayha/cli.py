@@ -209,10 +209,13 @@ def check_config(path: str) -> int:
     setting, a wrong type or a bad value is reported with its name. The appliance role runs it on
     the rendered file before installing it, so a typo never reaches the restart of every node."""
     try:
-        load_settings(path, environ={})
+        settings = load_settings(path, environ={})
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
+    # Deprecated names still work (an upgrade keeps a deployed file valid): said, not refused.
+    for message in settings.deprecations:
+        print(f"{path}: warning: {message}", file=sys.stderr)
     print(f"{path}: valid")
     return 0
 
