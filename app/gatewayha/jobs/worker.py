@@ -1,4 +1,4 @@
-"""gatewayha-worker: claims jobs and runs them; keeps this node's HAProxy equal to Postgres.
+"""gatewayha-jobs, the job runner: claims jobs and runs them; keeps this node's HAProxy equal to Postgres.
 
 One per node. Threads: the main loop (node heartbeat, periodic ticks, claims),
 a LISTEN thread (wake-ups on NOTIFY; the poll interval is the fallback), a
@@ -37,7 +37,7 @@ class Worker:
         db = settings.database
         self.start_slots = w.starting_slots()
         db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + self.start_slots + 4)})
-        self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
+        self.pool = make_pool(db, f"gatewayha-jobs:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
         self.start_queues = queue.start_queues(self.node)
@@ -140,7 +140,7 @@ class Worker:
         process's session, and with it its lock, ends with its connection)."""
         got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS got", (f"gatewayha-node:{self.node}",))
         if not got.fetchone()["got"]:
-            log.warning("another gatewayha-worker of node %s is running: leases are left to run out", self.node)
+            log.warning("another gatewayha-jobs of node %s is running: leases are left to run out", self.node)
             return
         rescued = conn.execute(
             "UPDATE jobs SET lease_until = now() WHERE split_part(lease_owner, '/', 1) = %s"
@@ -284,7 +284,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gatewayha-worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gatewayha-jobs", description=__doc__)
     parser.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
