@@ -240,3 +240,37 @@ def test_every_play_that_runs_a_role_loads_the_wiring(playbook):
     for play in _plays(PLAYBOOKS / playbook):
         if _runs_a_role(play):
             assert "vars/appliance.yml" in play.get("vars_files", []), f"{playbook}: {play['name']}"
+
+
+# --- --check ------------------------------------------------------------------------------------
+
+COMMANDS = {"ansible.builtin.command", "ansible.builtin.shell", "ansible.builtin.raw", "ansible.builtin.script"}
+
+
+def _tasks(node):
+    """Every task of a task list, play or playbook (blocks, pre/post tasks and handlers included)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        if COMMANDS & set(node):
+            yield node
+        for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+            yield from _tasks(node.get(key))
+
+
+def _task_files():
+    yield from sorted(ROLES.glob("*/tasks/*.yml")) + sorted(ROLES.glob("*/handlers/*.yml"))
+    yield from sorted(PLAYBOOKS.glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", [str(p.relative_to(ROLES.parent)) for p in _task_files()])
+def test_every_command_says_what_it_does_under_check(path):
+    """`ansible-playbook --check` (molecule's check stage) must not fail: Ansible skips a command
+    under --check and its registered result is empty, so each command says what it does there:
+    runs anyway (check_mode: false: it only reads, or it reports what it would change) or is
+    skipped on purpose (when: not ansible_check_mode) and nothing reads its result."""
+    for task in _tasks(yaml.safe_load((ROLES.parent / path).read_text())):
+        when = task.get("when", [])
+        when = when if isinstance(when, list) else [when]
+        assert task.get("check_mode") is False or "not ansible_check_mode" in when, f"{path}: {task['name']}"
