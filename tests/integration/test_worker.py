@@ -1,4 +1,4 @@
-"""gatewayha-worker processes against a real Postgres: leases, periodic ticks, timeouts, dead nodes, orphans."""
+"""Job runners (gatewayha-jobs) against a real Postgres: leases, periodic ticks, timeouts, dead nodes, orphans."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from gatewayha.errors import MalformedJob
 from gatewayha.jobs import handlers, queue
 from gatewayha.jobs.queue import Job
 
-log = logging.getLogger("gatewayha.worker")
+log = logging.getLogger("gatewayha.jobs")
 
 
 class Worker:
@@ -148,7 +148,7 @@ class Worker:
             (self.node, self.owner),
         ).fetchall()
         if rescued:
-            log.warning("%d job(s) leased by an earlier worker of %s are claimable again", len(rescued), self.node)
+            log.warning("%d job(s) leased by an earlier job runner of %s are claimable again", len(rescued), self.node)
 
     def _renew_leases(self) -> None:
         lease = self.settings.worker.lease_seconds
@@ -262,7 +262,7 @@ class Worker:
                     handlers.reap_orphans(self.ctx)
                     self.routes_dirty.set()
                     state["started"] = True
-                    log.info("worker %s ready (queues %s)", self.owner, self.queues)
+                    log.info("job runner %s ready (queues %s)", self.owner, self.queues)
                 self.tick(time.monotonic(), state)
                 delay = 0.5
             except UNAVAILABLE_ERRORS as exc:
@@ -271,7 +271,7 @@ class Worker:
                 delay = min(delay * 2, 10)
                 continue
             except Exception:
-                log.exception("worker loop error")
+                log.exception("job runner loop error")
                 self.stopping.wait(1)
             self.wake.wait(min(w.poll_interval, w.node_heartbeat_interval))
             self.wake.clear()
