@@ -274,3 +274,52 @@ def test_every_command_says_what_it_does_under_check(path):
         when = task.get("when", [])
         when = when if isinstance(when, list) else [when]
         assert task.get("check_mode") is False or "not ansible_check_mode" in when, f"{path}: {task['name']}"
+
+
+# --- the rendered gatewayha.toml ---------------------------------------------------------------
+
+
+def render_gatewayha_toml(**overrides) -> str:
+    """roles/gatewayha/templates/gatewayha.toml.j2 rendered as the role does for gw1 of two nodes,
+    from the role's defaults (Ansible's filters the template uses stood in for)."""
+    import json
+
+    import jinja2
+
+    defaults = _defaults("gatewayha")
+    values = {k: v for k, v in defaults.items() if not (isinstance(v, str) and "{{" in v)}
+    values.update(
+        ansible_managed="Ansible managed",
+        inventory_hostname="gw1",
+        groups={"gateway_nodes": ["gw1", "gw2"]},
+        hostvars={"gw1": {"gatewayha_node_ip": "192.0.2.11"}, "gw2": {"gatewayha_node_ip": "192.0.2.12"}},
+        gatewayha_node_ip="192.0.2.11",
+        gatewayha_db_dsn="postgresql://gatewayha:pw@192.0.2.20:5432/gatewayha?sslmode=verify-full",
+        gatewayha_secret="s" * 32,
+        gatewayha_public_url="https://192.0.2.100:8000",
+        gatewayha_api_ports=[8101, 8102],
+        gatewayha_haproxy_map_dir="/var/lib/gatewayha/maps",
+        gatewayha_jobs_concurrency=4,
+        gatewayha_jobs_launch_slots=0,
+    )
+    values.update(overrides)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)  # as Ansible's template
+    env.filters["to_json"] = json.dumps
+    env.filters["bool"] = bool
+    env.filters["extract"] = lambda item, container, key: container[item][key]
+    return env.from_string((ROLES / "gatewayha" / "templates" / "gatewayha.toml.j2").read_text()).render(values)
+
+
+def test_the_rendered_gatewayha_toml_is_valid_and_uses_no_deprecated_name(tmp_path):
+    from gatewayha.cli import check_config
+    from gatewayha.config import load_settings
+
+    path = tmp_path / "gatewayha.toml"
+    path.write_text(render_gatewayha_toml(gatewayha_jobs_launch_slots=3))
+    settings = load_settings(path, {})
+    assert settings.deprecations == []
+    assert (settings.jobs.launch_slots, settings.node.name, settings.node.dask_slice) == (3, "gw1", "gatewayha.slice")
+    assert check_config(str(path)) == 0
+    # The role's validate: step refuses a typo before any restart.
+    path.write_text(render_gatewayha_toml().replace("launch_slots", "launch_slot"))
+    assert check_config(str(path)) == 1
