@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make up      start the local stack (Postgres, 2 API instances, 2 job workers, HAProxy) on 127.0.0.1:8000"
+	@echo "make up      start the local stack (Postgres, 2 API instances, 2 job runners, HAProxy) on 127.0.0.1:8000"
 	@echo "             TLS=1: HTTPS with a CA made under .state/tls; BIND=0.0.0.0: reachable from other machines"
 	@echo "             WSGI=gunicorn: the API instances under gunicorn instead of granian"
 	@echo "make down    stop everything make up started"

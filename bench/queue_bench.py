@@ -1,6 +1,6 @@
 """(g) Claims per second of gatewayha's job queue alone (run with the app venv).
 
-Jobs go to a queue named 'bench' that no gatewayha-worker claims from, so the stack's workers
+Jobs go to a queue named 'bench' that no gatewayha-jobs claims from, so the stack's workers
 never take them. For each configuration, 20,000 `probe` jobs ({"seconds": 0}) are inserted, then
 T threads, each with its own connection, loop on queue.claim(batch) + queue.complete(job) (one
 statement each, autocommit, as the worker does) until the queue is empty or the time bound.

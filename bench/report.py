@@ -138,7 +138,7 @@ def main() -> None:
         "(`dask-scheduler` is gone from distributed ≥ 2026.6) from a venv with the same distributed, dask and bokeh "
         "as gatewayha's (so both sides' schedulers serve dashboards), 1-core/1 GiB workers, heartbeat every 2 s "
         "(`bench/anchor_config.py`). gatewayha is the local stack (`scripts/stack.sh`: Postgres, 2 API "
-        "instances, 2 job workers with `worker.concurrency = 4` each, HAProxy) with per-user limits lifted "
+        "instances, 2 job runners with `jobs.concurrency = 4` each, HAProxy) with per-user limits lifted "
         "(`GATEWAYHA_LIMITS__MAX_CLUSTERS=1000`, cores/memory unlimited) and **no warm pool** "
         "(`GATEWAYHA_CLUSTER__WARM_POOL_SIZE=0`; the local stack's own default is 1 per node) except in the "
         "warm-pool section, where each of the 2 nodes keeps `GATEWAYHA_BENCH_WARM_POOL` schedulers. "

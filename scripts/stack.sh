@@ -7,8 +7,8 @@
 # GATEWAYHA_BIND (make up BIND=...; default 127.0.0.1: loopback only) the public address,
 # GATEWAYHA_PUBLIC_HOST (default 127.0.0.1) the host name or address users reach it by,
 # GATEWAYHA_WSGI (make up WSGI=gunicorn) the API instances' WSGI server: granian (default) or gunicorn.
-# Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian or gunicorn + Falcon), 2 job workers (nodes
-# local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
+# Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian or gunicorn + Falcon), 2 job runners (gatewayha-jobs;
+# nodes local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -170,13 +170,14 @@ up() {
         fi
     done
 
-    # Job workers: two nodes; node 1 keeps HAProxy's maps.
+    # Job runners (gatewayha-jobs): two nodes; node 1 keeps HAProxy's maps. Their pid and log
+    # files are still named worker-N (tests and bench read them).
     for n in 1 2; do
         if ! alive "$RUN/worker-$n.pid"; then
             sock=""; [ $n = 1 ] && sock="$RUN/haproxy.sock"
             GATEWAYHA_NODE__NAME=local-$n GATEWAYHA_NODE__STATE_DIR="$STATE/node-$n" \
             GATEWAYHA_HAPROXY__ADMIN_SOCKET=$sock \
-                setsid gatewayha-worker >>"$LOG/worker-$n.log" 2>&1 < /dev/null &
+                setsid gatewayha-jobs >>"$LOG/worker-$n.log" 2>&1 < /dev/null &
             echo $! > "$RUN/worker-$n.pid"
         fi
     done
@@ -255,7 +256,7 @@ down() {
         psql "$(python3 -c "import tomllib;print(tomllib.load(open('$CONFIG','rb'))['database']['dsn'])")" -qc \
             "DELETE FROM warm_pool" >/dev/null 2>&1 || true
     fi
-    # Job workers, API instances and HAProxy together (each session's leftovers too); the old
+    # Job runners, API instances and HAProxy together (each session's leftovers too); the old
     # marker (GATEWAYHA_CONFIG, set by stacks started before GATEWAYHA_LOCAL_STACK) also counts.
     procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" \
         "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid || true

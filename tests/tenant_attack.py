@@ -143,7 +143,9 @@ def attack(targets: dict) -> dict:
             except OSError:
                 pass
     out["sees_victim"] = any(targets["victim_name"] in c for c in visible)
-    out["sees_root_processes"] = any("gatewayha-worker" in c or "haproxy" in c for c in visible)
+    out["sees_root_processes"] = any(
+        "gatewayha-jobs" in c or "gatewayha-worker" in c or "haproxy" in c for c in visible
+    )
     for pid in targets["victim_pids"]:
         probe(f"kill_{pid}", lambda pid=pid: os.kill(pid, signal.SIGKILL))
     probe("setuid_root", lambda: os.setuid(0))

@@ -118,7 +118,7 @@ def cmd_nodes(settings, args) -> int:
             " now() - n.last_seen < make_interval(secs => %s) AS alive,"
             " (SELECT count(*) FROM clusters c WHERE c.node = n.name AND c.status = ANY(%s)) AS clusters"
             " FROM nodes n ORDER BY n.name",
-            (settings.worker.node_timeout, lifecycle.names(lifecycle.LIVE)),
+            (settings.jobs.node_timeout, lifecycle.names(lifecycle.LIVE)),
         ).fetchall()
     print(f"{'NODE':<20} {'HOST':<16} {'ALIVE':<6} {'DRAINING':<8} {'CLUSTERS':>8}  LAST SEEN")
     for r in rows:
@@ -218,10 +218,13 @@ def check_config(path: str) -> int:
     setting, a wrong type or a bad value is reported with its name. The appliance role runs it on
     the rendered file before installing it, so a typo never reaches the restart of every node."""
     try:
-        load_settings(path, environ={})
+        settings = load_settings(path, environ={})
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
+    # Deprecated names still work (an upgrade keeps a deployed file valid): said, not refused.
+    for message in settings.deprecations:
+        print(f"{path}: warning: {message}", file=sys.stderr)
     print(f"{path}: valid")
     return 0
 

@@ -149,14 +149,17 @@ class BackendSettings:
 
 
 @dataclass
-class WorkerSettings:
-    concurrency: int = 4  # jobs run at once per worker process, besides launches
-    # Launches on this node not yet reported, at once (0: one per CPU): schedulers not yet
-    # RUNNING and Dask workers their scheduler has not yet listed. A `dask scheduler` or
-    # `dask worker` start is about a CPU-second: a 100-create storm then queues in Postgres
-    # instead of 100 processes fighting for the cores, and a node takes a scheduler start only
-    # when it has a slot, which spreads a storm over the nodes by capacity.
-    max_starting: int = 0
+class JobsSettings:
+    """[jobs]: the job runner (gatewayha-jobs, one per node) that claims jobs from Postgres and
+    launches Dask schedulers and workers. Written [worker] before (deprecated, still read)."""
+
+    concurrency: int = 4  # jobs run at once per job runner, besides launches
+    # Dask processes (schedulers and workers) launching at once on this node, not yet reported
+    # (0: one per CPU): schedulers not yet RUNNING and Dask workers their scheduler has not yet
+    # listed. A `dask scheduler` or `dask worker` start is about a CPU-second: a 100-create storm
+    # then queues in Postgres instead of 100 processes fighting for the cores, and a node takes a
+    # scheduler start only when it has a slot, which spreads a storm over the nodes by capacity.
+    launch_slots: int = 0
     lease_seconds: float = 30.0
     poll_interval: float = 2.0  # fallback when no NOTIFY arrives
     node_heartbeat_interval: float = 2.0
@@ -166,8 +169,8 @@ class WorkerSettings:
     retry_max_seconds: float = 60.0
 
     def starting_slots(self) -> int:
-        if self.max_starting > 0:
-            return self.max_starting
+        if self.launch_slots > 0:
+            return self.launch_slots
         # One per CPU this process may run on: with one per two CPUs a start storm left cores
         # idle while schedulers waited on I/O (20 × create+scale+compute: 1.09× the anchor's
         # create median, 0.93× with one per CPU; the API's latency is kept by node.dask_nice).
@@ -176,7 +179,7 @@ class WorkerSettings:
 
 @dataclass
 class HAProxySettings:
-    # Runtime API socket of this node's HAProxy; empty: this worker keeps no maps.
+    # Runtime API socket of this node's HAProxy; empty: this node's job runner keeps no maps.
     admin_socket: str = ""
     map_dir: str = ".state/haproxy/maps"
     resync_interval: float = 30.0
@@ -239,14 +242,26 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
-    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     cluster_options: list[OptionSpec] = field(default_factory=list)
+    # What the file and environment said in deprecated words (each a sentence saying what to
+    # write instead): logged once per process, printed by `gatewayha-admin check-config`.
+    deprecations: list[str] = field(default_factory=list)
 
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "cluster_options"}
+# Settings renamed in a release, old "section.key" -> new: the old names are still read (from the
+# file and from GATEWAYHA_<SECTION>__<KEY>) with a deprecation warning, so an upgrade keeps a
+# deployed gatewayha.toml working. Setting both the old and the new name is an error.
+RENAMED = {
+    **{f"worker.{f.name}": f"jobs.{f.name}" for f in dataclasses.fields(JobsSettings) if f.name != "launch_slots"},
+    "worker.max_starting": "jobs.launch_slots",
+}
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("cluster_options", "deprecations")}
 # What gatewayha-api can serve the app with (server.wsgi, --wsgi).
 WSGI_SERVERS = ("granian", "gunicorn")
 OPTION_TYPES = {"int", "float", "string", "bool", "select", "mapping"}
@@ -278,14 +293,15 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     return value
 
 
-def _build_section(section: str, raw: dict) -> Any:
+def _build_section(section: str, raw: dict, written: dict[tuple[str, str], str]) -> Any:
     cls = _SECTIONS[section].default_factory  # type: ignore[union-attr]
     known = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
+        name = written.get((section, key), f"{section}.{key}")  # errors name what the user wrote
         if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown setting")
-        values[key] = _coerce(f"{section}.{key}", value, known[key].type)
+            raise ConfigError(f"{name}: unknown setting")
+        values[key] = _coerce(name, value, known[key].type)
     return cls(**values)
 
 
@@ -321,18 +337,61 @@ def _parse_options(raw: Any) -> list[OptionSpec]:
     return out
 
 
+_OLD_SECTIONS = {old.partition(".")[0] for old in RENAMED}
+
+
+def _env_name(dotted: str) -> str:
+    section, _, key = dotted.partition(".")
+    return f"GATEWAYHA_{section.upper()}__{key.upper()}"
+
+
+def _deprecated(message: str, deprecations: list[str]) -> None:
+    """Records a deprecated word of the configuration; logs it once per process."""
+    deprecations.append(message)
+    if message not in _deprecations_logged:
+        _deprecations_logged.add(message)
+        log.warning("%s", message)
+
+
+def _move_renamed(data: dict, env: bool, written: dict[tuple[str, str], str], deprecations: list[str]) -> None:
+    """Moves the settings of ``data`` ({section: {key: value}}, from the file or the environment)
+    written under a deprecated name (RENAMED) to their new name, remembering the old one."""
+    spell = _env_name if env else str
+    for section in [s for s in data if s in _OLD_SECTIONS]:
+        table = data.pop(section)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: expected a table")
+        for key, value in table.items():
+            old = f"{section}.{key}"
+            if old not in RENAMED:
+                raise ConfigError(f"{spell(old)}: unknown setting")
+            new_section, _, new_key = RENAMED[old].partition(".")
+            target = data.setdefault(new_section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{new_section}: expected a table")
+            if new_key in target:
+                new = spell(RENAMED[old])
+                raise ConfigError(f"{spell(old)}: deprecated, and {new} replaces it: set only {new}")
+            target[new_key] = value
+            written[(new_section, new_key)] = old
+            _deprecated(f"{spell(old)} is deprecated: write {spell(RENAMED[old])} instead", deprecations)
+
+
 def _apply_env(data: dict, environ: dict[str, str]) -> None:
     for key, value in environ.items():
         if not key.startswith("GATEWAYHA_") or "__" not in key:
             continue
         section, _, name = key[len("GATEWAYHA_") :].lower().partition("__")
-        if section not in _SECTIONS:
+        if section not in _SECTIONS and section not in _OLD_SECTIONS:
             continue
         data.setdefault(section, {})[name] = value
 
 
 def load_settings(path: str | os.PathLike | None = None, environ: dict | None = None) -> Settings:
-    """Read the TOML file (``GATEWAYHA_CONFIG`` when no path), apply env overrides, validate."""
+    """Read the TOML file (``GATEWAYHA_CONFIG`` when no path), apply env overrides, validate.
+
+    Settings written under a deprecated name (RENAMED, auth.type) still work; each is logged once
+    per process and listed in the result's ``deprecations``."""
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get("GATEWAYHA_CONFIG")
     data: dict = {}
@@ -345,26 +404,40 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
     for key in data:
-        if key not in _SECTIONS and key != "cluster_options":
+        if key not in _SECTIONS and key not in _OLD_SECTIONS and key != "cluster_options":
             raise ConfigError(f"{key}: unknown section")
+    deprecations: list[str] = []
+    written: dict[tuple[str, str], str] = {}  # (section, key) -> the deprecated name it was given
+    _move_renamed(data, False, written, deprecations)
     env: dict = {}
     _apply_env(env, environ)
+    env_written: dict[tuple[str, str], str] = {}
+    _move_renamed(env, True, env_written, deprecations)
     for section, values in env.items():
         cls = _SECTIONS[section].default_factory  # type: ignore[union-attr]
         known = {f.name: f for f in dataclasses.fields(cls)}
         for name, raw in values.items():
             if name not in known:
                 raise ConfigError(f"GATEWAYHA_{section.upper()}__{name.upper()}: unknown setting")
-            data.setdefault(section, {})[name] = raw  # a string: _build_section coerces it like a file value
+            target = data.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{section}: expected a table")
+            target[name] = raw  # a string: _build_section coerces it like a file value
+            written.pop((section, name), None)
+    written.update(env_written)
     kwargs = {}
     for section in _SECTIONS:
         raw = data.get(section, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{section}: expected a table")
-        kwargs[section] = _build_section(section, raw)
+        kwargs[section] = _build_section(section, raw, written)
     kwargs["cluster_options"] = _parse_options(data.get("cluster_options", []))
     settings = Settings(**kwargs)
     validate(settings)
+    if settings.auth.type:
+        chosen = "[" + ", ".join(f'"{n}"' for n in settings.auth.chosen()) + "]"
+        _deprecated(f"auth.type is deprecated: write auth.authenticators = {chosen} instead", deprecations)
+    settings.deprecations = deprecations
     return settings
 
 
@@ -420,17 +493,16 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"node.host: an IPv4 address, got {s.node.host!r}")
     if s.database.pool_max < s.database.pool_min or s.database.pool_min < 0:
         raise ConfigError("database.pool_max must be >= database.pool_min >= 0")
-    for name in ("concurrency",):
-        if getattr(s.worker, name) < 1:
-            raise ConfigError(f"worker.{name}: must be >= 1")
-    if s.worker.lease_seconds < 2:
-        raise ConfigError("worker.lease_seconds: must be >= 2")
+    if s.jobs.concurrency < 1:
+        raise ConfigError("jobs.concurrency: must be >= 1")
+    if s.jobs.lease_seconds < 2:
+        raise ConfigError("jobs.lease_seconds: must be >= 2")
     if s.cluster.worker_cores <= 0 or s.cluster.worker_memory_gib <= 0:
         raise ConfigError("cluster.worker_cores and cluster.worker_memory_gib must be > 0")
     if s.cluster.start_timeout <= 0 or s.cluster.queue_timeout <= 0:
         raise ConfigError("cluster.start_timeout and cluster.queue_timeout must be > 0")
-    if s.worker.max_starting < 0:
-        raise ConfigError("worker.max_starting: must be >= 0 (0: one per CPU)")
+    if s.jobs.launch_slots < 0:
+        raise ConfigError("jobs.launch_slots: must be >= 0 (0: one per CPU)")
     if s.cluster.warm_pool_size < 0:
         raise ConfigError("cluster.warm_pool_size: must be >= 0")
     if s.cluster.max_workers < 0:
@@ -458,15 +530,9 @@ def _validate_auth(auth: AuthSettings) -> None:
     from gatewayha.auth.authenticators import check_settings  # it imports this module
 
     check_settings(auth)
-    if auth.type and "auth.type" not in _deprecations_logged:
-        _deprecations_logged.add("auth.type")
-        log.warning(
-            "auth.type is deprecated: write auth.authenticators = %s instead",
-            "[" + ", ".join(f'"{n}"' for n in auth.chosen()) + "]",
-        )
 
 
-# Each deprecated setting is logged once per process, however often settings are loaded.
+# Each deprecation message is logged once per process, however often settings are loaded.
 _deprecations_logged: set[str] = set()
 
 

@@ -73,7 +73,7 @@ def _claimable_clause(settings: Settings) -> tuple[str, dict]:
         " AND NOT n.draining"
     )
     params["recent"] = min(c.heartbeat_timeout, liveness.GAP_FACTOR * c.heartbeat_period)
-    params["node_gap"] = liveness.GAP_FACTOR * settings.worker.node_heartbeat_interval
+    params["node_gap"] = liveness.GAP_FACTOR * settings.jobs.node_heartbeat_interval
     return clause, params
 
 

@@ -81,7 +81,14 @@ def trust_the_ca() -> Path | None:
         return None
     bundle = ca.with_name("client-bundle.pem")
     system = Path(ssl.get_default_verify_paths().openssl_cafile)
-    bundle.write_text((system.read_text() if system.exists() else "") + ca.read_text())
+    text = (system.read_text() if system.exists() else "") + ca.read_text()
+    if not bundle.exists() or bundle.read_text() != text:
+        # Whole or not at all: a client loop of this or another process (every import of this
+        # module comes here) reads it for each new connection, and a half-written bundle failed
+        # its requests with "unable to get local issuer certificate".
+        tmp = bundle.with_name(f".{bundle.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, bundle)
     os.environ["SSL_CERT_FILE"] = str(bundle)
     return ca
 

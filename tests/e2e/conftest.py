@@ -86,7 +86,7 @@ class Stack:
         return int((self.state / "run" / f"{name}.pid").read_text())
 
     def pids(self) -> list[int]:
-        """The PIDs in the stack's own pidfiles (API instances, job workers, HAProxy)."""
+        """The PIDs in the stack's own pidfiles (API instances, job runners, HAProxy)."""
         return [int(p.read_text()) for p in (self.state / "run").glob("*.pid") if p.read_text().strip().isdigit()]
 
     def assert_down(self, down: subprocess.CompletedProcess, started: list[int]) -> None:

@@ -102,7 +102,7 @@ def test_gunicorn_instances_leave_with_their_main_process_switch_with_up_and_sto
 
 
 def test_a_create_right_after_a_node_restart_gets_no_dead_pooled_scheduler(stack, gateway):
-    """Both nodes' job workers and pooled schedulers die; the workers start again; a create at
+    """Both nodes' job runners and pooled schedulers die; the job runners start again; a create at
     once, before the workers have even reported, must not be handed a pooled scheduler that died
     (its heartbeat is not yet overdue and its node still looks alive: the claim's probe of its
     port refuses it)."""

@@ -285,9 +285,9 @@ def test_a_wedged_api_worker_is_replaced_by_its_server_s_liveness_guard(gw):
 # --------------------------------------------------------------------------- 2
 
 
-def test_kill9_of_a_worker_holding_leases_during_a_storm_of_20_creates():
+def test_kill9_of_a_job_runner_holding_leases_during_a_storm_of_20_creates():
     gw1 = gwtest.node(GW1)
-    old_pid = gwtest.main_pid(gw1, "gatewayha-worker")
+    old_pid = gwtest.main_pid(gw1, "gatewayha-jobs")
     proc = storm(20)
     leased = gwtest.wait_until(
         lambda: int(
@@ -297,24 +297,24 @@ def test_kill9_of_a_worker_holding_leases_during_a_storm_of_20_creates():
             )[0][0]
         ),
         90,
-        "gw1's worker to hold start_cluster leases",
+        "gw1's job runner to hold start_cluster leases",
         interval=0.2,
     )
     t_kill = time.monotonic()
-    assert gw1.run("systemctl kill -s KILL gatewayha-worker").rc == 0
+    assert gw1.run("systemctl kill -s KILL gatewayha-jobs").rc == 0
     result = gwtest.finish(proc, 300)
     elapsed = time.monotonic() - t_kill
     names = [c["name"] for c in result["created"]]
     gwtest.measured(
-        f"WORKER-KILL kill -9 gatewayha-worker on gw1 holding {leased} start leases during 20 creates: "
+        f"JOBS-KILL kill -9 gatewayha-jobs on gw1 holding {leased} start leases during 20 creates: "
         f"{len(names)} created, {len(result['errors'])} failed, last RUNNING {elapsed:.1f}s after the kill "
         f"(lease 30 s); storm {result['seconds']}s"
     )
     assert result["errors"] == [], (result["errors"], gwtest.answers_503())
     assert len(set(names)) == 20
     wait_all_running(names)
-    new_pid = gwtest.main_pid(gw1, "gatewayha-worker")
-    assert new_pid not in (0, old_pid), "systemd restarted the worker"
+    new_pid = gwtest.main_pid(gw1, "gatewayha-jobs")
+    assert new_pid not in (0, old_pid), "systemd restarted the job runner"
     placed = scheduler_placement()
     assert all(len(placed.get(n, [])) == 1 for n in names), {n: placed.get(n) for n in names}
     assert_no_orphan_or_double_scheduler()
@@ -379,7 +379,7 @@ def test_postgres_restart_under_load_answers_503_json_and_loses_no_job():
 
 
 def test_control_plane_down_data_plane_up():
-    """Every API instance and worker stopped for longer than the heartbeat and node timeouts:
+    """Every API instance and job runner stopped for longer than the heartbeat and node timeouts:
     the cluster keeps computing and its dashboard answers (to its owner's token, which HAProxy
     verifies by itself); back up, nothing is failed or doubled."""
     created = gwtest.gwclient("create", "--workers", "1")
@@ -387,7 +387,7 @@ def test_control_plane_down_data_plane_up():
     cookie = {"Cookie": gwtest.dashboard_cookie(name)}
     placed_before = scheduler_placement()[name]
     hold = Background("hold", name, "--seconds", "200")
-    units = "gatewayha-worker.service 'gatewayha-api@*.service'"
+    units = "gatewayha-jobs.service 'gatewayha-api@*.service'"
     for gw in (GW1, GW2):
         assert gwtest.node(gw).run(f"systemctl stop {units}").rc == 0
     t0 = time.monotonic()
@@ -408,7 +408,7 @@ def test_control_plane_down_data_plane_up():
     held = hold.finish()
     info = gwtest.clusters(gwtest.node(GW1))[name]
     gwtest.measured(
-        f"CONTROL-PLANE-DOWN every API instance and worker stopped {t_back - t0:.0f}s: dashboard answers "
+        f"CONTROL-PLANE-DOWN every API instance and job runner stopped {t_back - t0:.0f}s: dashboard answers "
         f"{dashboards.count(200)}/{len(dashboards)}; connected client {held['rounds']} rounds, {held['failures']} "
         f"failed; afterwards {status} with {info['workers']} worker(s)"
     )

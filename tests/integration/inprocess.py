@@ -55,19 +55,19 @@ class RecordingBackend(Backend):
 @contextmanager
 def in_process_workers(db_dsn: str, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """``make(backend, node="node-m", **sections)`` builds a Worker of that node (retries after
-    50 ms: a retry shows at once; ``sections`` override settings, e.g. ``worker={...}``);
+    50 ms: a retry shows at once; ``sections`` override settings, e.g. ``jobs={...}``);
     ``backend=None`` gives it the real local backend (process launcher, no uid isolation),
     whose processes are under ``tmp_path / node``. All are stopped at the end."""
     made: list[Worker] = []
 
     def make(backend: Backend | None, node: str = "node-m", **sections) -> Worker:
         worker_section = {"retry_base_seconds": 0.05, "retry_max_seconds": 0.05, "concurrency": 2}
-        worker_section.update(sections.pop("worker", {}))
+        worker_section.update(sections.pop("jobs", {}))
         settings = make_settings(
             db_dsn,
             tmp_path / node,
             node={"name": node, "launcher": "process", "isolation": "none"},
-            worker=worker_section,
+            jobs=worker_section,
             **sections,
         )
         worker = Worker(settings, backend=backend)

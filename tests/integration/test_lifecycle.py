@@ -42,7 +42,7 @@ def ctx(db_dsn, tmp_path):
     settings = make_settings(
         db_dsn,
         tmp_path,
-        worker={"node_timeout": 4},
+        jobs={"node_timeout": 4},
         cluster={"heartbeat_period": 1, "heartbeat_timeout": 3, "start_timeout": 30, "queue_timeout": 600},
     )
     pool = make_pool(settings.database, "test-lifecycle", open_wait=True)

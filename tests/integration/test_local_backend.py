@@ -428,7 +428,7 @@ def test_environment_option_cannot_override_gateway_variables(backend, recorder,
         for dropped in ("DASK_DISTRIBUTED", "DASK_INTERNAL_INHERIT_CONFIG", "LD_PRELOAD", "PYTHONPATH",
                         "GATEWAYHA_SERVER__SECRET", "BAD NAME", "MY_SETTING"):  # fmt: skip
             assert dropped not in seen
-        # Nothing of gatewayha-worker's own environment leaks into user processes.
+        # Nothing of the job runner's (gatewayha-jobs) own environment leaks into user processes.
         assert not any(k.startswith("GATEWAYHA_") and k != MARKER_VAR for k in seen)
         assert evil.requests == []
     finally:

@@ -29,7 +29,7 @@ def settings(db_dsn, tmp_path):
         db_dsn,
         tmp_path,
         cluster={"warm_pool_size": 1, "heartbeat_period": 2, "heartbeat_timeout": 30, "idle_timeout": 0},
-        worker={"node_heartbeat_interval": 2},
+        jobs={"node_heartbeat_interval": 2},
     )
 
 

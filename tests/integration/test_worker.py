@@ -1,7 +1,7 @@
-"""Job runners against a real Postgres: leases of a killed gatewayha-worker process (subprocesses: kill -9,
-restart), and, in this process (tests/integration/inprocess.py), periodic ticks, a fresh job runner's
-judgement of other nodes, orphans, launch slots. The judgements themselves (timeouts, dead nodes) are in
-test_lifecycle.py."""
+"""Job runners (gatewayha-jobs) against a real Postgres: leases of a killed job runner (subprocesses:
+kill -9, restart), and, in this process (tests/integration/inprocess.py), periodic ticks, a fresh job
+runner's judgement of other nodes, orphans, launch slots. The judgements themselves (timeouts, dead
+nodes) are in test_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_a_cluster_failing_while_its_node_is_swept_ends_failed(db, db_dsn, tmp_p
         " ('gone', '10.9.9.9', now() - interval '1 hour', now() - interval '2 hours')"
     )
     name = _running_cluster(db, "gone", heartbeat_age_s=60)
-    settings = make_settings(db_dsn, tmp_path, worker={"node_timeout": 4})
+    settings = make_settings(db_dsn, tmp_path, jobs={"node_timeout": 4})
     pool = make_pool(settings.database, "test-sweep-race", open_wait=True)
     errors = []
 
@@ -450,13 +450,13 @@ def test_processes_no_active_cluster_owns_are_reaped_when_the_worker_starts(db, 
 
 
 def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_scheduler_reports(db, in_process):
-    """worker.max_starting = 1: a second scheduler is not launched while the first has not
+    """jobs.launch_slots = 1: a second scheduler is not launched while the first has not
     reported (its start job keeps the slot), the other starts stay queued and unleased, and
     the slot frees as soon as the first cluster is RUNNING."""
     worker = in_process(
         None,
         "node-a",
-        worker={"max_starting": 1},
+        jobs={"launch_slots": 1},
         server={"api_url": "http://127.0.0.1:9/api"},  # nobody answers: no scheduler reports
     )
     backend = worker.backend
@@ -501,7 +501,7 @@ def test_scheduler_starts_wait_for_a_launch_slot_and_a_slot_frees_when_the_sched
 
 
 def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(db, in_process):
-    """worker.max_starting = 1: a scale-up to 2 launches one Dask worker; the second waits in the
+    """jobs.launch_slots = 1: a scale-up to 2 launches one Dask worker; the second waits in the
     node's start queue, unleased, until the scheduler lists the first (RUNNING), then launches.
     (No periodic task runs here: as a job runner subprocess, check_clusters failed the cluster,
     silent for its 3 s heartbeat timeout between our two heartbeats, and the second launch never
@@ -527,7 +527,7 @@ def test_worker_starts_take_the_nodes_launch_slots_until_the_worker_is_running(d
     starts = db.execute("SELECT queue FROM jobs WHERE kind = 'start_worker' AND cluster = %s", (name,)).fetchall()
     assert [r["queue"] for r in starts] == [queue.node_start_queue("node-a")] * 2
     wnames = [r["name"] for r in db.execute("SELECT name FROM workers WHERE cluster = %s", (name,)).fetchall()]
-    worker = in_process(None, "node-a", worker={"max_starting": 1})
+    worker = in_process(None, "node-a", jobs={"launch_slots": 1})
     backend = worker.backend
 
     def launched() -> list[str]:

@@ -92,7 +92,7 @@ def config(**kw) -> ClusterConfig:
 def test_start_is_idempotent_no_second_process(launcher, tmp_path):
     assert start_sleeper(launcher, UNIT, tmp_path) is True
     assert start_sleeper(launcher, UNIT, tmp_path) is False
-    # A restarted gatewayha-worker (a fresh launcher on the same run dir) sees it too.
+    # A restarted job runner (a fresh launcher on the same run dir) sees it too.
     again = ProcessLauncher(launcher.run_dir)
     assert again.is_running(UNIT)
     assert start_sleeper(again, UNIT, tmp_path) is False
@@ -205,7 +205,7 @@ def test_a_unit_whose_exec_is_under_way_is_running_keeps_its_pidfile_and_is_not_
 
 
 def test_unit_spawned_just_before_a_crash_is_found_by_its_marker(launcher, tmp_path):
-    # gatewayha-worker died after writing the placeholder and spawning, before the pid.
+    # The job runner died after writing the placeholder and spawning, before the pid.
     launcher.run_dir.mkdir(parents=True, exist_ok=True)
     (launcher.run_dir / f"{UNIT}.pid").write_text("-\n")
     orphan = subprocess.Popen(

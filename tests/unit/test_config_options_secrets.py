@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 
@@ -28,7 +29,7 @@ def test_environment_overrides_the_file_with_the_fields_type(tmp_path):
         "[worker]\nconcurrency = 2\n",
         {"GATEWAYHA_WORKER__CONCURRENCY": "7", "GATEWAYHA_NODE__NAME": "gw2"},
     )
-    assert s.worker.concurrency == 7 and s.node.name == "gw2"
+    assert s.jobs.concurrency == 7 and s.node.name == "gw2"
 
 
 @pytest.mark.parametrize(
@@ -239,3 +240,106 @@ def test_key_encryption_round_trips_and_is_bound_to_the_cluster():
         tls.decrypt_key("k" * 20, blob, "b" * 32)
     with pytest.raises(InvalidTag):
         tls.decrypt_key("j" * 20, blob, "a" * 32)
+
+
+# --- deprecated names: the job runner's [worker] section became [jobs] --------------------------
+
+
+@pytest.fixture
+def fresh_deprecations(monkeypatch):
+    """A process that has logged no deprecation yet."""
+    from gatewayha import config
+
+    monkeypatch.setattr(config, "_deprecations_logged", set())
+
+
+# gatewayha.toml as the role rendered it before the rename (roles/gatewayha/templates/gatewayha.toml.j2).
+DEPLOYED_BEFORE_THE_RENAME = """
+[server]
+secret = "0123456789abcdef0123"
+[worker]
+concurrency = 3
+max_starting = 2
+node_timeout = 15
+"""
+
+
+def test_a_deployed_file_with_the_old_worker_section_still_works_and_says_what_to_write(
+    tmp_path, fresh_deprecations, caplog
+):
+    p = tmp_path / "gatewayha.toml"
+    p.write_text(DEPLOYED_BEFORE_THE_RENAME)
+    with caplog.at_level(logging.WARNING, logger="gatewayha.config"):
+        s = load_settings(p, {})
+        again = load_settings(p, {})
+    assert (s.jobs.concurrency, s.jobs.launch_slots, s.jobs.node_timeout) == (3, 2, 15)
+    assert s.jobs.starting_slots() == 2
+    assert (
+        s.deprecations
+        == again.deprecations
+        == [
+            "worker.concurrency is deprecated: write jobs.concurrency instead",
+            "worker.max_starting is deprecated: write jobs.launch_slots instead",
+            "worker.node_timeout is deprecated: write jobs.node_timeout instead",
+        ]
+    )
+    # Logged once per process, however often the file is read.
+    assert [r.getMessage() for r in caplog.records] == s.deprecations
+
+
+def test_the_new_names_give_the_same_settings_without_a_warning(tmp_path, fresh_deprecations, caplog):
+    text = DEPLOYED_BEFORE_THE_RENAME.replace("[worker]", "[jobs]").replace("max_starting", "launch_slots")
+    with caplog.at_level(logging.WARNING, logger="gatewayha.config"):
+        s = settings_from(tmp_path, text)
+    assert (s.jobs.concurrency, s.jobs.launch_slots, s.jobs.node_timeout) == (3, 2, 15)
+    assert s.deprecations == [] and not caplog.records
+
+
+def test_an_old_environment_override_still_works_and_is_named_in_the_warning(tmp_path, fresh_deprecations):
+    s = settings_from(tmp_path, "[jobs]\nlaunch_slots = 1\n", {"GATEWAYHA_WORKER__MAX_STARTING": "5"})
+    assert s.jobs.launch_slots == 5
+    assert s.deprecations == [
+        "GATEWAYHA_WORKER__MAX_STARTING is deprecated: write GATEWAYHA_JOBS__LAUNCH_SLOTS instead"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,env,message",
+    [
+        (
+            "[worker]\nconcurrency = 2\n[jobs]\nconcurrency = 3\n",
+            {},
+            "worker.concurrency: deprecated, and jobs.concurrency replaces it: set only jobs.concurrency",
+        ),
+        (
+            "",
+            {"GATEWAYHA_WORKER__MAX_STARTING": "1", "GATEWAYHA_JOBS__LAUNCH_SLOTS": "2"},
+            "GATEWAYHA_WORKER__MAX_STARTING: deprecated, and GATEWAYHA_JOBS__LAUNCH_SLOTS",
+        ),
+        ("[worker]\nlaunch_slots = 2\n", {}, "worker.launch_slots: unknown setting"),
+        ("[jobs]\nmax_starting = 2\n", {}, "jobs.max_starting: unknown setting"),
+        ("", {"GATEWAYHA_WORKER__BOGUS": "1"}, "GATEWAYHA_WORKER__BOGUS: unknown setting"),
+        ("worker = 3\n", {}, "worker: expected a table"),
+        ("[worker]\nmax_starting = -1\n", {}, "jobs.launch_slots: must be >= 0"),
+    ],
+)
+def test_an_old_name_is_refused_beside_its_new_one_and_never_accepted_in_the_new_section(
+    tmp_path, fresh_deprecations, text, env, message
+):
+    with pytest.raises(ConfigError) as info:
+        settings_from(tmp_path, text, env)
+    assert message in str(info.value)
+
+
+def test_check_config_prints_the_deprecations_of_a_valid_file(tmp_path, fresh_deprecations, capsys):
+    from gatewayha.cli import main
+
+    p = tmp_path / "gatewayha.toml"
+    p.write_text(DEPLOYED_BEFORE_THE_RENAME)
+    assert main(["check-config", str(p)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{p}: valid\n"
+    assert f"{p}: warning: worker.max_starting is deprecated: write jobs.launch_slots instead\n" in err
+    p.write_text(DEPLOYED_BEFORE_THE_RENAME.replace("[worker]", "[jobs]").replace("max_starting", "launch_slots"))
+    assert main(["check-config", str(p)]) == 0
+    assert capsys.readouterr().err == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,268 @@ def test_each_phase_a_role_imports_is_tagged_with_the_role_and_the_phase(role):
         assert role in tags and tags & PHASES, f"{role}: import of {name} is tagged {sorted(tags)}"
         if "preflight" in tags:
             assert "always" in tags, f"{role}: {name} checks inputs: tag it always"
+
+
+# --- a role reads only its own inputs ------------------------------------------------------------
+
+# What Ansible itself provides: facts, magic and connection variables, lookups and Jinja globals.
+ANSIBLE_NAMES = {
+    "ansible_facts", "ansible_check_mode", "ansible_managed", "ansible_host", "ansible_play_hosts",
+    "inventory_hostname", "inventory_dir", "groups", "hostvars", "group_names", "role_path", "playbook_dir",
+    "omit", "lookup", "query", "q", "range", "dict", "lipsum", "namespace", "now", "undef",
+    "_",  # the throwaway of `{% set _ = a_list.append(x) %}` in a branch (Jinja reports it)
+}  # fmt: skip
+# Keys of a task whose value is a bare Jinja expression (no braces).
+BARE_EXPRESSIONS = {"when", "changed_when", "failed_when", "until", "that"}
+
+
+def _jinja_names(text: str) -> set[str]:
+    import jinja2
+    from jinja2 import meta
+
+    class Anything(dict):  # Ansible's filters and tests: any name is one
+        def __contains__(self, name):
+            return True
+
+        def __getitem__(self, name):
+            return lambda *a, **k: None
+
+        def get(self, name, default=None):
+            return self[name]
+
+    env = jinja2.Environment(extensions=["jinja2.ext.do", "jinja2.ext.loopcontrols"])
+    env.filters, env.tests = Anything(), Anything()
+    return meta.find_undeclared_variables(env.parse(text))
+
+
+def _walk(node, key=None):
+    """(key, string) for every string of a YAML tree, with the key it sits under."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v, key)
+    elif isinstance(node, str):
+        yield key, node
+    elif isinstance(node, bool) and key in BARE_EXPRESSIONS:
+        return
+
+
+def _bound_names(node) -> set[str]:
+    """Names a role's own tasks bind: register, set_fact, loop_var, task and block vars."""
+    out: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("register"), str):
+            out.add(node["register"])
+        for key in ("ansible.builtin.set_fact", "set_fact"):
+            if isinstance(node.get(key), dict):
+                out |= set(node[key])
+        if isinstance(node.get("loop_control"), dict) and "loop_var" in node["loop_control"]:
+            out.add(node["loop_control"]["loop_var"])
+        if isinstance(node.get("vars"), dict):
+            out |= set(node["vars"])
+        for v in node.values():
+            out |= _bound_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= _bound_names(v)
+    return out
+
+
+def role_reads(role: str) -> dict[str, set[str]]:
+    """Every variable name the role's YAML and templates read, with the files that read it."""
+    reads: dict[str, set[str]] = {}
+    bound: set[str] = {"item"}
+    for path in sorted((ROLES / role).rglob("*")):
+        if not path.is_file():
+            continue
+        rel = str(path.relative_to(ROLES))
+        if path.suffix == ".j2":
+            names = _jinja_names(path.read_text())
+        elif path.suffix in (".yml", ".yaml") and "meta" not in path.parts:
+            tree = yaml.safe_load(path.read_text())
+            bound |= _bound_names(tree)
+            names = set()
+            for key, text in _walk(tree):
+                if key in BARE_EXPRESSIONS:
+                    names |= _jinja_names("{{ " + text + " }}")
+                elif "{{" in text or "{%" in text:
+                    names |= _jinja_names(text)
+        else:
+            continue
+        # Another host's variable: hostvars[host]['name'], map('extract', hostvars, 'name'),
+        # map('extract', hostvars) | map(attribute='name').
+        text = path.read_text()
+        names |= set(re.findall(r"hostvars\[[^\]]+\]\[['\"](\w+)['\"]\]", text))
+        names |= set(re.findall(r"'extract',\s*hostvars,\s*'(\w+)'", text))
+        names |= set(re.findall(r"'extract',\s*hostvars\)\s*\|\s*map\(attribute='(\w+)'", text))
+        for name in names:
+            reads.setdefault(name, set()).add(rel)
+    return {name: files for name, files in reads.items() if name not in bound}
+
+
+@pytest.mark.parametrize("role", sorted(p.name for p in ROLES.iterdir() if p.is_dir()))
+def test_a_role_reads_only_its_own_declared_inputs(role):
+    """As geerlingguy's and prometheus-community's roles: another role's or the inventory's
+    variable reaches a role only as one of its own inputs, which the playbooks pass (playbooks/)."""
+    defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()) or {}
+    foreign = {
+        name: sorted(files)
+        for name, files in role_reads(role).items()
+        if name not in defaults and name not in ANSIBLE_NAMES
+    }
+    assert not foreign, f"{role} reads variables it does not declare: {foreign}"
+
+
+def test_the_check_finds_a_foreign_variable_and_ignores_bound_ones(tmp_path, monkeypatch):
+    """The check above can fail: a role reading the inventory's variable is caught, its own
+    registered, looped and templated locals are not."""
+    role = tmp_path / "demo"
+    for sub in ("defaults", "tasks", "templates", "meta"):
+        (role / sub).mkdir(parents=True)
+    (role / "defaults" / "main.yml").write_text("demo_port: 1\n")
+    (role / "tasks" / "main.yml").write_text(
+        "- name: a\n  ansible.builtin.command: echo {{ demo_port }} {{ item }} {{ other_port }}\n"
+        "  loop: [1]\n  register: demo_out\n  when: demo_out is defined and gatewayha_x\n"
+    )
+    (role / "templates" / "t.j2").write_text(
+        "{% set me = 3 %}{{ me }}{{ ansible_facts['x'] }}{{ stranger }}{{ hostvars[h]['peer_ip'] }}"
+        "{{ groups['g'] | map('extract', hostvars, 'peer_port') | list }}"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROLES", tmp_path)
+    assert set(role_reads("demo")) - {"demo_port", "ansible_facts", "hostvars", "groups", "h"} == {
+        "other_port",
+        "gatewayha_x",
+        "stranger",
+        "peer_ip",
+        "peer_port",
+    }
+
+
+PLAYBOOKS = ROLES.parent / "playbooks"
+WIRING = PLAYBOOKS / "vars" / "appliance.yml"
+
+
+def _defaults(role: str) -> dict:
+    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()) or {}
+
+
+def test_the_wiring_sets_only_declared_role_inputs_with_the_owners_defaults():
+    """playbooks/vars/appliance.yml passes the inventory's appliance-wide settings to the roles: each
+    name it sets is an input some role declares, and each `owner_name | default(x)` repeats the
+    owning role's default, so a role used with or without site.yml sees the same value."""
+    wiring = yaml.safe_load(WIRING.read_text())
+    roles = {p.name for p in ROLES.iterdir() if p.is_dir()}
+    for name in wiring:
+        if name.startswith("appliance_"):  # the file's own shorthands
+            continue
+        role = next((r for r in roles if name.startswith(r + "_")), None)
+        assert role and name in _defaults(role), f"{name}: not an input of any role"
+    text = WIRING.read_text()
+    checked = 0
+    for owner, name, literal in re.findall(r"\b(gatewayha|postgresql)(_\w+) \| default\(([^()]*)\)", text):
+        default = _defaults(owner).get(owner + name)
+        if default is None or (isinstance(default, str) and "{{" in default):
+            continue  # not the role's, or computed by it
+        assert yaml.safe_load(literal) == default, f"{owner}{name}: default({literal}) here, {default!r} in the role"
+        checked += 1
+    assert checked >= 10
+
+
+def _plays(path: Path) -> list[dict]:
+    return [p for p in yaml.safe_load(path.read_text()) if "hosts" in p]
+
+
+def _runs_a_role(play: dict) -> bool:
+    return bool(play.get("roles")) or "include_role" in yaml.safe_dump(play)
+
+
+@pytest.mark.parametrize("playbook", sorted(p.name for p in PLAYBOOKS.glob("*.yml")))
+def test_every_play_that_runs_a_role_loads_the_wiring(playbook):
+    for play in _plays(PLAYBOOKS / playbook):
+        if _runs_a_role(play):
+            assert "vars/appliance.yml" in play.get("vars_files", []), f"{playbook}: {play['name']}"
+
+
+# --- --check ------------------------------------------------------------------------------------
+
+COMMANDS = {"ansible.builtin.command", "ansible.builtin.shell", "ansible.builtin.raw", "ansible.builtin.script"}
+
+
+def _tasks(node):
+    """Every task of a task list, play or playbook (blocks, pre/post tasks and handlers included)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item)
+    elif isinstance(node, dict):
+        if COMMANDS & set(node):
+            yield node
+        for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+            yield from _tasks(node.get(key))
+
+
+def _task_files():
+    yield from sorted(ROLES.glob("*/tasks/*.yml")) + sorted(ROLES.glob("*/handlers/*.yml"))
+    yield from sorted(PLAYBOOKS.glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", [str(p.relative_to(ROLES.parent)) for p in _task_files()])
+def test_every_command_says_what_it_does_under_check(path):
+    """`ansible-playbook --check` (molecule's check stage) must not fail: Ansible skips a command
+    under --check and its registered result is empty, so each command says what it does there:
+    runs anyway (check_mode: false: it only reads, or it reports what it would change) or is
+    skipped on purpose (when: not ansible_check_mode) and nothing reads its result."""
+    for task in _tasks(yaml.safe_load((ROLES.parent / path).read_text())):
+        when = task.get("when", [])
+        when = when if isinstance(when, list) else [when]
+        assert task.get("check_mode") is False or "not ansible_check_mode" in when, f"{path}: {task['name']}"
+
+
+# --- the rendered gatewayha.toml ---------------------------------------------------------------
+
+
+def render_gatewayha_toml(**overrides) -> str:
+    """roles/gatewayha/templates/gatewayha.toml.j2 rendered as the role does for gw1 of two nodes,
+    from the role's defaults (Ansible's filters the template uses stood in for)."""
+    import json
+
+    import jinja2
+
+    defaults = _defaults("gatewayha")
+    values = {k: v for k, v in defaults.items() if not (isinstance(v, str) and "{{" in v)}
+    values.update(
+        ansible_managed="Ansible managed",
+        inventory_hostname="gw1",
+        groups={"gateway_nodes": ["gw1", "gw2"]},
+        hostvars={"gw1": {"gatewayha_node_ip": "192.0.2.11"}, "gw2": {"gatewayha_node_ip": "192.0.2.12"}},
+        gatewayha_node_ip="192.0.2.11",
+        gatewayha_db_dsn="postgresql://gatewayha:pw@192.0.2.20:5432/gatewayha?sslmode=verify-full",
+        gatewayha_secret="s" * 32,
+        gatewayha_public_url="https://192.0.2.100:8000",
+        gatewayha_api_ports=[8101, 8102],
+        gatewayha_haproxy_map_dir="/var/lib/gatewayha/maps",
+        gatewayha_jobs_concurrency=4,
+        gatewayha_jobs_launch_slots=0,
+    )
+    values.update(overrides)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)  # as Ansible's template
+    env.filters["to_json"] = json.dumps
+    env.filters["bool"] = bool
+    env.filters["extract"] = lambda item, container, key: container[item][key]
+    return env.from_string((ROLES / "gatewayha" / "templates" / "gatewayha.toml.j2").read_text()).render(values)
+
+
+def test_the_rendered_gatewayha_toml_is_valid_and_uses_no_deprecated_name(tmp_path):
+    from gatewayha.cli import check_config
+    from gatewayha.config import load_settings
+
+    path = tmp_path / "gatewayha.toml"
+    path.write_text(render_gatewayha_toml(gatewayha_jobs_launch_slots=3))
+    settings = load_settings(path, {})
+    assert settings.deprecations == []
+    assert (settings.jobs.launch_slots, settings.node.name, settings.node.dask_slice) == (3, "gw1", "gatewayha.slice")
+    assert check_config(str(path)) == 0
+    # The role's validate: step refuses a typo before any restart.
+    path.write_text(render_gatewayha_toml().replace("launch_slots", "launch_slot"))
+    assert check_config(str(path)) == 1

@@ -43,16 +43,58 @@ def tenant_unit(tmp_path: Path, sandbox: tuple[str, ...]) -> Path:
     return path
 
 
-def api_unit(tmp_path: Path, wsgi: str) -> Path:
-    """The API instances' unit as the gatewayha role renders it for ``wsgi`` (its template)."""
-    template = ROOT / "roles" / "gatewayha" / "templates" / "gatewayha-api@.service.j2"
-    text = jinja2.Template(template.read_text(), keep_trailing_newline=True, undefined=jinja2.StrictUndefined).render(
-        ansible_managed="Ansible managed", gatewayha_wsgi_server=wsgi
-    )
-    path = tmp_path / wsgi / "gatewayha-api@.service"
+# The gatewayha role's defaults the unit templates read (roles/gatewayha/defaults/main.yml).
+ROLE_DEFAULTS = {
+    "ansible_managed": "Ansible managed",
+    "gatewayha_install_dir": "/opt/gatewayha",
+    "gatewayha_config_dir": "/etc/gatewayha",
+    "gatewayha_state_dir": "/var/lib/gatewayha",
+    "gatewayha_user": "gatewayha",
+    "gatewayha_haproxy_admin_socket": "/run/haproxy/admin.sock",
+    "gatewayha_haproxy_map_dir": "/var/lib/gatewayha/maps",
+}
+
+
+def role_unit(tmp_path: Path, name: str, **variables: str) -> Path:
+    """A unit file as the gatewayha role renders it from its template (the role's defaults, then
+    ``variables``)."""
+    template = ROOT / "roles" / "gatewayha" / "templates" / f"{name}.j2"
+    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["dirname"] = lambda p: p.rsplit("/", 1)[0]
+    text = env.from_string(template.read_text()).render({**ROLE_DEFAULTS, **variables})
+    path = tmp_path / f"render-{len(list(tmp_path.iterdir()))}" / name  # a directory per rendering
     path.parent.mkdir()
     path.write_text(text)
     return path
+
+
+def api_unit(tmp_path: Path, wsgi: str) -> Path:
+    """The API instances' unit as the gatewayha role renders it for ``wsgi``."""
+    return role_unit(tmp_path, "gatewayha-api@.service", gatewayha_wsgi_server=wsgi)
+
+
+def test_the_units_are_rendered_from_the_role_s_install_dir_config_dir_state_dir_and_user(tmp_path):
+    elsewhere = {
+        "gatewayha_install_dir": "/srv/gw",
+        "gatewayha_config_dir": "/srv/gw-etc",
+        "gatewayha_state_dir": "/srv/gw-state",
+        "gatewayha_user": "gwapi",
+        "gatewayha_haproxy_admin_socket": "/srv/hap/admin.sock",
+        "gatewayha_haproxy_map_dir": "/srv/gw-state/maps",
+    }
+    api = role_unit(tmp_path, "gatewayha-api@.service", gatewayha_wsgi_server="granian", **elsewhere).read_text()
+    jobs = role_unit(tmp_path, "gatewayha-jobs.service", **elsewhere).read_text()
+    for text in (api, jobs):
+        assert "/opt/gatewayha" not in text and "/etc/gatewayha" not in text and "/var/lib/gatewayha" not in text
+        assert "EnvironmentFile=-/srv/gw-etc/environment\n" in text
+        assert "GATEWAYHA_CONFIG=/srv/gw-etc/gatewayha.toml" in text
+        assert "Documentation=file:///srv/gw/README.md file:///srv/gw/docs/ha.md\n" in text
+    assert "\nUser=gwapi\nGroup=gwapi\n" in api and "ExecStart=/srv/gw/venv/bin/gatewayha-api " in api
+    assert "\nReadWritePaths=/srv/gw-state\n" in api
+    assert "\nExecStart=/srv/gw/venv/bin/gatewayha-jobs\n" in jobs
+    assert "\nReadWritePaths=/srv/gw-state /srv/gw-state/maps /srv/hap\n" in jobs
+    target = role_unit(tmp_path, "gatewayha.target").read_text()
+    assert "\nWants=gatewayha-jobs.service\n" in target
 
 
 def test_the_api_unit_has_systemd_s_watchdog_under_granian_only(tmp_path):
@@ -65,7 +107,7 @@ def test_the_api_unit_has_systemd_s_watchdog_under_granian_only(tmp_path):
 
 @needs_systemd_analyze
 def test_every_unit_is_hardened(tmp_path):
-    assert exposure(ROOT / "systemd" / "gatewayha-worker.service") <= 3.0  # 8.8 before the sandboxing
+    assert exposure(role_unit(tmp_path, "gatewayha-jobs.service")) <= 3.0  # 8.8 before the sandboxing
     for wsgi in ("granian", "gunicorn"):
         assert exposure(api_unit(tmp_path, wsgi)) <= 2.0  # 7.3 before
     assert exposure(tenant_unit(tmp_path, SANDBOX)) <= 2.0

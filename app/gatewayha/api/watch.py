@@ -4,7 +4,7 @@ One LISTEN connection per API process on the cluster-changed channel(s)
 (gatewayha.lifecycle.CHANNELS: the new name and, for one release, the old "routes" one that
 nodes of the previous release still NOTIFY during a rolling upgrade): every change a waiter cares
 about (the first heartbeat makes a cluster RUNNING, a stop, a failure) is NOTIFYed there
-with the cluster's name, by whichever API instance or job worker made it. A waiter is woken
+with the cluster's name, by whichever API instance or job runner made it. A waiter is woken
 at once instead of at its next poll (up to ``server.wait_poll_interval`` later, 0.25–0.5 s
 into a storm). Polling stays as the fallback: a waiter that misses a notification (the
 LISTEN connection was down) still sees the change at its next poll, and every waiter is

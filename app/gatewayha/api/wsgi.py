@@ -24,7 +24,7 @@ health_pool = make_pool(settings.database, "gatewayha-api-health", max_size=1)
 # Wakes long polls (GET …?wait) on the cluster's NOTIFY instead of at their next poll.
 watch = ClusterWatch(settings.database).start()
 app = create_app(settings, pool, heartbeat_pool, health_pool, watch)
-# Tells the job workers that scheduler heartbeats can arrive (gatewayha.liveness).
+# Tells the job runners that scheduler heartbeats can arrive (gatewayha.liveness).
 reporter = ApiReporter(health_pool, settings.node.name).start()
 # Under systemd with WatchdogSec=: pings while this instance answers (gatewayha.api.watchdog).
 watchdog.start()

@@ -1,12 +1,12 @@
-"""Launchers: run a named long-lived process ("unit") detached from gatewayha-worker.
+"""Launchers: run a named long-lived process ("unit") detached from gatewayha-jobs.
 
 Two implementations behind one interface:
 
 * ``SystemdLauncher`` - a transient systemd unit per process (``systemd-run``), with
   MemoryMax/CPUQuota from the cluster config. Units belong to PID 1, so they
-  survive a restart of gatewayha-worker, and output goes to the journal.
+  survive a restart of gatewayha-jobs, and output goes to the journal.
 * ``ProcessLauncher`` - where systemd does not run (dev, CI, containers): a process
-  in its own session with a pidfile. It also survives gatewayha-worker restarts;
+  in its own session with a pidfile. It also survives gatewayha-jobs restarts;
   a unit marker in its environment keeps a recycled pid from being mistaken for it.
 
 Unit names are ``<cluster>-scheduler`` or ``<cluster>-worker-<suffix>`` and are
@@ -104,7 +104,7 @@ class Launcher(ABC):
     ) -> bool:
         """Start ``argv`` as ``unit`` unless it is running; True if it was started now.
 
-        ``env`` is the complete environment (nothing is inherited from gatewayha-worker,
+        ``env`` is the complete environment (nothing is inherited from gatewayha-jobs,
         whose environment holds the database DSN and the server secret). ``log_path``
         receives output where the launcher has no journal. ``identity``: run as that uid/gid,
         isolated (see the module's docstring); None runs as the launcher's own user.
@@ -218,7 +218,7 @@ class ProcessLauncher(Launcher):
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         # One lock per node: excludes other threads (each call opens its own file
-        # description) and other gatewayha-worker processes. Held only around
+        # description) and other gatewayha-jobs processes. Held only around
         # check-then-spawn, which takes milliseconds.
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -461,7 +461,7 @@ SANDBOX = (
 class SystemdLauncher(Launcher):
     """Transient units ``gatewayha-<unit>.service`` under ``gatewayha.slice``.
 
-    Units run with the uid/gid of the caller (so a gatewayha-worker running as an
+    Units run with the uid/gid of the caller (so a gatewayha-jobs running as an
     unprivileged user needs a polkit rule allowing it to manage ``gatewayha-*`` units).
     The environment goes in an ``EnvironmentFile`` (mode 0600, in the unit's working
     directory), never in ``--setenv``: ``systemctl show`` prints a unit's Environment=
@@ -606,7 +606,7 @@ class SystemdLauncher(Launcher):
             if not fields:
                 continue
             name = fields[0].removeprefix(self.PREFIX).removesuffix(".service")
-            if is_unit_name(name):  # skips gatewayha-api@…, gatewayha-worker
+            if is_unit_name(name):  # skips gatewayha-api@…, gatewayha-jobs
                 out.add(name)
         return out
 

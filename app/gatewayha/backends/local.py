@@ -247,7 +247,7 @@ class LocalBackend(Backend):
         return [self.python, "-m", f"distributed.cli.dask_{sub}"]
 
     def _base_env(self, d: Path) -> dict[str, str]:
-        # Built from scratch: gatewayha-worker's own environment carries the database
+        # Built from scratch: gatewayha-jobs's own environment carries the database
         # DSN and the server secret, which user code must never see.
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         return {

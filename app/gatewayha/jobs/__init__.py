@@ -1,1 +1,1 @@
-"""The job queue in Postgres (FOR UPDATE SKIP LOCKED under leases) and the worker that runs it."""
+"""The job queue in Postgres (FOR UPDATE SKIP LOCKED under leases) and the job runner that runs it (gatewayha-jobs)."""

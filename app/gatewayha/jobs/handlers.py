@@ -116,7 +116,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
         if bound and row["node"] not in (None, ctx.node):
             # Placed on another node by an earlier claim. While that node lives,
             # only it may start (or find running) the scheduler: no second copy.
-            if _node_alive(conn, row["node"], ctx.settings.worker.node_timeout):
+            if _node_alive(conn, row["node"], ctx.settings.jobs.node_timeout):
                 raise Defer(queue=queue.node_queue(row["node"]))
             log.warning("cluster %s: node %s is gone, starting here instead", name, row["node"])
         # Placement is committed before the launch, so a crash after the launch
@@ -154,7 +154,7 @@ STARTED_POLL_S = 0.1
 def _hold_launch_slot(ctx: Context, what: str, starting_sql: str, params: tuple, running: Callable[[], bool]) -> None:
     """Return once the launched process has reported (``starting_sql`` no longer says so), has
     died, or the start timeout ran out (check_clusters then gives up on it): until then this
-    job keeps one of the node's launch slots (worker.max_starting), so launches queue instead
+    job keeps one of the node's launch slots (jobs.launch_slots), so launches queue instead
     of piling up on the CPU."""
     deadline = time.monotonic() + ctx.settings.cluster.start_timeout
     polls = 0
@@ -337,7 +337,7 @@ def sweep_nodes(ctx: Context, job: Job) -> None:
 
     Only clusters of a node-bound backend have a node (``clusters.node``): those of a backend
     whose processes outlive a gateway node (node stays NULL) are never failed here."""
-    timeout = ctx.settings.worker.node_timeout
+    timeout = ctx.settings.jobs.node_timeout
     with ctx.pool.connection() as conn:
         # Only a node that has itself reported without a gap for node_timeout judges the
         # others: after a database outage or a restart of every worker, every node looks
@@ -392,7 +392,7 @@ def _fan_out(ctx: Context, kind: str) -> None:
     with ctx.pool.connection() as conn:
         for r in conn.execute(
             "SELECT name FROM nodes WHERE last_seen > now() - make_interval(secs => %s)",
-            (ctx.settings.worker.node_timeout,),
+            (ctx.settings.jobs.node_timeout,),
         ).fetchall():
             queue.enqueue(conn, kind, {}, queue=queue.node_queue(r["name"]), dedupe_key=f"{kind}:{r['name']}")
 
@@ -536,7 +536,7 @@ def handler_for(job: Job) -> Callable[[Context, Job], None]:
 def periodic_tasks(settings: Settings) -> dict[str, float]:
     return {
         "check_clusters": max(1.0, settings.cluster.heartbeat_period),
-        "sweep_nodes": max(1.0, settings.worker.node_timeout / 3),
+        "sweep_nodes": max(1.0, settings.jobs.node_timeout / 3),
         "cleanup": 300.0,
         "route_resync": settings.haproxy.resync_interval,
         "warm_pool": max(2.0, settings.cluster.heartbeat_period),

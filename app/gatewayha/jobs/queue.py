@@ -36,7 +36,7 @@ class Job:
 
 
 # Launches: scheduler starts (any node) and worker starts (the cluster's node) are claimed by
-# a node only while it has a launch slot free (worker.max_starting), not by the general claim.
+# a node only while it has a launch slot free (jobs.launch_slots), not by the general claim.
 START_QUEUE = "start"
 
 

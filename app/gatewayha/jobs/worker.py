@@ -1,4 +1,4 @@
-"""gatewayha-worker: claims jobs and runs them; keeps this node's HAProxy equal to Postgres.
+"""gatewayha-jobs, the job runner: claims jobs and runs them; keeps this node's HAProxy equal to Postgres.
 
 One per node. Threads: the main loop (node heartbeat, periodic ticks, claims),
 a LISTEN thread (wake-ups on NOTIFY; the poll interval is the fallback), a
@@ -25,7 +25,7 @@ from gatewayha.errors import MalformedJob
 from gatewayha.jobs import handlers, queue
 from gatewayha.jobs.queue import Job
 
-log = logging.getLogger("gatewayha.worker")
+log = logging.getLogger("gatewayha.jobs")
 
 
 class Worker:
@@ -33,11 +33,11 @@ class Worker:
         self.settings = settings
         self.node = settings.node.name
         self.owner = f"{self.node}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        w = settings.worker
+        w = settings.jobs
         db = settings.database
         self.start_slots = w.starting_slots()
         db = type(db)(**{**db.__dict__, "pool_max": max(db.pool_max, w.concurrency + self.start_slots + 4)})
-        self.pool = make_pool(db, f"gatewayha-worker:{self.node}")
+        self.pool = make_pool(db, f"gatewayha-jobs:{self.node}")
         self.backend = backend or get_backend(settings)
         self.queues = ["any", queue.node_queue(self.node)]
         self.start_queues = queue.start_queues(self.node)
@@ -140,7 +140,7 @@ class Worker:
         process's session, and with it its lock, ends with its connection)."""
         got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS got", (f"gatewayha-node:{self.node}",))
         if not got.fetchone()["got"]:
-            log.warning("another gatewayha-worker of node %s is running: leases are left to run out", self.node)
+            log.warning("another gatewayha-jobs of node %s is running: leases are left to run out", self.node)
             return
         rescued = conn.execute(
             "UPDATE jobs SET lease_until = now() WHERE split_part(lease_owner, '/', 1) = %s"
@@ -148,10 +148,10 @@ class Worker:
             (self.node, self.owner),
         ).fetchall()
         if rescued:
-            log.warning("%d job(s) leased by an earlier worker of %s are claimable again", len(rescued), self.node)
+            log.warning("%d job(s) leased by an earlier job runner of %s are claimable again", len(rescued), self.node)
 
     def _renew_leases(self) -> None:
-        lease = self.settings.worker.lease_seconds
+        lease = self.settings.jobs.lease_seconds
         while not self.stopping.wait(lease / 3):
             with self.held_lock:
                 ids = list(self.held)
@@ -167,7 +167,7 @@ class Worker:
                 log.warning("lease renewal failed: %s", exc)
 
     def _run(self, job: Job) -> None:
-        w = self.settings.worker
+        w = self.settings.jobs
         try:
             try:
                 handlers.handler_for(job)(self.ctx, job)
@@ -212,7 +212,7 @@ class Worker:
 
     def _heartbeat_node(self, conn) -> None:
         draining = liveness.report_node(
-            conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval
+            conn, self.node, self.settings.node.host, self.settings.jobs.node_heartbeat_interval
         )
         if draining != self.draining:
             log.info("node %s %s", self.node, "draining: starts no new scheduler" if draining else "no longer draining")
@@ -222,7 +222,7 @@ class Worker:
         self.start_queues = [queue.node_start_queue(self.node)] if draining else queue.start_queues(self.node)
 
     def tick(self, now: float, state: dict) -> None:
-        w = self.settings.worker
+        w = self.settings.jobs
         with self.pool.connection() as conn:
             if now >= state["next_node_heartbeat"]:
                 self._heartbeat_node(conn)
@@ -241,7 +241,7 @@ class Worker:
             self.executor.submit(self._run, job)
 
     def run(self) -> None:
-        w = self.settings.worker
+        w = self.settings.jobs
         threading.Thread(target=self._listen, name="listen", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="leases", daemon=True).start()
         if self.settings.haproxy.admin_socket:
@@ -255,7 +255,7 @@ class Worker:
                         # A new incarnation of this node first: a create no longer gets a
                         # pooled scheduler of the last one until verify_pool found it alive.
                         liveness.start_node(
-                            conn, self.node, self.settings.node.host, self.settings.worker.node_heartbeat_interval
+                            conn, self.node, self.settings.node.host, self.settings.jobs.node_heartbeat_interval
                         )
                         queue.ensure_periodic(conn, handlers.periodic_tasks(self.settings))
                     handlers.verify_pool(self.ctx)
@@ -263,7 +263,7 @@ class Worker:
                     self.routes_dirty.set()
                     state["started"] = True
                     log.info(
-                        "worker %s ready (queues %s; backend %s, %s)",
+                        "job runner %s ready (queues %s; backend %s, %s)",
                         self.owner,
                         self.queues,
                         self.settings.backend.name,
@@ -277,7 +277,7 @@ class Worker:
                 delay = min(delay * 2, 10)
                 continue
             except Exception:
-                log.exception("worker loop error")
+                log.exception("job runner loop error")
                 self.stopping.wait(1)
             self.wake.wait(min(w.poll_interval, w.node_heartbeat_interval))
             self.wake.clear()
@@ -290,7 +290,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gatewayha-worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gatewayha-jobs", description=__doc__)
     parser.add_argument("--config", help="TOML file (default: $GATEWAYHA_CONFIG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

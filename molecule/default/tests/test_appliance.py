@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 import gwtest  # noqa: E402
 
-GATEWAY_SERVICES = ["haproxy", "keepalived", "gatewayha-worker", "gatewayha-api@8101", "gatewayha-api@8102"]
+GATEWAY_SERVICES = ["haproxy", "keepalived", "gatewayha-jobs", "gatewayha-api@8101", "gatewayha-api@8102"]
 
 
 @pytest.mark.parametrize("name", GATEWAY_SERVICES)
@@ -23,7 +23,7 @@ def test_gateway_service_active_and_enabled(gw, name):
     assert service.is_enabled, f"{name} is not enabled on {gw}"
 
 
-@pytest.mark.parametrize("unit", ["gatewayha-worker", "gatewayha-api@8101"])
+@pytest.mark.parametrize("unit", ["gatewayha-jobs", "gatewayha-api@8101"])
 def test_the_units_documentation_is_installed(unit):
     """`systemctl help <unit>` opens what Documentation= names: this release's README and docs."""
     host = gwtest.node("gw1")

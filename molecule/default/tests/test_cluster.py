@@ -2,7 +2,7 @@
 
 One cluster for the module (tests run in file order and share it): create with options,
 scale to 2 workers, compute, dashboard through the VIP, the scheduler/worker units with
-their cgroup limits, a restart of gatewayha-worker that must not touch them, shutdown.
+their cgroup limits, a restart of gatewayha-jobs that must not touch them, shutdown.
 """
 
 import sys
@@ -77,21 +77,21 @@ def test_transient_units_have_the_cluster_limits(cluster):
         assert int(props["MemoryMax"]) == WORKER_MEMORY, unit
 
 
-def test_units_survive_a_restart_of_gatewayha_worker(cluster):
+def test_units_survive_a_restart_of_the_job_runner(cluster):
     name = cluster.get("node") and cluster["name"]
     assert name, "the units test found no node"
     host = gwtest.node(cluster["node"])
     before = {u: p["MainPID"] for u, p in gwtest.cluster_units(host, name).items()}
     assert len(before) == 3 and all(int(pid) > 0 for pid in before.values())
-    worker_pid = host.run("systemctl show -p MainPID --value gatewayha-worker").stdout.strip()
-    assert host.run("systemctl restart gatewayha-worker").rc == 0
-    gwtest.wait_until(lambda: host.service("gatewayha-worker").is_running, 30, "gatewayha-worker active again")
-    assert host.run("systemctl show -p MainPID --value gatewayha-worker").stdout.strip() != worker_pid
+    runner_pid = host.run("systemctl show -p MainPID --value gatewayha-jobs").stdout.strip()
+    assert host.run("systemctl restart gatewayha-jobs").rc == 0
+    gwtest.wait_until(lambda: host.service("gatewayha-jobs").is_running, 30, "gatewayha-jobs active again")
+    assert host.run("systemctl show -p MainPID --value gatewayha-jobs").stdout.strip() != runner_pid
     after = {u: p["MainPID"] for u, p in gwtest.cluster_units(host, name).items()}
     assert after == before, "the scheduler and workers kept their processes"
     result = gwtest.gwclient("compute", name, "--workers", "2")
     assert result["result"] == sum(x * x for x in range(50))
-    # Some heartbeats later the restarted worker has reconciled: still the same processes.
+    # Some heartbeats later the restarted job runner has reconciled: still the same processes.
     after_compute = {u: p["MainPID"] for u, p in gwtest.cluster_units(host, name).items()}
     assert after_compute == before
 

@@ -75,9 +75,9 @@ def test_tenant_units_run_sandboxed_under_a_uid_of_their_own(pair):
     assert host.run(f"stat -c %a {STATE}").stdout.strip() == "711"
     # Every Dask unit together is capped, and the control plane is the last the kernel kills.
     assert _show(host, "gatewayha.slice", "MemoryMax")["MemoryMax"] not in ("", "infinity")
-    for unit in ("gatewayha-worker.service", "gatewayha-api@8101.service", "haproxy.service"):
+    for unit in ("gatewayha-jobs.service", "gatewayha-api@8101.service", "haproxy.service"):
         assert _show(host, unit, "OOMScoreAdjust")["OOMScoreAdjust"] == "-500", unit
-    for unit in (f"gatewayha-{pair['attacker']}-scheduler.service", "gatewayha-worker.service",
+    for unit in (f"gatewayha-{pair['attacker']}-scheduler.service", "gatewayha-jobs.service",
                  "gatewayha-api@8101.service"):  # fmt: skip
         score = host.run(f"systemd-analyze security --no-pager {unit} | tail -1").stdout.strip()
         gwtest.measured(f"systemd-analyze security {unit}: {score}")

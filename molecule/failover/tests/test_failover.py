@@ -207,9 +207,9 @@ def test_gw1_back_without_taking_vip_a_back(state, tmp_path):
         gwtest.docker("start", "gw1")
         gw1 = gwtest.node("gw1")
         gwtest.wait_until(
-            lambda: all(gw1.service(s).is_running for s in ("keepalived", "haproxy", "gatewayha-worker")),
+            lambda: all(gw1.service(s).is_running for s in ("keepalived", "haproxy", "gatewayha-jobs")),
             90,
-            "keepalived, haproxy and gatewayha-worker on gw1",
+            "keepalived, haproxy and gatewayha-jobs on gw1",
             1.0,
         )
         gwtest.wait_until(lambda: gwtest.nodes_alive(gwtest.node("gw2")).get("gw1"), 60, "gw1 alive again", 1.0)

@@ -3,7 +3,9 @@
 A verify stage of the default scenario (molecule/default/molecule.yml), after the basic
 verifier and before the failover stage. The "new release" is a new build of the same
 version (molecule/shared/repack_wheel.py): the role sees the wheelhouse copy change,
-reinstalls the wheel, migrates (expand-only) and restarts the node's services.
+reinstalls the wheel, migrates (expand-only) and restarts the node's services. The nodes start
+with the job runner's unit of before its rename (gatewayha-worker.service): the upgrade replaces
+it by gatewayha-jobs.service.
 """
 
 import json
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
 import gwtest  # noqa: E402
 
 REPO = gwtest.REPO
-SERVICES = ["gatewayha-api@8101", "gatewayha-api@8102", "gatewayha-worker"]
+SERVICES = ["gatewayha-api@8101", "gatewayha-api@8102", "gatewayha-jobs"]
 EXPECTED = sum(x * x for x in range(50))
 
 
@@ -37,6 +39,24 @@ def _wheel_sha(gw: str) -> str:
     return out.stdout.split()[0]
 
 
+def _as_before_the_jobs_rename(gw: str) -> None:
+    """Leaves the node as a release before the job runner's rename did: its unit is
+    gatewayha-worker.service (enabled, running), and there is no gatewayha-jobs.service."""
+    units = "/etc/systemd/system"
+    out = gwtest.node(gw).run(
+        "systemctl disable --now gatewayha-jobs.service"
+        f" && mv {units}/gatewayha-jobs.service {units}/gatewayha-worker.service"
+        " && systemctl daemon-reload && systemctl enable --now gatewayha-worker.service"
+    )
+    assert out.rc == 0, out.stderr
+
+
+def _old_jobs_unit_is_gone(gw: str) -> bool:
+    host = gwtest.node(gw)
+    load = host.run("systemctl show gatewayha-worker.service -p LoadState --value").stdout.strip()
+    return load == "not-found" and not host.file("/etc/systemd/system/gatewayha-worker.service").exists
+
+
 @pytest.fixture()
 def cluster():
     """A running cluster before the upgrade: the data plane must not notice the upgrade."""
@@ -51,6 +71,10 @@ def test_rolling_upgrade_without_failed_requests(tmp_path, cluster):
         lambda: [gw for gw in gwtest.GATEWAYS if gwtest.cluster_units(gwtest.node(gw), name)], 30, "the cluster's node"
     )[0]
     pids_before = {u: p["MainPID"] for u, p in gwtest.cluster_units(gwtest.node(hosting), name).items()}
+    # The upgrade also renames the job runner's unit (gatewayha-worker -> gatewayha-jobs).
+    for gw in gwtest.GATEWAYS:
+        _as_before_the_jobs_rename(gw)
+        assert not _old_jobs_unit_is_gone(gw)
     before = {gw: _invocations(gw) for gw in gwtest.GATEWAYS}
 
     # The new build of the same version.
@@ -118,6 +142,8 @@ def test_rolling_upgrade_without_failed_requests(tmp_path, cluster):
     after = {gw: _invocations(gw) for gw in gwtest.GATEWAYS}
     for gw in gwtest.GATEWAYS:
         assert _wheel_sha(gw) == new_sha, f"{gw} has the new wheel"
+        assert _old_jobs_unit_is_gone(gw), f"{gw} still has gatewayha-worker.service"
+        assert gwtest.node(gw).run("systemctl is-enabled gatewayha-jobs.service").stdout.strip() == "enabled", gw
         for svc in SERVICES:
             assert after[gw][svc]["ActiveState"] == "active", (gw, svc)
             assert after[gw][svc]["InvocationID"] != before[gw][svc]["InvocationID"], f"{svc} restarted on {gw}"
