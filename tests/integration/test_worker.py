@@ -277,7 +277,7 @@ def _beat(count: int, active: list[str] | None = None) -> dict:
     }
 
 
-def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bound(db, workers, tmp_path):
+def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bound(db, workers, tmp_path, request):
     """backend.name picks a plug-in whose processes are not node-bound (tests/unbound_backend.py:
     real processes, reachable from both nodes). Its clusters have no node: their jobs go to the
     shared queues, the node that launched the scheduler is killed (-9) and swept as lost, and the
@@ -304,6 +304,12 @@ def test_losing_a_gateway_node_fails_no_cluster_of_a_backend_that_is_not_node_bo
     workers.start("node-b", **plugin)
     settings = make_settings("postgresql://unused/x", tmp_path, node={"state_dir": str(shared)})
     backend = UnboundLocalBackend(settings)
+
+    def leave_nothing_running():  # also when an assertion below fails midway
+        for left in backend.local_clusters():
+            backend.stop_cluster(left, None, {})
+
+    request.addfinalizer(leave_nothing_running)
     name = clusters.create_cluster(db, settings, "carol", {})
     row = wait_until(
         lambda: db.execute(
