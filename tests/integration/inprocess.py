@@ -1,6 +1,6 @@
-"""Job workers run in the test's own process against the real Postgres, with a backend that
-records calls: a job handler's effect is checked in milliseconds, without a worker subprocess
-(``tick_for``, ``tick_until`` and ``drive`` run the claim loop as the worker's main loop does)."""
+"""Job runners run in the test's own process against the real Postgres, with a backend that
+records calls: a job handler's effect is checked in milliseconds, without a job runner subprocess
+(``tick_for``, ``tick_until`` and ``drive`` run the claim loop as the job runner's main loop does)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+from psycopg.rows import dict_row
+
 from conftest import make_settings
+from gatewayha.auth import users
 from gatewayha.backends.base import Backend, ProcessStatus
 from gatewayha.jobs.worker import Worker
 from helpers import wait_until
+
+
+@contextmanager
+def emptied_db(
+    db_dsn: str, tables: tuple[str, ...], owners: tuple[str, ...] = ("carol",)
+) -> Iterator[psycopg.Connection]:
+    """A connection (autocommit, dict rows) to the module's database with ``tables`` emptied
+    (in that order) and the users ``owners`` present: each test starts from a known state."""
+    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("; ".join(f"DELETE FROM {table}" for table in tables))
+        for owner in owners:
+            users.ensure_user(conn, owner)
+        yield conn
 
 
 class RecordingBackend(Backend):

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg
 import pytest
-from inprocess import RecordingBackend, in_process_workers, tick_until
-from psycopg.rows import dict_row
+from inprocess import RecordingBackend, emptied_db, in_process_workers, tick_until
 
 from conftest import SECRET, make_settings
 from gatewayha import clusters, liveness
-from gatewayha.auth import users
 from gatewayha.jobs import queue
 from helpers import wait_until
 
 
 @pytest.fixture
 def db(db_dsn):
-    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute(
-            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM clusters; DELETE FROM nodes"
-        )
-        users.ensure_user(conn, "carol")
+    with emptied_db(db_dsn, ("jobs", "job_log", "periodic", "clusters", "nodes")) as conn:
         yield conn
 
 

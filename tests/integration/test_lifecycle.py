@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from inprocess import RecordingBackend
+from inprocess import RecordingBackend, emptied_db
 from psycopg.rows import dict_row
 
 from conftest import SECRET, make_settings, new_database
@@ -27,11 +27,7 @@ from gatewayha.lifecycle import WorkerStatus as W
 
 @pytest.fixture
 def db(db_dsn):
-    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute(
-            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM clusters; DELETE FROM nodes; DELETE FROM api_instances"
-        )
-        users.ensure_user(conn, "carol")
+    with emptied_db(db_dsn, ("jobs", "job_log", "clusters", "nodes", "api_instances")) as conn:
         yield conn
 
 

@@ -4,10 +4,8 @@ this release does not know (a newer node's, in a rolling upgrade), is still retr
 
 from __future__ import annotations
 
-import psycopg
 import pytest
-from inprocess import RecordingBackend, in_process_workers, tick_until
-from psycopg.rows import dict_row
+from inprocess import RecordingBackend, emptied_db, in_process_workers, tick_until
 from psycopg.types.json import Jsonb
 
 from gatewayha.jobs import queue
@@ -19,8 +17,7 @@ OTHER = "f" * 32
 
 @pytest.fixture
 def db(db_dsn):
-    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute("DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM clusters")
+    with emptied_db(db_dsn, ("jobs", "job_log", "periodic", "clusters"), owners=()) as conn:
         yield conn
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from inprocess import RecordingBackend, in_process_workers, tick_for, tick_until
+from inprocess import RecordingBackend, emptied_db, in_process_workers, tick_for, tick_until
 from psycopg.rows import dict_row
 
 from conftest import SECRET, make_settings
@@ -85,12 +85,7 @@ class Workers:
 
 @pytest.fixture
 def db(db_dsn):
-    with psycopg.connect(db_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute(
-            "DELETE FROM jobs; DELETE FROM job_log; DELETE FROM periodic; DELETE FROM nodes; DELETE FROM clusters;"
-            " DELETE FROM api_instances"
-        )
-        users.ensure_user(conn, "carol")
+    with emptied_db(db_dsn, ("jobs", "job_log", "periodic", "nodes", "clusters", "api_instances")) as conn:
         yield conn
 
 
