@@ -149,6 +149,33 @@ class BackendSettings:
 
 
 @dataclass
+class SlurmSettings:
+    # The Slurm backend (backend.name = "slurm"; docs/backends.md, "Running Dask on Slurm").
+    conf: str = ""  # SLURM_CONF for its commands; "": Slurm's default (/etc/slurm/slurm.conf)
+    bin_dir: str = ""  # where sbatch, squeue, scancel, sinfo, scontrol are; "": PATH
+    # Shared by the gateway nodes and the compute nodes at the same path: each cluster's TLS
+    # files, token, job scripts, logs and work directory (readable by that cluster only).
+    staging_dir: str = "/var/lib/gatewayha/slurm"
+    python: str = ""  # the interpreter on the compute nodes; "": node.python, else ours
+    partition: str = ""  # defaults of the cluster options of the same names; "": Slurm's
+    account: str = ""
+    qos: str = ""
+    scheduler_time_limit: str = ""  # Slurm's time format; "": the partition's default
+    worker_time_limit: str = "1:00:00"
+    # Workers retire this long before their job's time limit, handing their data on (Dask's
+    # --lifetime), so the walltime never kills one mid-task.
+    lifetime_margin: float = 120.0
+    # Whose jobs: "pool" (each cluster runs as one of the service accounts with uids
+    # uid_min .. uid_min+uid_count-1, which the site creates on every node: no cluster reads
+    # another's files or cancels its jobs) or "user" (the cluster owner's own Unix account).
+    run_as: str = "pool"
+    uid_min: int = 1_897_000_000
+    uid_count: int = 0
+    extra_sbatch_args: str = ""  # added to every sbatch (shell words), e.g. "--constraint=dask"
+    command_timeout: float = 30.0  # seconds for one Slurm command; slurmctld down: the job retries
+
+
+@dataclass
 class JobsSettings:
     """[jobs]: the job runner (gatewayha-jobs, one per node) that claims jobs from Postgres and
     launches Dask schedulers and workers. Written [worker] before (deprecated, still read)."""
@@ -242,6 +269,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)

@@ -104,3 +104,8 @@ class MalformedJob(GatewayError, ValueError):
 
 class BackendError(GatewayError, RuntimeError):
     """The machinery that runs Dask processes failed (systemd-run, no free uid, ...)."""
+
+
+class BackendRefused(BackendError):
+    """The machinery refused a start for a reason another try would meet again (a batch
+    system's invalid partition, a limit of the user's): the cluster fails at once with it."""

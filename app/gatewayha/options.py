@@ -105,6 +105,13 @@ class ClusterConfig:
     heartbeat_period: float
     adaptive_period: float
     environment: dict
+    # Batch-system placement (the Slurm backend; dask-gateway's SlurmClusterConfig names):
+    # "" means the [slurm] default. Defaults here keep rows stored by older releases loadable.
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_limit: str = ""  # a worker job's walltime (Slurm's format); its Dask lifetime follows
+    worker_gpus: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -126,6 +133,11 @@ _OVERRIDABLE = {
     "worker_threads": int,
     "idle_timeout": float,
     "max_workers": int,
+    "partition": str,
+    "account": str,
+    "qos": str,
+    "time_limit": str,
+    "worker_gpus": int,
 }
 
 
@@ -142,6 +154,11 @@ def cluster_config(settings: Settings, options: dict) -> ClusterConfig:
         "heartbeat_period": base.heartbeat_period,
         "adaptive_period": base.adaptive_period,
         "environment": {},
+        "partition": settings.slurm.partition,
+        "account": settings.slurm.account,
+        "qos": settings.slurm.qos,
+        "time_limit": settings.slurm.worker_time_limit,
+        "worker_gpus": 0,
     }
     for key, conv in _OVERRIDABLE.items():
         if key in options:

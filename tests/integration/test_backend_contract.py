@@ -17,6 +17,7 @@ backend's verbs, with its state records round-tripped through JSON as Postgres s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,9 +25,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import slurm_local
 
-from gatewayha import tls
-from gatewayha.backends import get_backend
+from gatewayha import tls, validate
+from gatewayha.backends import get_backend, slurm
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.backends.launcher import MARKER_VAR, scheduler_unit, systemd_is_init, worker_unit
 from gatewayha.config import BackendSettings, NodeSettings, Settings
@@ -121,11 +123,90 @@ class LocalHarness:
             self.backend.stop_cluster(name)
 
 
+class SlurmHarness:
+    """The Slurm backend on the local Slurm (tests/slurm_local.py): what runs is what squeue says;
+    a crash is a SIGKILL to the job's processes through Slurm (the backend is not asked)."""
+
+    def __init__(self, tmp_path: Path):
+        slurm_local.ensure_slurm()
+        self.staging = tmp_path / "staging"
+        self.backend = self.new_backend()
+
+    def new_backend(self) -> Backend:
+        return get_backend(slurm_local.settings(self.staging))
+
+    def broken_backend(self) -> Backend:
+        """Its submissions are refused after it has prepared the cluster's files."""
+        return get_backend(slurm_local.settings(self.staging, partition="nonexistent"))
+
+    def _jobs(self, prefix: str, cluster: str) -> list[list[str]]:
+        # id, state, comment of the cluster's live jobs (array tasks one by one).
+        return [j for j in slurm_local.squeue("--array", f"--name={prefix}{cluster}", "--format=%i|%T|%k")
+                if j[1] in slurm.ALIVE_STATES]  # fmt: skip
+
+    def _worker_jobs(self, cluster: str, worker: str) -> list[str]:
+        suffix = worker[len(cluster) + 1 :]
+        out = []
+        for job_id, _state, comment in self._jobs(slurm.WORKERS_JOB, cluster):
+            names = comment.split("workers=")[-1].split(",")
+            task = int(job_id.partition("_")[2] or -1)
+            if 0 <= task < len(names) and names[task] == suffix:
+                out.append(job_id)
+        return out
+
+    def schedulers(self, cluster: str) -> int:
+        return len(self._jobs(slurm.SCHEDULER_JOB, cluster))
+
+    def workers(self, cluster: str, worker: str) -> int:
+        return len(self._worker_jobs(cluster, worker))
+
+    @staticmethod
+    def _job_pids(job_id: str) -> list[int]:
+        """The processes of a job (of an array task), found by the variables Slurm gives them."""
+        array, _, task = job_id.partition("_")
+        want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()} if task else {
+            f"SLURM_JOB_ID={array}".encode()}  # fmt: skip
+        pids = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    environ = set(Path(entry.path, "environ").read_bytes().split(b"\0"))
+                except OSError:
+                    continue
+                if want <= environ:
+                    pids.append(int(entry.name))
+        return pids
+
+    def _kill(self, job_ids: list[str]) -> None:
+        """SIGKILL to the job's processes on its node (a crash: Slurm is not asked)."""
+        for job_id in job_ids:
+            for pid in wait_until(lambda j=job_id: self._job_pids(j), 30, f"the processes of job {job_id}"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def kill_scheduler(self, cluster: str) -> None:
+        self._kill([j[0] for j in self._jobs(slurm.SCHEDULER_JOB, cluster)])
+
+    def kill_worker(self, cluster: str, worker: str) -> None:
+        self._kill(self._worker_jobs(cluster, worker))
+
+    def leftovers(self, cluster: str) -> list[str]:
+        jobs = [j[0] for p in (slurm.SCHEDULER_JOB, slurm.WORKERS_JOB) for j in self._jobs(p, cluster)]
+        return jobs + [str(p) for p in self.staging.glob(f"{cluster}*")]
+
+    def close(self) -> None:
+        for d in self.staging.glob("*"):
+            if validate.is_cluster_name(d.name):
+                self.backend.stop_cluster(d.name)
+
+
 HARNESSES = {
     "local-process": lambda tmp: LocalHarness(tmp, "process"),
     "local-systemd": lambda tmp: LocalHarness(tmp, "systemd"),
     # A backend that is not node-bound (tests/unbound_backend.py): its host comes from a check.
     "unbound-process": lambda tmp: LocalHarness(tmp, "process", "unbound_backend:UnboundLocalBackend"),
+    # Schedulers and workers as jobs of a real Slurm (scripts/slurm.sh).
+    "slurm": SlurmHarness,
 }
 
 
@@ -173,8 +254,13 @@ def test_the_state_record_is_json_and_says_what_the_backend_needs(harness, keypa
     # the first check that finds it running: the heartbeat's addresses are pinned to that host
     # (gatewayha.clusters._placed_host).
     if not type(harness.backend).node_bound:
-        checked = wait_until(lambda: (st := harness.backend.check_schedulers([(name, state)])[0]).alive and st, 60)
-        assert isinstance({**state, **(checked.state or {})}.get("host"), str)
+        # (A batch job is alive, with no host yet, while it waits for a node.)
+        def placed():
+            st = harness.backend.check_schedulers([(name, state)])[0]
+            assert st.alive, st.reason
+            return {**state, **(st.state or {})}.get("host")
+
+        assert isinstance(wait_until(placed, 60, "the scheduler's host"), str)
 
 
 def test_starting_twice_gives_one_scheduler_and_one_worker(harness, keypair):

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Built-in backends: name -> "module:Class" (imported only when chosen).
-BUILTIN = {"local": "gatewayha.backends.local:LocalBackend"}
+BUILTIN = {"local": "gatewayha.backends.local:LocalBackend", "slurm": "gatewayha.backends.slurm:SlurmBackend"}
 
 
 def backend_class(backend: BackendSettings) -> type[Backend]:

@@ -54,6 +54,7 @@ class SchedulerSpec:
     tls_cert: str = field(repr=False)  # PEM
     tls_key: str = field(repr=False)  # PEM
     config: ClusterConfig = field(repr=False)
+    user: str = ""  # the cluster's owner: whose account runs it (a batch backend), accounting
 
 
 @dataclass
@@ -67,6 +68,7 @@ class WorkerSpec:
     tls_cert: str = field(repr=False)
     tls_key: str = field(repr=False)
     config: ClusterConfig = field(repr=False)
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ class Backend(ABC):
     @abstractmethod
     def start_worker(self, spec: WorkerSpec) -> State:
         """Start one worker, or find it running; its state record either way."""
+
+    def start_workers(self, specs: Sequence[WorkerSpec]) -> list[State]:
+        """Start several workers of one cluster (one scale-up), or find them running; their state
+        records, in order. A batch system submits them together (one job array); the default
+        starts them one by one."""
+        return [self.start_worker(spec) for spec in specs]
 
     @abstractmethod
     def stop_worker(self, cluster_name: str, worker_name: str, state: State | None = None) -> None:

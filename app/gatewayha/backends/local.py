@@ -135,6 +135,9 @@ class LocalBackend(Backend):
     them: node-bound."""
 
     node_bound = True
+    # Whether the processes write their logs themselves (a batch job's output file) rather than
+    # the launcher: then the cluster's uid owns logs/.
+    logs_writable = False
 
     def __init__(self, settings: Settings, launcher: Launcher | None = None):
         self.settings = settings
@@ -210,13 +213,18 @@ class LocalBackend(Backend):
                         used.add(os.stat(Path(entry.path) / "work", follow_symlinks=False).st_uid)
         return used
 
-    def _prepare_dir(self, cluster_name: str, tls_cert: str, tls_key: str) -> tuple[Path, Identity | None]:
-        """The cluster's directory with its TLS files, and the identity its processes run as."""
+    def _prepare_dir(
+        self, cluster_name: str, tls_cert: str, tls_key: str, owner: Identity | None = None
+    ) -> tuple[Path, Identity | None]:
+        """The cluster's directory with its TLS files, and the identity its processes run as:
+        ``owner`` where given, else a uid of the range of its own."""
         d = self.cluster_dir(cluster_name)
         with self._uid_lock():
             work = d / "work"
-            uid = None
-            if self.isolated:
+            uid = gid = None
+            if owner is not None:
+                uid, gid = owner.uid, owner.gid
+            elif self.isolated:
                 try:
                     uid = os.stat(work, follow_symlinks=False).st_uid
                 except FileNotFoundError:
@@ -226,18 +234,21 @@ class LocalBackend(Backend):
                     uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
                     while uid in used:
                         uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
+            gid = uid if gid is None else gid
             d.mkdir(exist_ok=True, mode=0o700)
             (d / "logs").mkdir(exist_ok=True, mode=0o700)
             work.mkdir(exist_ok=True, mode=0o700)
             if uid is not None:
-                os.chown(d, 0, uid, follow_symlinks=False)
+                os.chown(d, 0, gid, follow_symlinks=False)
                 os.chmod(d, 0o750)
-                os.chown(work, uid, uid, follow_symlinks=False)
+                os.chown(work, uid, gid, follow_symlinks=False)
+                if self.logs_writable:
+                    os.chown(d / "logs", uid, gid, follow_symlinks=False)
             else:
                 os.chmod(d, 0o700)
-        _write_secret(d / "tls.crt", tls_cert, uid)
-        _write_secret(d / "tls.key", tls_key, uid)
-        return d, (Identity(uid, uid) if uid is not None else None)
+        _write_secret(d / "tls.crt", tls_cert, gid)
+        _write_secret(d / "tls.key", tls_key, gid)
+        return d, (Identity(uid, gid) if uid is not None else None)
 
     def dask_command(self, sub: str) -> list[str]:
         """``<bin>/dask <sub>`` next to the configured interpreter, else ``python -m``."""

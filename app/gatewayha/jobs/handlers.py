@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from gatewayha import clusters, lifecycle, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
-from gatewayha.errors import GatewayError, InvalidValue, MalformedJob
+from gatewayha.errors import BackendRefused, GatewayError, InvalidValue, MalformedJob
 from gatewayha.jobs import queue
 from gatewayha.jobs.queue import Job
 from gatewayha.lifecycle import ClusterStatus, WorkerStatus
@@ -106,7 +106,7 @@ def start_cluster(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
     with ctx.pool.connection() as conn, conn.transaction():
         row = conn.execute(
-            "SELECT name, status, node, config, tls_cert, tls_key_enc, token_enc FROM clusters"
+            "SELECT name, owner, status, node, config, tls_cert, tls_key_enc, token_enc FROM clusters"
             " WHERE name = %s FOR UPDATE",
             (name,),
         ).fetchone()
@@ -133,8 +133,13 @@ def start_cluster(ctx: Context, job: Job) -> None:
         tls_cert=row["tls_cert"],
         tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
         config=ClusterConfig.from_json(row["config"]),
+        user=row["owner"],
     )
-    state = ctx.backend.start_scheduler(spec)
+    try:
+        state = ctx.backend.start_scheduler(spec)
+    except BackendRefused as exc:
+        _refused(ctx, name, exc)
+        return
     with ctx.pool.connection() as conn:
         conn.execute("UPDATE clusters SET scheduler_state = %s WHERE name = %s", (Jsonb(state), name))
     log.info("cluster %s: scheduler started by %s", name, ctx.node)
@@ -186,35 +191,79 @@ def stop_cluster(ctx: Context, job: Job) -> None:
     log.info("cluster %s: %s (%s)", name, ended or "ended already", reason)
 
 
+def _refused(ctx: Context, name: str, exc: Exception) -> None:
+    """The backend refused the cluster's start for good (BackendRefused): it fails now, with the
+    backend's words, instead of being retried."""
+    log.warning("cluster %s: the backend refused it: %s", name, exc)
+    with ctx.pool.connection() as conn:
+        lifecycle.stop_cluster(conn, name, str(exc)[:500], failed=True)
+
+
+_WORKER_ROW = (
+    "SELECT c.name, c.owner, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc,"
+    " c.scheduler_address, w.name AS worker, w.status AS wstatus, w.state AS wstate"
+    " FROM clusters c JOIN workers w ON w.cluster = c.name"
+)
+
+
+def _worker_spec(ctx: Context, row: dict) -> WorkerSpec:
+    name = row["name"]
+    return WorkerSpec(
+        cluster_name=name,
+        worker_name=row["worker"],
+        scheduler_address=row["scheduler_address"],
+        token=clusters.cluster_token(ctx.secrets, row),
+        tls_cert=row["tls_cert"],
+        tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
+        config=ClusterConfig.from_json(row["config"]),
+        user=row["owner"],
+    )
+
+
+def _start_workers_together(ctx: Context, name: str, worker: str) -> None:
+    """A backend that is not node-bound starts the workers of one scale-up together (one job
+    array on Slurm): the first start_worker job of the cluster takes every pending worker not
+    launched yet, under a lock per cluster; the others find theirs launched and return."""
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gatewayha.start_workers'), hashtext(%s))", (name,))
+        rows = conn.execute(
+            _WORKER_ROW + " WHERE c.name = %s AND c.status = %s AND w.status = %s AND w.state IS NULL ORDER BY w.name",
+            (name, ClusterStatus.RUNNING, WorkerStatus.PENDING),
+        ).fetchall()
+        if worker not in {r["worker"] for r in rows}:
+            return  # launched by another job's batch, stopped, or the cluster ended
+        try:
+            states = ctx.backend.start_workers([_worker_spec(ctx, r) for r in rows])
+        except BackendRefused as exc:
+            refused = exc
+        else:
+            refused = None
+            # Saved in the transaction that holds the lock: the next job sees them launched.
+            for r, state in zip(rows, states, strict=True):
+                conn.execute(
+                    "UPDATE workers SET state = %s WHERE cluster = %s AND name = %s", (Jsonb(state), name, r["worker"])
+                )
+    if refused is not None:
+        _refused(ctx, name, refused)
+        return
+    log.info("cluster %s: %d workers started together by %s", name, len(rows), ctx.node)
+
+
 def start_worker(ctx: Context, job: Job) -> None:
     name = _cluster_name(job)
     worker = _worker_name(job, name)
+    if not ctx.backend.node_bound:
+        _start_workers_together(ctx, name, worker)
+        return
     with ctx.pool.connection() as conn:
-        row = conn.execute(
-            "SELECT c.name, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc, c.scheduler_address,"
-            " w.status AS wstatus"
-            " FROM clusters c JOIN workers w ON w.cluster = c.name WHERE c.name = %s AND w.name = %s",
-            (name, worker),
-        ).fetchone()
+        row = conn.execute(_WORKER_ROW + " WHERE c.name = %s AND w.name = %s", (name, worker)).fetchone()
     if row is None or row["status"] != ClusterStatus.RUNNING or row["wstatus"] != WorkerStatus.PENDING:
         return
     if row["node"] is not None and row["node"] != ctx.node:
         raise Defer(queue=queue.node_start_queue(row["node"]))
-    state = ctx.backend.start_worker(
-        WorkerSpec(
-            cluster_name=name,
-            worker_name=worker,
-            scheduler_address=row["scheduler_address"],
-            token=clusters.cluster_token(ctx.secrets, row),
-            tls_cert=row["tls_cert"],
-            tls_key=tls.decrypt_key(ctx.secrets, row["tls_key_enc"], name),
-            config=ClusterConfig.from_json(row["config"]),
-        )
-    )
+    state = ctx.backend.start_worker(_worker_spec(ctx, row))
     with ctx.pool.connection() as conn:
         conn.execute("UPDATE workers SET state = %s WHERE cluster = %s AND name = %s", (Jsonb(state), name, worker))
-    if not ctx.backend.node_bound:
-        return
     # Running once its scheduler lists it (gatewayha's scheduler preload reports a join at once).
     _hold_launch_slot(
         ctx,

@@ -1,0 +1,46 @@
+"""The local Slurm of scripts/slurm.sh (munged, slurmctld, two slurmd: compute nodes n1, n2) for the
+tests of the Slurm backend: started once (idempotent: a running one is reused), never mocked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from gatewayha.config import BackendSettings, NodeSettings, Settings, SlurmSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM_DIR = ROOT / ".state" / "slurm"
+CONF = SLURM_DIR / "slurm.conf"
+POOL_UID_MIN = 1_897_000_000
+POOL_COUNT = 16
+
+
+def ensure_slurm() -> Path:
+    """Start the local Slurm unless it runs; the path of its slurm.conf."""
+    env = {**os.environ, "SLURM_DIR": str(SLURM_DIR), "SLURM_POOL_UID_MIN": str(POOL_UID_MIN),
+           "SLURM_POOL_COUNT": str(POOL_COUNT)}  # fmt: skip
+    subprocess.run([str(ROOT / "scripts" / "slurm.sh"), "up"], env=env, check=True, timeout=300)
+    return CONF
+
+
+def slurm_env() -> dict[str, str]:
+    return {**os.environ, "SLURM_CONF": str(CONF)}
+
+
+def squeue(*args: str) -> list[list[str]]:
+    """squeue's lines, split at "|" (``--format`` with "|" between the fields)."""
+    out = subprocess.run(["squeue", "--noheader", *args], env=slurm_env(), capture_output=True, text=True,
+                         check=True, timeout=30).stdout  # fmt: skip
+    return [line.strip().split("|") for line in out.splitlines() if line.strip()]
+
+
+def settings(staging: Path, **slurm) -> Settings:
+    """Settings of the Slurm backend on the local Slurm, the clusters in ``staging``."""
+    values = dict(conf=str(CONF), staging_dir=str(staging), uid_min=POOL_UID_MIN, uid_count=POOL_COUNT)
+    values.update(slurm)
+    return Settings(
+        node=NodeSettings(state_dir=str(staging.parent / "node"), host="127.0.0.1", isolation="none"),
+        backend=BackendSettings(name="slurm"),
+        slurm=SlurmSettings(**values),
+    )
