@@ -6,6 +6,7 @@ help:
 	@echo "make up      start the local stack (Postgres, 2 API instances, 2 job runners, HAProxy) on 127.0.0.1:8000"
 	@echo "             TLS=1: HTTPS with a CA made under .state/tls; BIND=0.0.0.0: reachable from other machines"
 	@echo "             WSGI=gunicorn: the API instances under gunicorn instead of granian"
+	@echo "             BACKEND=slurm: Dask as jobs of a local Slurm (slurmctld, two slurmd, munge) started beside it"
 	@echo "make down    stop everything make up started"
 	@echo "make status  show the local stack's processes"
 	@echo "make test    lint + unit + integration + e2e (real dask-gateway client) + molecule (the appliance in Docker)"
@@ -17,9 +18,10 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 # make up TLS=1: HTTPS with a CA of the stack's own; make up BIND=0.0.0.0: not only loopback;
-# make up WSGI=gunicorn: the API instances under gunicorn (granian by default).
+# make up WSGI=gunicorn: the API instances under gunicorn (granian by default);
+# make up BACKEND=slurm: schedulers and workers as jobs of a local Slurm (scripts/slurm.sh).
 up: bootstrap
-	@GATEWAYHA_TLS=$(TLS) GATEWAYHA_BIND=$(BIND) GATEWAYHA_WSGI=$(WSGI) scripts/stack.sh up
+	@GATEWAYHA_TLS=$(TLS) GATEWAYHA_BIND=$(BIND) GATEWAYHA_WSGI=$(WSGI) GATEWAYHA_BACKEND=$(BACKEND) scripts/stack.sh up
 
 down:
 	@scripts/stack.sh down

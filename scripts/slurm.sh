@@ -53,6 +53,9 @@ write_conf() {
     # The staging path is shared with the compute nodes: each cluster's directory in it is
     # readable by that cluster only; the root lists nothing.
     chmod 0711 "$SLURM_DIR" "$SLURM_DIR/staging"
+    # slurmd puts each job's script under its spool dir: the jobs' accounts must reach it.
+    chmod 0711 "$SLURM_DIR/spool" "${NODES[@]/#/$SLURM_DIR/spool/}"
+    chmod 0700 "$SLURM_DIR/state" "$SLURM_DIR/log" "$SLURM_DIR/run"
     local host; host=$(hostname -s)
     cat >"$CONF" <<EOF
 # Written by scripts/slurm.sh: a local Slurm for gatewayha's tests and make up BACKEND=slurm.

@@ -7,6 +7,9 @@
 # GATEWAYHA_BIND (make up BIND=...; default 127.0.0.1: loopback only) the public address,
 # GATEWAYHA_PUBLIC_HOST (default 127.0.0.1) the host name or address users reach it by,
 # GATEWAYHA_WSGI (make up WSGI=gunicorn) the API instances' WSGI server: granian (default) or gunicorn.
+# GATEWAYHA_BACKEND (make up BACKEND=slurm) where Dask runs: local (default: processes of the two
+# job runners' nodes) or slurm (jobs of a local Slurm started beside the stack: scripts/slurm.sh,
+# under $STATE/slurm, its controller on GATEWAYHA_SLURM_PORT, default 16817, and the next two).
 # Runs: a throwaway Postgres, 2 API instances (gatewayha-api: granian or gunicorn + Falcon), 2 job runners (gatewayha-jobs;
 # nodes local-1 and local-2; local-1 keeps HAProxy's maps), and HAProxy on the public port.
 set -euo pipefail
@@ -19,6 +22,9 @@ TLS=${GATEWAYHA_TLS:-0}
 BIND=${GATEWAYHA_BIND:-127.0.0.1}
 PUBLIC_HOST=${GATEWAYHA_PUBLIC_HOST:-127.0.0.1}
 WSGI=${GATEWAYHA_WSGI:-granian}
+BACKEND=${GATEWAYHA_BACKEND:-local}
+[ -n "$BACKEND" ] || BACKEND=local
+export SLURM_DIR=$STATE/slurm SLURM_PORT=${GATEWAYHA_SLURM_PORT:-16817}
 case "$WSGI" in granian|gunicorn) ;; *) echo "stack: WSGI must be granian or gunicorn, not '$WSGI'" >&2; exit 2 ;; esac
 SCHEME=http; [ "$TLS" = 1 ] && SCHEME=https
 RUN=$STATE/run
@@ -127,6 +133,40 @@ label = "Environment variables"
 type = "mapping"
 default = {}
 TOML
+    [ "$BACKEND" = slurm ] || return 0
+    cat >> "$CONFIG" <<TOML
+
+# make up BACKEND=slurm: schedulers and workers are jobs of the local Slurm (scripts/slurm.sh).
+[backend]
+name = "slurm"
+
+[slurm]
+conf = "$SLURM_DIR/slurm.conf"
+staging_dir = "$SLURM_DIR/staging"
+uid_count = 16
+worker_time_limit = "1:00:00"
+
+[[cluster_options]]
+field = "partition"
+label = "Slurm partition"
+type = "select"
+default = "dask"
+options = ["dask", "short"]
+
+[[cluster_options]]
+field = "time_limit"
+label = "Worker time limit (Slurm's format)"
+type = "string"
+default = "1:00:00"
+
+[[cluster_options]]
+field = "worker_gpus"
+label = "GPUs per worker"
+type = "int"
+default = 0
+min = 0
+max = 2
+TOML
 }
 
 up() {
@@ -140,6 +180,11 @@ up() {
     psql "$dsn_admin" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'gatewayha'" | grep -q 1 \
         || psql "$dsn_admin" -qc "CREATE DATABASE gatewayha" >/dev/null
     dsn=${dsn_admin%/postgres}/gatewayha
+    case "$BACKEND" in
+        local) ;;
+        slurm) scripts/slurm.sh up ;;
+        *) echo "stack: GATEWAYHA_BACKEND (make up BACKEND=...): local or slurm, got $BACKEND" >&2; exit 2 ;;
+    esac
     write_config "$dsn"
     chmod 0600 "$CONFIG" "$STATE/secret"
     gatewayha-admin migrate
@@ -258,15 +303,26 @@ down() {
     fi
     # Job runners, API instances and HAProxy together (each session's leftovers too); the old
     # marker (GATEWAYHA_CONFIG, set by stacks started before GATEWAYHA_LOCAL_STACK) also counts.
+    # Slurm jobs the job runners had no time to cancel: this Slurm is the stack's own.
+    if [ -f "$SLURM_DIR/run/slurmctld.pid" ]; then
+        export SLURM_CONF=$SLURM_DIR/slurm.conf
+        for _ in $(seq 30); do
+            mapfile -t jobs < <(squeue --noheader --format=%A 2>/dev/null)
+            [ ${#jobs[@]} -eq 0 ] && break
+            scancel "${jobs[@]}" 2>/dev/null || true
+            sleep 0.5
+        done
+    fi
     procs stop --quiet --marker "$MARKER" --marker "GATEWAYHA_CONFIG=$CONFIG" \
         "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/haproxy.pid || true
     rm -f "$RUN"/worker-*.pid "$RUN"/api-*.pid "$RUN"/api-*.wsgi "$RUN"/haproxy.pid
     # Schedulers and workers launched by the local backend (pidfiles under each node's state dir).
-    mapfile -t units < <(find "$STATE" -path "$STATE/pg" -prune -o -name '*.pid' -print 2>/dev/null)
+    mapfile -t units < <(find "$STATE" \( -path "$STATE/pg" -o -path "$SLURM_DIR" \) -prune -o -name '*.pid' -print 2>/dev/null)
     if [ ${#units[@]} -gt 0 ]; then
         procs stop --quiet --unit "${units[@]}" || true
         rm -f "${units[@]}"
     fi
+    scripts/slurm.sh down
     scripts/pg.sh stop "$STATE/pg"
     # Last resort: anything this stack started that is still alive (it says what it stops).
     procs sweep --marker "$MARKER" --unit-home "$STATE/"

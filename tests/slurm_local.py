@@ -10,7 +10,9 @@ from pathlib import Path
 from gatewayha.config import BackendSettings, NodeSettings, Settings, SlurmSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-SLURM_DIR = ROOT / ".state" / "slurm"
+# Apart from make up BACKEND=slurm's (.state/slurm, port 16817): the tests' own.
+SLURM_DIR = ROOT / ".state" / "slurm-tests"
+PORT = 16837
 CONF = SLURM_DIR / "slurm.conf"
 POOL_UID_MIN = 1_897_000_000
 POOL_COUNT = 16
@@ -18,8 +20,8 @@ POOL_COUNT = 16
 
 def ensure_slurm() -> Path:
     """Start the local Slurm unless it runs; the path of its slurm.conf."""
-    env = {**os.environ, "SLURM_DIR": str(SLURM_DIR), "SLURM_POOL_UID_MIN": str(POOL_UID_MIN),
-           "SLURM_POOL_COUNT": str(POOL_COUNT)}  # fmt: skip
+    env = {**os.environ, "SLURM_DIR": str(SLURM_DIR), "SLURM_PORT": str(PORT),
+           "SLURM_POOL_UID_MIN": str(POOL_UID_MIN), "SLURM_POOL_COUNT": str(POOL_COUNT)}  # fmt: skip
     subprocess.run([str(ROOT / "scripts" / "slurm.sh"), "up"], env=env, check=True, timeout=300)
     return CONF
 

@@ -174,7 +174,10 @@ class SlurmBackend(LocalBackend):
             )
         self.uid_min, self.uid_count = cfg.uid_min, cfg.uid_count
         for what in ("partition", "account", "qos"):
-            _word(f"slurm.{what}", getattr(cfg, what))
+            try:
+                _word(f"slurm.{what}", getattr(cfg, what))
+            except InvalidValue as exc:
+                raise ConfigError(str(exc)) from None
         for what in ("scheduler_time_limit", "worker_time_limit"):
             try:
                 time_limit_seconds(getattr(cfg, what))
