@@ -4,7 +4,8 @@
 # each), all run as processes (no systemd needed), configured and logged under $SLURM_DIR.
 #
 #   scripts/slurm.sh up       install (apt) when missing, configure, start; waits until both nodes are idle
-#   scripts/slurm.sh down     stop what `up` started (by pidfile)
+#   scripts/slurm.sh down     stop what `up` started (by pidfile; munged, shared by the machine, stays)
+#   scripts/slurm.sh down-controller   stop slurmctld alone (an outage; `up` brings it back)
 #   scripts/slurm.sh status   sinfo
 #   scripts/slurm.sh env      the SLURM_CONF line to use it
 #
@@ -88,6 +89,8 @@ JobAcctGatherType=jobacct_gather/none
 # Finished jobs stay in squeue -t all this long (their end state is the stop reason).
 MinJobAge=600
 JobRequeue=0
+# Limits a job breaks are refused at submission (not left pending forever).
+EnforcePartLimits=ALL
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
@@ -144,9 +147,20 @@ down() {
     done
 }
 
+down_controller() {  # slurmctld only (an outage): the nodes and their jobs keep running
+    local f=$SLURM_DIR/run/slurmctld.pid pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    # SIGTERM: it saves its state (the jobs) and goes; a kill -9 loses what it had not saved yet.
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$f"
+}
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
+    down-controller) down_controller ;;
     status) sinfo -N ;;
     env) echo "SLURM_CONF=$CONF" ;;
     *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;

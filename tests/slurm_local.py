@@ -3,6 +3,7 @@ tests of the Slurm backend: started once (idempotent: a running one is reused), 
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 from pathlib import Path
@@ -18,11 +19,22 @@ POOL_UID_MIN = 1_897_000_000
 POOL_COUNT = 16
 
 
+_started = []
+
+
+def _down(env: dict) -> None:
+    subprocess.run([str(ROOT / "scripts" / "slurm.sh"), "down"], env=env, check=False, timeout=120)
+
+
 def ensure_slurm() -> Path:
-    """Start the local Slurm unless it runs; the path of its slurm.conf."""
+    """Start the local Slurm unless it runs (stopped when the test process ends); the path of
+    its slurm.conf."""
     env = {**os.environ, "SLURM_DIR": str(SLURM_DIR), "SLURM_PORT": str(PORT),
            "SLURM_POOL_UID_MIN": str(POOL_UID_MIN), "SLURM_POOL_COUNT": str(POOL_COUNT)}  # fmt: skip
     subprocess.run([str(ROOT / "scripts" / "slurm.sh"), "up"], env=env, check=True, timeout=300)
+    if not _started:
+        _started.append(True)
+        atexit.register(_down, env)
     return CONF
 
 

@@ -106,6 +106,11 @@ class BackendError(GatewayError, RuntimeError):
     """The machinery that runs Dask processes failed (systemd-run, no free uid, ...)."""
 
 
+class BackendUnavailable(BackendError):
+    """The machinery does not answer (a batch system's controller is down): a start waits for it
+    (bounded by cluster.start_timeout) instead of spending its attempts."""
+
+
 class BackendRefused(BackendError):
     """The machinery refused a start for a reason another try would meet again (a batch
     system's invalid partition, a limit of the user's): the cluster fails at once with it."""

@@ -17,7 +17,7 @@ import pytest
 from dask_gateway import BasicAuth, Gateway
 from dask_gateway.client import ClusterStatus
 
-from conftest import _running_stack, e2e_base_port
+from conftest import ROOT, _running_stack, e2e_base_port
 from helpers import wait_until
 
 
@@ -124,3 +124,63 @@ def test_losing_a_gateway_nodes_job_runner_fails_no_slurm_cluster(slurm_stack, g
     finally:
         cluster.shutdown()
     wait_until(lambda: jobs_of(slurm_stack, name) == [], 60, "the cluster's jobs ended")
+
+
+def slurm_sh(stack, command: str) -> None:
+    env = {**stack.env, "SLURM_DIR": str(stack.state / "slurm"), "SLURM_PORT": stack.env["GATEWAYHA_SLURM_PORT"]}
+    subprocess.run([str(ROOT / "scripts" / "slurm.sh"), command], env=env, check=True, timeout=120,
+                   capture_output=True)  # fmt: skip
+
+
+def test_gpus_and_time_limits_reach_slurm_and_a_refusal_fails_the_cluster_with_slurms_words(slurm_stack, gw):
+    opts = gw.cluster_options()
+    opts.worker_gpus = 1
+    opts.time_limit = "30:00"
+    with gw.new_cluster(opts) as cluster:
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        (worker,) = [j for j in squeue(slurm_stack, f"--name=dask-workers-{cluster.name}", "--format=%i|%b|%l")]
+        assert worker[1:] == ["gres:gpu:1", "30:00"]
+        # The worker's Dask lifetime ends before its walltime, at least slurm.lifetime_margin
+        # (120 s) early, staggered by up to 2 x 60 s.
+        lifetime = client.run(lambda dask_worker: dask_worker.lifetime)
+        assert all(1800 - 120 - 120 <= v <= 1800 - 120 for v in lifetime.values()), lifetime
+        client.close()
+    # Partition "short" allows 10 minutes: Slurm refuses the worker job (EnforcePartLimits),
+    # and the cluster fails at once with Slurm's reason instead of retrying forever.
+    opts = gw.cluster_options()
+    opts.partition = "short"
+    opts.time_limit = "20:00"
+    cluster = gw.new_cluster(opts)
+    cluster.scale(1)
+    wait_until(lambda: gw.get_cluster(cluster.name).status == ClusterStatus.FAILED, 60, "FAILED")
+    with slurm_stack.db() as db:
+        reason = db.execute("SELECT reason FROM clusters WHERE name = %s", (cluster.name,)).fetchone()
+    assert "Slurm refused the job" in reason["reason"] and "time limit" in reason["reason"].lower()
+    wait_until(lambda: jobs_of(slurm_stack, cluster.name) == [], 60, "the failed cluster's jobs ended")
+
+
+def test_slurmctld_down_fails_no_running_cluster_and_creates_wait_for_it(slurm_stack, gw):
+    running = gw.new_cluster()
+    try:
+        running.scale(1)
+        client = running.get_client()
+        client.wait_for_workers(1, timeout=120)
+        slurm_sh(slurm_stack, "down-controller")
+        name = gw.submit()
+        time.sleep(8)  # several check ticks and start attempts against a dead controller
+        assert gw.get_cluster(running.name).status == ClusterStatus.RUNNING
+        assert gw.get_cluster(name).status == ClusterStatus.PENDING
+        slurm_sh(slurm_stack, "up")
+        late = gw.connect(name)  # waits for RUNNING
+        late.scale(1)
+        late_client = late.get_client()
+        late_client.wait_for_workers(1, timeout=120)
+        assert late_client.submit(lambda: 2 + 2).result() == 4
+        late_client.close()
+        late.shutdown()
+        assert client.submit(lambda: 3).result() == 3
+        client.close()
+    finally:
+        running.shutdown()

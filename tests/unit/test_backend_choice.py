@@ -41,7 +41,7 @@ def test_a_plugin_is_named_module_colon_class(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("slurm", "one of 'local' or 'package.module:Class', got 'slurm'"),
+        ("kubernetes", "one of 'local', 'slurm' or 'package.module:Class', got 'kubernetes'"),
         ("", "got ''"),
         ("site_backend:", "got 'site_backend:'"),
         (":Cls", "got ':Cls'"),

@@ -114,8 +114,10 @@ def _status_literals(root: Path) -> list[str]:
         if path.suffix not in (".py", ".sql") or not path.is_file():
             continue
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(("lifecycle/", "db/migrations/")):
-            continue  # the lifecycle itself, and the schema's history (its CHECK constraints)
+        if rel.startswith(("lifecycle/", "db/migrations/")) or rel == "backends/slurm.py":
+            # The lifecycle itself, the schema's history (its CHECK constraints), and Slurm's
+            # job states (PENDING, RUNNING, FAILED are Slurm's words there, not a cluster's).
+            continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if STATUS_LITERAL.search(line):
                 found.append(f"{rel}:{n}: {line.strip()}")

@@ -47,10 +47,10 @@ def test_bad_slurm_settings_stop_the_backend_at_start(tmp_path, slurm, error):
 
 def test_a_value_with_quotes_and_the_stand_ins_reaches_bash_as_one_word(tmp_path):
     b = backend(tmp_path)
-    value = f"it's \"$(id)\" `id` ; {WORKER_MARK}/x"
+    value = f'it\'s "$(id)" `id` ; {WORKER_MARK}/x'
     script = f"WORKER=w-1; HOST=1.2.3.4; printf '%s\\n' {b._render(value)}"
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out == "it's \"$(id)\" `id` ; w-1/x\n"
+    assert out == 'it\'s "$(id)" `id` ; w-1/x\n'
 
 
 def test_an_ended_job_says_why_in_slurms_words():

@@ -62,7 +62,7 @@ from gatewayha.backends.local import (
     preload_dirs,
 )
 from gatewayha.config import Settings
-from gatewayha.errors import BackendError, BackendRefused, ConfigError, InvalidValue
+from gatewayha.errors import BackendError, BackendRefused, BackendUnavailable, ConfigError, InvalidValue
 from gatewayha.options import ClusterConfig, environment_patterns
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,14 @@ _REFUSALS = re.compile(
     r"|time limit exceeds|Invalid generic resource|MaxSubmit|QOSMax|AssocMax|Job violates accounting"
     r"|More processors requested than permitted|Memory specification can not be satisfied"
     r"|Invalid --uid|Invalid user id|Batch job submission failed: Access/permission denied",
+    re.IGNORECASE,
+)
+
+
+# slurmctld down or unreachable (the commands' words): nothing is judged, starts wait.
+_UNREACHABLE = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted|Connection refused"
+    r"|slurm_load_jobs error|Communication connection failure",
     re.IGNORECASE,
 )
 
@@ -209,6 +217,8 @@ class SlurmBackend(LocalBackend):
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BackendError(f"{name}: {exc}") from None
+        if proc.returncode != 0 and _UNREACHABLE.search(proc.stderr):
+            raise BackendUnavailable(f"{name}: Slurm does not answer: {proc.stderr.strip()[:300]}")
         if check and proc.returncode != 0:
             raise BackendError(f"{name} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:500]}")
         return proc
@@ -376,9 +386,12 @@ class SlurmBackend(LocalBackend):
             argv, env = self.worker_command(dataclasses.replace(first, worker_name=WORKER_MARK), d)
             seconds = time_limit_seconds(limit)
             if seconds:
-                # Retire before the walltime, staggered so the workers do not all leave at once.
-                lifetime = max(60, seconds - int(self.slurm.lifetime_margin))
-                argv += ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{min(60, lifetime // 10)}s"]
+                # Retire before the walltime, staggered (Dask adds up to +-stagger) so the workers
+                # do not all leave at once, and all of them at least lifetime_margin early.
+                latest = seconds - int(self.slurm.lifetime_margin)
+                stagger = max(0, min(60, latest // 10))
+                lifetime = max(60, latest - stagger)
+                argv += ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
             script = d / f"workers-{time.time_ns()}.sh"
             self._script(script, argv, env, todo)
             args = self._common(WORKERS_JOB, name, first.user, d, ident, "worker-%A_%a.log")

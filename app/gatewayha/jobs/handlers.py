@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from gatewayha import clusters, lifecycle, liveness, tls, validate, warm_pool
 from gatewayha.backends.base import Backend, SchedulerSpec, WorkerSpec
 from gatewayha.config import Settings
-from gatewayha.errors import BackendRefused, GatewayError, InvalidValue, MalformedJob
+from gatewayha.errors import BackendRefused, BackendUnavailable, GatewayError, InvalidValue, MalformedJob
 from gatewayha.jobs import queue
 from gatewayha.jobs.queue import Job
 from gatewayha.lifecycle import ClusterStatus, WorkerStatus
@@ -122,9 +122,12 @@ def start_cluster(ctx: Context, job: Job) -> None:
         # Placement is committed before the launch, so a crash after the launch
         # leaves a record of where the scheduler may be running. No gateway node owns the
         # processes of a backend that is not node-bound: node stays NULL, any node stops it.
+        # A cluster of a backend that is not node-bound keeps its first launch time: a start
+        # that waits for an unavailable backend still ends at cluster.start_timeout.
         conn.execute(
-            "UPDATE clusters SET node = %s, launched_at = now() WHERE name = %s",
-            (ctx.node if bound else None, name),
+            "UPDATE clusters SET node = %s, launched_at = CASE WHEN %s THEN now() ELSE coalesce(launched_at, now()) END"
+            " WHERE name = %s",
+            (ctx.node if bound else None, bound, name),
         )
     spec = SchedulerSpec(
         cluster_name=name,
@@ -140,6 +143,9 @@ def start_cluster(ctx: Context, job: Job) -> None:
     except BackendRefused as exc:
         _refused(ctx, name, exc)
         return
+    except BackendUnavailable as exc:
+        log.warning("cluster %s: waiting for the backend: %s", name, exc)
+        raise Defer(UNAVAILABLE_RETRY_S) from None
     with ctx.pool.connection() as conn:
         conn.execute("UPDATE clusters SET scheduler_state = %s WHERE name = %s", (Jsonb(state), name))
     log.info("cluster %s: scheduler started by %s", name, ctx.node)
@@ -154,6 +160,8 @@ def start_cluster(ctx: Context, job: Job) -> None:
 
 
 STARTED_POLL_S = 0.1
+# How soon a start the backend could not take (its controller down) is tried again.
+UNAVAILABLE_RETRY_S = 2.0
 
 
 def _hold_launch_slot(ctx: Context, what: str, starting_sql: str, params: tuple, running: Callable[[], bool]) -> None:
@@ -236,6 +244,9 @@ def _start_workers_together(ctx: Context, name: str, worker: str) -> None:
             states = ctx.backend.start_workers([_worker_spec(ctx, r) for r in rows])
         except BackendRefused as exc:
             refused = exc
+        except BackendUnavailable as exc:
+            log.warning("cluster %s: workers wait for the backend: %s", name, exc)
+            raise Defer(UNAVAILABLE_RETRY_S) from None
         else:
             refused = None
             # Saved in the transaction that holds the lock: the next job sees them launched.
