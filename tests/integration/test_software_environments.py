@@ -2,7 +2,7 @@
 workers run from the prefix it picked, a missing one refuses the start, and a client whose Dask
 differs from the environment's is told so by Dask itself.
 
-The environments are real venvs made here (``python -m venv --without-pip``): their own prefix and
+The environments are real venvs made here (helpers.make_environment): their own prefix and
 interpreter, with the project's packages (Dask, dask-gateway, gatewayha_preload) reached through a
 ``.pth`` file that adds the project venv's site dir after their own.
 """
@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import sysconfig
 import uuid
 import warnings
 from pathlib import Path
@@ -27,18 +26,9 @@ from gatewayha.backends.local import LocalBackend
 from gatewayha.config import EnvironmentSettings, NodeSettings, Settings
 from gatewayha.errors import BackendRefused
 from gatewayha.options import ClusterConfig
+from helpers import make_environment
 
 OLDER_DASK = "2026.8.0"  # for the mismatch: a release before the project's (see pyproject.toml)
-
-
-def make_environment(prefix: Path) -> Path:
-    """A venv at ``prefix`` that imports the project's packages after its own; its site dir."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True, timeout=60)
-    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-    project_site = sysconfig.get_paths()["purelib"]
-    # addsitedir, not a plain path line: the project's own .pth files (the editable gatewayha) run too.
-    (site / "zz-project.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
-    return site
 
 
 @pytest.fixture(scope="module")
