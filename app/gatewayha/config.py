@@ -254,7 +254,9 @@ class EnvironmentSettings:
     or declared, by GATEWAYHA_ENVIRONMENTS__<NAME>__<KEY>."""
 
     prefix: str = ""  # absolute: <prefix>/bin/python runs Dask (it needs gatewayha_preload)
-    description: str = ""  # shown to users beside the name (gatewayha-admin, docs)
+    # For the admins and the users' documentation: dask-gateway's option spec has no per-choice
+    # text, so it is not served.
+    description: str = ""
     # A container image with the same software, for a backend that runs containers; the local
     # backend ignores it.
     image: str = ""
