@@ -25,6 +25,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         time.sleep(interval)
 
 
+def make_environment(prefix: Path) -> Path:
+    """A software environment at ``prefix`` (gatewayha.environments): a venv of its own
+    (``python -m venv --without-pip``: its own prefix and bin/python) that imports the project's
+    packages (Dask, dask-gateway, gatewayha_preload) after its own through a ``.pth`` file.
+    Returns its site dir (packages installed there shadow the project's)."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True, timeout=60)
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    project_site = sysconfig.get_paths()["purelib"]
+    # addsitedir, not a plain path line: the project's own .pth files (the editable gatewayha) run too.
+    (site / "zz-project.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
+    return site
+
+
 def alive(pid: int) -> bool:
     """A process that exists and is not a zombie (a zombie is gone, only not yet reaped)."""
     try:

@@ -24,7 +24,14 @@ from gatewayha.config import Settings
 from gatewayha.errors import Conflict, Forbidden, InvalidValue, LimitExceeded, NotFound, Unprocessable
 from gatewayha.jobs import queue
 from gatewayha.lifecycle import WorkerStatus
-from gatewayha.options import ClusterConfig, cluster_config, environment_patterns, split_environment, validate_options
+from gatewayha.options import (
+    ClusterConfig,
+    cluster_config,
+    environment_patterns,
+    option_specs,
+    split_environment,
+    validate_options,
+)
 from gatewayha.validate import ADDRESS_SCHEMES, is_cluster_name, reported_address
 
 log = logging.getLogger("gatewayha.clusters")
@@ -79,7 +86,7 @@ def create_cluster(
     idempotency_key: str | None = None,
 ) -> str:
     """Insert a PENDING cluster and enqueue its start, within the user's limits."""
-    opts = validate_options(settings.cluster_options, options)
+    opts = validate_options(option_specs(settings), options)
     cfg = cluster_config(settings, opts)
     _, refused = split_environment(cfg.environment, environment_patterns(settings.cluster.environment_allow))
     if refused:

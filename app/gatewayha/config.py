@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,32 @@ class ClusterSettings:
         " DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"
         " DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT USER_*"
     )
+    # The [environments.<name>] a cluster runs from when its software_environment option is not
+    # given (only read when environments are declared; without any, node.python runs Dask).
+    default_environment: str = "default"
+
+
+@dataclass
+class EnvironmentSettings:
+    """[environments.<name>]: a software environment (a venv or conda prefix, the same path on
+    every node) that users pick with the cluster option software_environment; its Python runs
+    the cluster's scheduler and workers (gatewayha.environments, docs/backends.md). Overridden,
+    or declared, by GATEWAYHA_ENVIRONMENTS__<NAME>__<KEY>."""
+
+    prefix: str = ""  # absolute: <prefix>/bin/python runs Dask (it needs gatewayha_preload)
+    # For the admins and the users' documentation: dask-gateway's option spec has no per-choice
+    # text, so it is not served.
+    description: str = ""
+    # A container image with the same software, for a backend that runs containers; the local
+    # backend ignores it.
+    image: str = ""
+
+
+# Environment names: short slugs (lower case, as environment overrides spell them).
+ENVIRONMENT_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,39}\Z")
+# The cluster option that picks one, added to the options by itself when any is declared. Not
+# "environment": that option is the variables set in the cluster's processes, as in dask-gateway.
+ENVIRONMENT_OPTION = "software_environment"
 
 
 @dataclass
@@ -275,6 +302,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     cluster_options: list[OptionSpec] = field(default_factory=list)
+    environments: dict[str, EnvironmentSettings] = field(default_factory=dict)
     # What the file and environment said in deprecated words (each a sentence saying what to
     # write instead): logged once per process, printed by `gatewayha-admin check-config`.
     deprecations: list[str] = field(default_factory=list)
@@ -289,7 +317,9 @@ RENAMED = {
 }
 
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("cluster_options", "deprecations")}
+_SECTIONS = {
+    f.name: f for f in dataclasses.fields(Settings) if f.name not in ("cluster_options", "environments", "deprecations")
+}
 # What gatewayha-api can serve the app with (server.wsgi, --wsgi).
 WSGI_SERVERS = ("granian", "gunicorn")
 OPTION_TYPES = {"int", "float", "string", "bool", "select", "mapping"}
@@ -365,6 +395,29 @@ def _parse_options(raw: Any) -> list[OptionSpec]:
     return out
 
 
+def _parse_environments(raw: Any, environ: dict[str, str]) -> dict[str, EnvironmentSettings]:
+    """The [environments.<name>] tables, then GATEWAYHA_ENVIRONMENTS__<NAME>__<KEY> (which may
+    declare one of its own); _validate_environments checks the values."""
+    if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
+        raise ConfigError("environments: expected tables [environments.<name>]")
+    tables = {name: dict(table) for name, table in raw.items()}
+    for key, value in environ.items():
+        if key.startswith("GATEWAYHA_ENVIRONMENTS__"):
+            name, sep, setting = key[len("GATEWAYHA_ENVIRONMENTS__") :].lower().rpartition("__")
+            if not sep:
+                raise ConfigError(f"{key}: write GATEWAYHA_ENVIRONMENTS__<NAME>__<SETTING>")
+            tables.setdefault(name, {})[setting] = value
+    known = {f.name for f in dataclasses.fields(EnvironmentSettings)}
+    out = {}
+    for name, table in tables.items():
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"environments.{name}.{key}: unknown setting")
+            _coerce(f"environments.{name}.{key}", value, "str")
+        out[name] = EnvironmentSettings(**table)
+    return out
+
+
 _OLD_SECTIONS = {old.partition(".")[0] for old in RENAMED}
 
 
@@ -432,7 +485,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
     for key in data:
-        if key not in _SECTIONS and key not in _OLD_SECTIONS and key != "cluster_options":
+        if key not in _SECTIONS and key not in _OLD_SECTIONS and key not in ("cluster_options", "environments"):
             raise ConfigError(f"{key}: unknown section")
     deprecations: list[str] = []
     written: dict[tuple[str, str], str] = {}  # (section, key) -> the deprecated name it was given
@@ -460,6 +513,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
             raise ConfigError(f"{section}: expected a table")
         kwargs[section] = _build_section(section, raw, written)
     kwargs["cluster_options"] = _parse_options(data.get("cluster_options", []))
+    kwargs["environments"] = _parse_environments(data.get("environments", {}), environ)
     settings = Settings(**kwargs)
     validate(settings)
     if settings.auth.type:
@@ -548,6 +602,22 @@ def validate(s: Settings) -> None:
     for name in ("max_clusters", "max_cores", "max_memory_gib"):
         if getattr(s.limits, name) < 0:
             raise ConfigError(f"limits.{name}: must be >= 0 (0: unlimited)")
+    _validate_environments(s)
+
+
+def _validate_environments(s: Settings) -> None:
+    for name, env in s.environments.items():
+        if not ENVIRONMENT_NAME_RE.match(name):
+            raise ConfigError(f"environments.{name}: a name of 1-40 lower-case letters, digits, '-', '_', '.'")
+        if not os.path.isabs(env.prefix) or os.path.normpath(env.prefix) != env.prefix or "\0" in env.prefix:
+            raise ConfigError(f"environments.{name}.prefix: an absolute, normalised path, got {env.prefix!r}")
+    if any(o.field == ENVIRONMENT_OPTION for o in s.cluster_options):
+        raise ConfigError(f"cluster_options: {ENVIRONMENT_OPTION} comes from the [environments.<name>] declared")
+    default = s.cluster.default_environment
+    if s.environments and default not in s.environments:
+        raise ConfigError(f"cluster.default_environment: one of {sorted(s.environments)}, got {default!r}")
+    if not s.environments and default != "default":
+        raise ConfigError(f"cluster.default_environment: {default!r}, but no [environments.<name>] is declared")
 
 
 def _validate_auth(auth: AuthSettings) -> None:

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gatewayha import environments
 from gatewayha.config import ClusterSettings, OptionSpec, Settings
 from gatewayha.errors import Unprocessable
 from gatewayha.validate import is_env_name
@@ -64,6 +65,13 @@ def validate_value(spec: OptionSpec, x: Any) -> Any:
     return x
 
 
+def option_specs(settings: Settings) -> list[OptionSpec]:
+    """The cluster options users may set: ``[[cluster_options]]``, and ``software_environment``
+    when environments are declared (gatewayha.environments)."""
+    env = environments.option_spec(settings)
+    return [*settings.cluster_options, *([env] if env else [])]
+
+
 def options_spec(specs: list[OptionSpec]) -> list[dict]:
     """The ``cluster_options`` list of ``GET /api/v1/options``."""
     out = []
@@ -112,6 +120,9 @@ class ClusterConfig:
     qos: str = ""
     time_limit: str = ""  # a worker job's walltime (Slurm's format); its Dask lifetime follows
     worker_gpus: int = 0
+    # The [environments.<name>] its processes run from; "": node.python (none declared, or a
+    # cluster stored by a release without environments: from_json leaves it out).
+    software_environment: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -160,6 +171,7 @@ def cluster_config(settings: Settings, options: dict) -> ClusterConfig:
         "time_limit": settings.slurm.worker_time_limit,
         "worker_gpus": 0,
     }
+    values["software_environment"] = str(options.get(environments.ENVIRONMENT_OPTION, ""))
     for key, conv in _OVERRIDABLE.items():
         if key in options:
             values[key] = conv(options[key])

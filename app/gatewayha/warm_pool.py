@@ -28,7 +28,7 @@ from gatewayha import liveness, tls, validate
 from gatewayha.auth import secrets as sec
 from gatewayha.config import Settings
 from gatewayha.jobs import queue
-from gatewayha.options import ClusterConfig, cluster_config, validate_options
+from gatewayha.options import ClusterConfig, cluster_config, option_specs, validate_options
 
 log = logging.getLogger("gatewayha.warm_pool")
 
@@ -38,7 +38,7 @@ def config_key(cfg: ClusterConfig) -> str:
 
 
 def default_config(settings: Settings) -> tuple[dict, ClusterConfig]:
-    options = validate_options(settings.cluster_options, {})
+    options = validate_options(option_specs(settings), {})
     return options, cluster_config(settings, options)
 
 

@@ -7,10 +7,13 @@ import http.client
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from helpers import make_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,8 +170,16 @@ def e2e_base_port() -> int:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    """The plain-HTTP stack (make up): most e2e tests use it."""
-    with _running_stack(tmp_path_factory, e2e_base_port(), "stack") as s:
+    """The plain-HTTP stack (make up): most e2e tests use it. Two software environments are
+    declared: "default", the project's venv (what node.python would be), and "alt", a venv of its
+    own (helpers.make_environment) that clusters may pick."""
+    alt = tmp_path_factory.mktemp("envs") / "alt"
+    make_environment(alt)
+    environments = {
+        "GATEWAYHA_ENVIRONMENTS__DEFAULT__PREFIX": sys.prefix,
+        "GATEWAYHA_ENVIRONMENTS__ALT__PREFIX": str(alt),
+    }
+    with _running_stack(tmp_path_factory, e2e_base_port(), "stack", **environments) as s:
         yield s
 
 

@@ -53,6 +53,24 @@ def test_options_versions_and_listing(gateway):
     assert gateway.list_clusters() == []
 
 
+def test_a_cluster_runs_from_the_software_environment_it_picked(stack, gateway):
+    """The stock client sees the declared environments as an option; the picked one's Python runs
+    the scheduler and the workers (gatewayha.environments)."""
+    alt = stack.env["GATEWAYHA_ENVIRONMENTS__ALT__PREFIX"]
+    opts = gateway.cluster_options()
+    assert opts.software_environment == "default"
+    with pytest.raises(ValueError):
+        opts.software_environment = "py27"
+    opts.software_environment = "alt"
+    with gateway.new_cluster(opts) as cluster:
+        assert gateway.get_cluster(cluster.name).options["software_environment"] == "alt"
+        cluster.scale(1)
+        with cluster.get_client(set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert client.run_on_scheduler(lambda: sys.prefix) == alt
+            assert set(client.run(lambda: sys.prefix).values()) == {alt}
+
+
 def test_cluster_lifecycle_scale_compute_dashboard_and_routes(stack, gateway):
     opts = gateway.cluster_options()
     opts.worker_cores = 2

@@ -71,6 +71,10 @@ default = "base"
 field = "environment"
 type = "mapping"
 default = {{}}
+[environments.default]
+prefix = "/opt/dask-default"
+[environments.gpu]
+prefix = "/opt/conda/envs/gpu"
 """
 
 CLUSTER_KEYS = {
@@ -365,6 +369,11 @@ def test_options_spec_round_trips_through_the_stock_client_parser(client):
     assert opts.worker_cores == 1 and opts.queue == "normal" and opts.environment == {}
     with pytest.raises(ValueError):
         opts.worker_cores = 5
+    # Declared environments are a select of their own (gatewayha.environments).
+    assert opts.software_environment == "default"
+    opts.software_environment = "gpu"
+    with pytest.raises(ValueError):
+        opts.software_environment = "py27"
 
 
 @pytest.mark.parametrize(
@@ -379,6 +388,8 @@ def test_options_spec_round_trips_through_the_stock_client_parser(client):
         {"debug": "yes"},
         {"image": 5},
         {"environment": [1, 2]},
+        {"software_environment": "py27"},
+        {"software_environment": 3},
         {"not_an_option": 1},
     ],
 )

@@ -588,3 +588,31 @@ def test_a_route_notification_wakes_the_route_thread_and_not_the_claim_loop(db, 
         worker.executor.shutdown()
         worker.pool.close()
     assert not listener.is_alive()
+
+
+def test_a_cluster_whose_software_environment_is_missing_fails_at_once_naming_it(db, db_dsn, workers, tmp_path):
+    """The start is refused for good (gatewayha.errors.BackendRefused): FAILED with the reason at
+    the first attempt, not retried until cluster.start_timeout."""
+    gone = {"gone__prefix": str(tmp_path / "not-installed"), "there__prefix": sys.prefix}
+    settings = make_settings(db_dsn, tmp_path, environments=gone, cluster={"default_environment": "there"})
+    name = clusters.create_cluster(db, settings, "carol", {"software_environment": "gone"})
+    started = time.monotonic()
+    workers.start(
+        "node-a",
+        GATEWAYHA_ENVIRONMENTS__GONE__PREFIX=gone["gone__prefix"],
+        GATEWAYHA_ENVIRONMENTS__THERE__PREFIX=sys.prefix,
+        GATEWAYHA_CLUSTER__DEFAULT_ENVIRONMENT="there",
+    )
+    row = wait_until(
+        lambda: db.execute(
+            "SELECT status, reason FROM clusters WHERE name = %s AND status = 'FAILED'", (name,)
+        ).fetchone(),
+        25,
+        "the cluster to fail",
+    )
+    assert time.monotonic() - started < 25  # far below the job runner's start_timeout (30 s)
+    assert row["reason"].startswith("software environment 'gone': ")
+    assert f"{tmp_path}/not-installed/bin/python is not an executable on node node-a" in row["reason"]
+    log = db.execute("SELECT outcome, attempts FROM job_log WHERE cluster = %s AND kind = 'start_cluster'", (name,))
+    assert log.fetchall() == [{"outcome": "done", "attempts": 1}]
+    assert not (tmp_path / "node-a" / "clusters" / name).exists()  # the stop job cleaned up

@@ -323,3 +323,24 @@ def test_the_rendered_gatewayha_toml_is_valid_and_uses_no_deprecated_name(tmp_pa
     # The role's validate: step refuses a typo before any restart.
     path.write_text(render_gatewayha_toml().replace("launch_slots", "launch_slot"))
     assert check_config(str(path)) == 1
+
+
+def test_the_roles_software_environments_are_rendered_into_gatewayha_toml(tmp_path):
+    from gatewayha.config import load_settings
+
+    path = tmp_path / "gatewayha.toml"
+    path.write_text(render_gatewayha_toml())
+    assert load_settings(path, {}).environments == {}  # the default: none, node.python runs Dask
+    environments = {
+        "py311-gpu": {"prefix": "/opt/conda/envs/gpu", "description": 'GPU "CUDA 12"', "image": "reg/dask:gpu"},
+        "default": {"prefix": "/opt/dask-2026.11"},
+    }
+    cluster = {**_defaults("gatewayha")["gatewayha_cluster"], "default_environment": "py311-gpu"}
+    path.write_text(render_gatewayha_toml(gatewayha_environments=environments, gatewayha_cluster=cluster))
+    settings = load_settings(path, {})
+    assert {n: e.prefix for n, e in settings.environments.items()} == {
+        "py311-gpu": "/opt/conda/envs/gpu",
+        "default": "/opt/dask-2026.11",
+    }
+    assert settings.environments["py311-gpu"].description == 'GPU "CUDA 12"'
+    assert settings.cluster.default_environment == "py311-gpu"

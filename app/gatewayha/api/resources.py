@@ -16,7 +16,7 @@ from gatewayha.api.throttle import WaitSlots
 from gatewayha.api.watch import ClusterWatch
 from gatewayha.config import Settings
 from gatewayha.errors import BadRequest, Conflict, Forbidden, InvalidValue, NotFound, PayloadTooLarge, Unprocessable
-from gatewayha.options import options_spec
+from gatewayha.options import option_specs, options_spec
 
 STATUS_NAMES = {str(s) for s in lifecycle.ClusterStatus}
 DEFAULT_STATUSES = lifecycle.names(lifecycle.DEFAULT_LISTED)
@@ -88,7 +88,7 @@ class Version(Base):
 
 class Options(Base):
     def on_get(self, req, resp):
-        resp.media = {"cluster_options": options_spec(self.settings.cluster_options)}
+        resp.media = {"cluster_options": options_spec(option_specs(self.settings))}
 
 
 class Clusters(Base):

@@ -32,12 +32,11 @@ import os
 import random
 import re
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gatewayha import validate
+from gatewayha import environments, validate
 from gatewayha.backends.base import ALIVE, Backend, ProcessStatus, SchedulerSpec, State, WorkerSpec
 from gatewayha.backends.launcher import (
     Identity,
@@ -72,7 +71,7 @@ WORKER_DEATH_TIMEOUT = 60
 DASK_DEFAULTS = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
 
 # Imported by module name from the scheduler's Python (gatewayha_preload, installed with
-# gatewayha: node.python's environment must hold it). In place of
+# gatewayha: node.python's environment, and every declared software environment, must hold it). In place of
 # dask_gateway.scheduler_preload: the stock gateway service, its control API over TLS.
 CONTROL_TLS_PRELOAD = "gatewayha_preload.control_tls"
 # Reports the start and worker joins at once.
@@ -146,11 +145,8 @@ class LocalBackend(Backend):
         self.host = validate.ipv4(settings.node.host, "node.host")
         self.root = Path(settings.node.state_dir).absolute() / "clusters"
         self.logs_root = Path(settings.node.state_dir).absolute() / "logs"
-        python = settings.node.python or sys.executable
-        # Absolute, not resolved: a venv's bin/python is a symlink and its bin dir matters.
-        self.python = python if os.path.isabs(python) else (shutil.which(python) or python)
-        if not os.path.isabs(self.python):
-            raise ConfigError(f"node.python: {python!r} not found")
+        # Without a declared software environment (gatewayha.environments).
+        self.python = environments.node_python(settings)
         self.env_patterns = environment_patterns(settings.cluster.environment_allow)
         self.isolated = settings.node.isolation == "uid"
         self.uid_min, self.uid_count = settings.node.dask_uid_min, settings.node.dask_uid_count
@@ -160,7 +156,8 @@ class LocalBackend(Backend):
                     "node.isolation = 'uid' runs each cluster under a uid of its own and needs root;"
                     " set node.isolation = 'none' to run tenants' code as this user (unsafe)"
                 )
-            self._open(Path(self.python).parent, *preload_dirs())
+            # A declared environment absent here fails its clusters' starts (require_python).
+            self._open(Path(self.python).parent, *preload_dirs(), *environments.prefix_bin_dirs(settings))
         self._root_ready = False
 
     @staticmethod
@@ -250,21 +247,30 @@ class LocalBackend(Backend):
         _write_secret(d / "tls.key", tls_key, gid)
         return d, (Identity(uid, gid) if uid is not None else None)
 
-    def dask_command(self, sub: str) -> list[str]:
-        """``<bin>/dask <sub>`` next to the configured interpreter, else ``python -m``."""
-        dask = Path(self.python).parent / "dask"
+    def python_for(self, cfg: ClusterConfig) -> str:
+        """The interpreter of the cluster's software environment (gatewayha.environments),
+        checked to be on this node; ``self.python`` when it picked none."""
+        if environments.chosen(self.settings, cfg) is None:
+            return self.python
+        return environments.require_python(self.settings, cfg, f"node {self.node}")
+
+    @staticmethod
+    def dask_command(python: str, sub: str) -> list[str]:
+        """``<bin>/dask <sub>`` next to the cluster's interpreter, else ``python -m``."""
+        dask = Path(python).parent / "dask"
         if dask.is_file() and os.access(dask, os.X_OK):
             return [str(dask), sub]
-        return [self.python, "-m", f"distributed.cli.dask_{sub}"]
+        return [python, "-m", f"distributed.cli.dask_{sub}"]
 
-    def _base_env(self, d: Path) -> dict[str, str]:
+    @staticmethod
+    def _base_env(d: Path, python: str) -> dict[str, str]:
         # Built from scratch: gatewayha-jobs's own environment carries the database
         # DSN and the server secret, which user code must never see.
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         return {
             # The interpreter's bin dir first, as in an activated venv: user code that
             # runs `python` or `pip` gets the cluster's environment.
-            "PATH": f"{Path(self.python).parent}{os.pathsep}{path}",
+            "PATH": f"{Path(python).parent}{os.pathsep}{path}",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(d / "work"),
             "TMPDIR": str(d / "work"),
@@ -287,8 +293,9 @@ class LocalBackend(Backend):
     def scheduler_command(self, spec: SchedulerSpec, d: Path) -> tuple[list[str], dict[str, str]]:
         name, cfg, host = spec.cluster_name, spec.config, self.host
         cert, key = str(d / "tls.crt"), str(d / "tls.key")
+        python = self.python_for(cfg)
         argv = [
-            *self.dask_command("scheduler"),
+            *self.dask_command(python, "scheduler"),
             "--protocol", "tls",
             "--host", host,
             "--port", "0",
@@ -307,7 +314,7 @@ class LocalBackend(Backend):
         env = {
             **DASK_DEFAULTS,
             **self.user_environment(cfg.environment),
-            **self._base_env(d),
+            **self._base_env(d, python),
             **self._tls_env(d, "SCHEDULER"),
             "DASK_GATEWAY_API_URL": spec.api_url,
             # The preload reads the token from a file when the value contains "/":
@@ -324,8 +331,9 @@ class LocalBackend(Backend):
         memory = int(float(cfg.worker_memory_gib) * GIB)
         if threads < 1 or memory < 1:
             raise InvalidValue("worker threads and memory must be positive")
+        python = self.python_for(cfg)
         argv = [
-            *self.dask_command("worker"),
+            *self.dask_command(python, "worker"),
             spec.scheduler_address,
             "--name", spec.worker_name,
             "--nthreads", str(threads),
@@ -346,7 +354,7 @@ class LocalBackend(Backend):
         env = {
             **DASK_DEFAULTS,
             **self.user_environment(cfg.environment),
-            **self._base_env(d),
+            **self._base_env(d, python),
             **self._tls_env(d, "WORKER"),
         }
         return argv, env
