@@ -58,3 +58,21 @@ def settings(staging: Path, **slurm) -> Settings:
         backend=BackendSettings(name="slurm"),
         slurm=SlurmSettings(**values),
     )
+
+
+def job_pids(job_id: str) -> list[int]:
+    """The processes of a job ("123", or "123_4" for an array task) on this machine, found by
+    the variables Slurm gives them."""
+    array, _, task = job_id.partition("_")
+    want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()} if task else {
+        f"SLURM_JOB_ID={array}".encode()}  # fmt: skip
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                environ = set(Path(entry.path, "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if want <= environ:
+                pids.append(int(entry.name))
+    return pids

@@ -160,27 +160,10 @@ class SlurmHarness:
     def workers(self, cluster: str, worker: str) -> int:
         return len(self._worker_jobs(cluster, worker))
 
-    @staticmethod
-    def _job_pids(job_id: str) -> list[int]:
-        """The processes of a job (of an array task), found by the variables Slurm gives them."""
-        array, _, task = job_id.partition("_")
-        want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()} if task else {
-            f"SLURM_JOB_ID={array}".encode()}  # fmt: skip
-        pids = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    environ = set(Path(entry.path, "environ").read_bytes().split(b"\0"))
-                except OSError:
-                    continue
-                if want <= environ:
-                    pids.append(int(entry.name))
-        return pids
-
     def _kill(self, job_ids: list[str]) -> None:
         """SIGKILL to the job's processes on its node (a crash: Slurm is not asked)."""
         for job_id in job_ids:
-            for pid in wait_until(lambda j=job_id: self._job_pids(j), 30, f"the processes of job {job_id}"):
+            for pid in wait_until(lambda j=job_id: slurm_local.job_pids(j), 30, f"the processes of job {job_id}"):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 

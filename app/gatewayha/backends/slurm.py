@@ -47,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gatewayha import validate
+from gatewayha import environments, validate
 from gatewayha.backends.base import ProcessStatus, SchedulerSpec, State, WorkerSpec
 from gatewayha.backends.launcher import Identity
 from gatewayha.backends.local import (
@@ -202,7 +202,14 @@ class SlurmBackend(LocalBackend):
         if os.geteuid() == 0:
             # Where the compute nodes share this machine's software (and always on an emulated
             # Slurm), the clusters' accounts must reach the interpreter and gatewayha_preload.
-            self._open(Path(self.python).parent, *preload_dirs())
+            self._open(Path(self.python).parent, *preload_dirs(), *environments.prefix_bin_dirs(settings))
+
+    def python_for(self, cfg: ClusterConfig) -> str:
+        """The interpreter of the cluster's software environment on the compute nodes (not
+        checked here: the gateway node need not have it), else ``slurm.python``."""
+        if environments.chosen(self.settings, cfg) is None:
+            return self.python
+        return environments.python_for(self.settings, cfg)
 
     # ------------------------------------------------------------------ Slurm's commands
     def _bin(self, name: str) -> str:

@@ -1,0 +1,128 @@
+"""The Slurm backend on a real Slurm (tests/slurm_local.py), beyond the contract every backend
+passes (test_backend_contract.py): what its jobs can see and do as a tenant would, how many
+Slurm calls a scale-up and a check take, and software environments on compute nodes."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import slurm_local
+
+from gatewayha import tls
+from gatewayha.backends import get_backend
+from gatewayha.backends.base import SchedulerSpec, WorkerSpec
+from gatewayha.config import EnvironmentSettings
+from gatewayha.options import cluster_config
+from helpers import make_environment, wait_until
+
+API_URL = "http://127.0.0.1:9/api"  # nobody answers: the processes run on without reporting
+NO_SCHEDULER = "tls://127.0.0.1:9"
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return tls.new_keypair("dask-internal")
+
+
+@pytest.fixture
+def backend(tmp_path):
+    slurm_local.ensure_slurm()
+    b = get_backend(slurm_local.settings(tmp_path / "staging"))
+    yield b
+    for d in (tmp_path / "staging").glob("*"):
+        if len(d.name) == 32:
+            b.stop_cluster(d.name)
+
+
+def start(backend, keypair, **options):
+    name = uuid.uuid4().hex
+    cfg = cluster_config(backend.settings, options)
+    state = backend.start_scheduler(SchedulerSpec(name, "tok-" + name, API_URL, *keypair, cfg, user="alice"))
+    return name, cfg, state
+
+
+def running_pid(job_id: str) -> int:
+    """The job's main process (the exec'd Dask command), once it runs."""
+    return min(wait_until(lambda: slurm_local.job_pids(job_id), 30, f"job {job_id} running"))
+
+
+def account_of(backend, name: str) -> str:
+    return pwd.getpwuid(os.stat(backend.cluster_dir(name) / "work").st_uid).pw_name
+
+
+def as_account(user: str, *argv: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": str(slurm_local.CONF)}
+    return subprocess.run(["runuser", "-u", user, "--", *argv], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_a_clusters_code_cannot_read_another_clusters_files_nor_cancel_its_jobs(backend, keypair):
+    a, _, a_state = start(backend, keypair)
+    b, _, _ = start(backend, keypair)
+    running_pid(a_state["job_id"])
+    mallory = account_of(backend, b)
+    assert mallory.startswith("gwdask-") and mallory != account_of(backend, a)
+    # Cluster b's account (what its tenant's code runs as) against cluster a's secrets and job.
+    for secret in ("tls.key", "api-token"):
+        read = as_account(mallory, "cat", str(backend.cluster_dir(a) / secret))
+        assert read.returncode != 0 and "Permission denied" in read.stderr
+    listing = as_account(mallory, "ls", str(backend.root))
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr
+    cancel = as_account(mallory, "scancel", a_state["job_id"])
+    assert "denied" in (cancel.stderr + cancel.stdout).lower() or "not the owner" in cancel.stderr.lower(), cancel
+    assert backend.check_schedulers([(a, a_state)])[0].alive
+
+
+def test_the_job_runners_secrets_never_reach_a_job(backend, keypair, monkeypatch):
+    monkeypatch.setenv("GATEWAYHA_SERVER__SECRET", "job-runner-secret-0123456789")
+    monkeypatch.setenv("GATEWAYHA_DATABASE__DSN", "postgresql://gatewayha:pw@db/gatewayha")
+    name, _, state = start(backend, keypair)
+    environ = Path(f"/proc/{running_pid(state['job_id'])}/environ").read_bytes()
+    assert b"job-runner-secret" not in environ and b"GATEWAYHA_" not in environ and b"postgresql://" not in environ
+    # The token is read from a file, never passed in the environment.
+    assert f"tok-{name}".encode() not in environ
+
+
+def test_a_scale_up_is_one_sbatch_and_a_check_of_many_is_one_squeue(backend, keypair, monkeypatch):
+    calls = []
+    run = backend._run
+    monkeypatch.setattr(backend, "_run", lambda cmd, *a, **k: calls.append(cmd) or run(cmd, *a, **k))
+    names = [start(backend, keypair) for _ in range(3)]
+    name, cfg, _ = names[0]
+    workers = [f"{name}-{i:02d}" for i in range(8)]
+    calls.clear()
+    states = backend.start_workers([WorkerSpec(name, w, NO_SCHEDULER, "tok", *keypair, cfg, "alice") for w in workers])
+    assert calls.count("sbatch") == 1 and {s["job_id"].split("_")[0] for s in states} == {states[0]["job_id"][:-2]}
+    assert [s["job_id"].split("_")[1] for s in states] == [str(i) for i in range(8)]
+    calls.clear()
+    statuses = backend.check_workers([(name, w, s) for w, s in zip(workers, states, strict=True)])
+    statuses += backend.check_schedulers([(n, st) for n, _, st in names])
+    assert calls == ["squeue", "squeue"] and all(s.alive for s in statuses)
+    # Again, the same workers: found running by name, nothing submitted twice.
+    calls.clear()
+    again = backend.start_workers([WorkerSpec(name, w, NO_SCHEDULER, "tok", *keypair, cfg, "alice") for w in workers])
+    assert again == states and "sbatch" not in calls
+
+
+def test_a_cluster_runs_from_the_software_environment_it_picked(tmp_path, keypair):
+    slurm_local.ensure_slurm()
+    prefix = tmp_path / "envs" / "alt"
+    make_environment(prefix)
+    settings = slurm_local.settings(tmp_path / "staging")
+    settings.environments = {"alt": EnvironmentSettings(prefix=str(prefix))}
+    backend = get_backend(settings)
+    try:
+        name, cfg, state = start(backend, keypair, software_environment="alt")
+        pid = running_pid(state["job_id"])
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == str(prefix / "bin" / "python").encode()
+        (wstate,) = backend.start_workers([WorkerSpec(name, f"{name}-w", NO_SCHEDULER, "tok", *keypair, cfg)])
+        wpid = running_pid(wstate["job_id"])
+        assert Path(f"/proc/{wpid}/cmdline").read_bytes().split(b"\0")[0] == str(prefix / "bin" / "python").encode()
+    finally:
+        for d in (tmp_path / "staging").glob("*"):
+            if len(d.name) == 32:
+                backend.stop_cluster(d.name)
