@@ -31,8 +31,11 @@ def ensure_slurm() -> Path:
     its slurm.conf."""
     env = {**os.environ, "SLURM_DIR": str(SLURM_DIR), "SLURM_PORT": str(PORT),
            "SLURM_POOL_UID_MIN": str(POOL_UID_MIN), "SLURM_POOL_COUNT": str(POOL_COUNT)}  # fmt: skip
+    pidfile = SLURM_DIR / "run" / "slurmctld.pid"
+    ran = pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()
     subprocess.run([str(ROOT / "scripts" / "slurm.sh"), "up"], env=env, check=True, timeout=300)
-    if not _started:
+    if not ran and not _started:
+        # Started here: stopped when this process ends (one that found it running leaves it).
         _started.append(True)
         atexit.register(_down, env)
     return CONF

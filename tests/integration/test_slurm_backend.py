@@ -16,6 +16,7 @@ import slurm_local
 from gatewayha import tls
 from gatewayha.backends import get_backend
 from gatewayha.backends.base import SchedulerSpec, WorkerSpec
+from gatewayha.backends.slurm import SlurmRefused
 from gatewayha.config import EnvironmentSettings
 from gatewayha.options import cluster_config
 from helpers import make_environment, wait_until
@@ -122,6 +123,51 @@ def test_a_cluster_runs_from_the_software_environment_it_picked(tmp_path, keypai
         (wstate,) = backend.start_workers([WorkerSpec(name, f"{name}-w", NO_SCHEDULER, "tok", *keypair, cfg)])
         wpid = running_pid(wstate["job_id"])
         assert Path(f"/proc/{wpid}/cmdline").read_bytes().split(b"\0")[0] == str(prefix / "bin" / "python").encode()
+    finally:
+        for d in (tmp_path / "staging").glob("*"):
+            if len(d.name) == 32:
+                backend.stop_cluster(d.name)
+
+
+def test_a_pending_job_is_alive_and_says_what_it_waits_for_in_slurms_words(tmp_path, keypair):
+    slurm_local.ensure_slurm()
+    # Held by Slurm for an hour: pending with reason BeginTime, as a job waiting for nodes would be.
+    backend = get_backend(slurm_local.settings(tmp_path / "staging", extra_sbatch_args="--begin=now+3600"))
+    try:
+        name, _, state = start(backend, keypair)
+        (status,) = wait_until(lambda: (s := backend.check_schedulers([(name, state)]))[0].state and s, 30, "a check")
+        assert status.alive and "host" not in status.state
+        assert status.state["waiting"] == f"Slurm job {state['job_id']} PENDING (BeginTime)"
+        # What the core makes of it when cluster.start_timeout runs out.
+        from gatewayha.lifecycle import reasons
+
+        assert str(reasons.did_not_start(120, status.state["waiting"])) == (
+            f"did not start within 120 s (Slurm job {state['job_id']} PENDING (BeginTime))"
+        )
+    finally:
+        for d in (tmp_path / "staging").glob("*"):
+            if len(d.name) == 32:
+                backend.stop_cluster(d.name)
+
+
+def test_run_as_user_runs_the_owners_jobs_as_the_owner_and_never_as_root(tmp_path, keypair):
+    slurm_local.ensure_slurm()
+    user = "gwtest-alice"
+    if subprocess.run(["getent", "passwd", user], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", user], check=True)
+    uid = pwd.getpwnam(user).pw_uid
+    backend = get_backend(slurm_local.settings(tmp_path / "staging", run_as="user"))
+    try:
+        cfg = cluster_config(backend.settings, {})
+        name = uuid.uuid4().hex
+        state = backend.start_scheduler(SchedulerSpec(name, "tok", API_URL, *keypair, cfg, user=user))
+        status = Path(f"/proc/{running_pid(state['job_id'])}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status
+        ((owner,),) = [j[1:] for j in slurm_local.squeue(f"--jobs={state['job_id']}", "--format=%i|%u")]
+        assert owner == user
+        for who in ("root", "no-such-user-here"):
+            with pytest.raises(SlurmRefused):
+                backend.start_scheduler(SchedulerSpec(uuid.uuid4().hex, "tok", API_URL, *keypair, cfg, user=who))
     finally:
         for d in (tmp_path / "staging").glob("*"):
             if len(d.name) == 32:

@@ -56,8 +56,8 @@ def test_a_value_with_quotes_and_the_stand_ins_reaches_bash_as_one_word(tmp_path
 def test_an_ended_job_says_why_in_slurms_words():
     job = Job("12_3", "dask-workers-x", "TIMEOUT", "TimeLimit", "n1", "gatewayha")
     assert not job.alive and job.task == 3
-    assert job.ended() == "Slurm job 12_3 TIMEOUT (TimeLimit)"
-    assert Job("7", "n", "NODE_FAIL", "None", "", "").ended() == "Slurm job 7 NODE_FAIL"
+    assert job.describe() == "Slurm job 12_3 TIMEOUT (TimeLimit)"
+    assert Job("7", "n", "NODE_FAIL", "None", "", "").describe() == "Slurm job 7 NODE_FAIL"
     assert Job("8", "n", "PENDING", "Resources", "", "").alive
 
 

@@ -144,7 +144,7 @@ class Job:
         _, sep, task = self.job_id.partition("_")
         return int(task) if sep and task.isdigit() else None
 
-    def ended(self) -> str:
+    def describe(self) -> str:
         """Slurm's words for why the job is not running."""
         why = f" ({self.reason})" if self.reason and self.reason != "None" else ""
         return f"Slurm job {self.job_id} {self.state}{why}"
@@ -433,8 +433,10 @@ class SlurmBackend(LocalBackend):
         if job is None:
             return ProcessStatus(False, missing)
         if not job.alive:
-            return ProcessStatus(False, job.ended())
+            return ProcessStatus(False, job.describe())
         new = {"job_id": job.job_id, "slurm_state": job.state, "slurm_reason": job.reason}
+        # What a start waits for, in Slurm's words (the core adds it to "did not start within").
+        new["waiting"] = job.describe() if job.state == "PENDING" else None
         if job.state == "RUNNING" and job.node:
             new["node"] = job.node
         old = state or {}

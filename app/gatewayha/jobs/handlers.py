@@ -319,7 +319,8 @@ def check_clusters(ctx: Context, job: Job) -> None:
                           AND created_at < now() - make_interval(secs => %(queued)s)
                        THEN 'never_placed'
                    END AS failure,
-                   %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired
+                   %(life)s > 0 AND created_at < now() - make_interval(secs => %(life)s) AS expired,
+                   scheduler_state->>'waiting' AS waiting
             FROM clusters
             WHERE status = ANY(%(live)s)
             """,
@@ -342,6 +343,8 @@ def check_clusters(ctx: Context, job: Job) -> None:
         for r in rows:
             if r["failure"]:
                 reason = failures[r["failure"]]
+                if r["failure"] == "did_not_start" and r["waiting"]:
+                    reason = lifecycle.reasons.did_not_start(c.start_timeout, r["waiting"])
                 log.warning("cluster %s failed: %s", r["name"], reason)
                 clusters.stop_cluster(conn, r["name"], reason)
             elif r["expired"]:

@@ -48,8 +48,10 @@ def no_heartbeat(seconds: float) -> StopReason:
     return StopReason(f"no heartbeat for {seconds:g} s", failed=True)
 
 
-def did_not_start(seconds: float) -> StopReason:
-    return StopReason(f"did not start within {seconds:g} s", failed=True)
+def did_not_start(seconds: float, waiting: str | None = None) -> StopReason:
+    """``waiting``: what the backend last said it waits for (a batch job's pending reason)."""
+    why = f" ({waiting})" if waiting else ""
+    return StopReason(f"did not start within {seconds:g} s{why}", failed=True)
 
 
 def never_placed(seconds: float) -> StopReason:
