@@ -335,7 +335,8 @@ class SlurmBackend(LocalBackend):
 
     def _common(self, kind: str, cluster: str, user: str, d: Path, ident: Identity, log_name: str) -> list[str]:
         uid, gid = self._account(ident)
-        comment = f"{TAG} cluster={cluster} user={_word('user', user) or '-'}"
+        # The owner for accounting, any character outside Slurm's safe set replaced.
+        comment = f"{TAG} cluster={cluster} user={re.sub(r'[^A-Za-z0-9_.@+-]', '_', user)[:64] or '-'}"
         return [
             f"--job-name={kind}{cluster}", f"--comment={comment}", f"--uid={uid}", f"--gid={gid}",
             f"--chdir={d / 'work'}", f"--output={d / 'logs' / log_name}",
