@@ -35,9 +35,14 @@ def backend(tmp_path):
     slurm_local.ensure_slurm()
     b = get_backend(slurm_local.settings(tmp_path / "staging"))
     yield b
+    stop_all(b, tmp_path)
+
+
+def stop_all(backend, tmp_path: Path) -> None:
+    """Stop every cluster the test left in its staging directory."""
     for d in (tmp_path / "staging").glob("*"):
         if len(d.name) == 32:
-            b.stop_cluster(d.name)
+            backend.stop_cluster(d.name)
 
 
 def start(backend, keypair, **options):
@@ -124,9 +129,7 @@ def test_a_cluster_runs_from_the_software_environment_it_picked(tmp_path, keypai
         wpid = running_pid(wstate["job_id"])
         assert Path(f"/proc/{wpid}/cmdline").read_bytes().split(b"\0")[0] == str(prefix / "bin" / "python").encode()
     finally:
-        for d in (tmp_path / "staging").glob("*"):
-            if len(d.name) == 32:
-                backend.stop_cluster(d.name)
+        stop_all(backend, tmp_path)
 
 
 def test_a_pending_job_is_alive_and_says_what_it_waits_for_in_slurms_words(tmp_path, keypair):
@@ -145,9 +148,7 @@ def test_a_pending_job_is_alive_and_says_what_it_waits_for_in_slurms_words(tmp_p
             f"did not start within 120 s (Slurm job {state['job_id']} PENDING (BeginTime))"
         )
     finally:
-        for d in (tmp_path / "staging").glob("*"):
-            if len(d.name) == 32:
-                backend.stop_cluster(d.name)
+        stop_all(backend, tmp_path)
 
 
 def test_run_as_user_runs_the_owners_jobs_as_the_owner_and_never_as_root(tmp_path, keypair):
@@ -169,6 +170,4 @@ def test_run_as_user_runs_the_owners_jobs_as_the_owner_and_never_as_root(tmp_pat
             with pytest.raises(SlurmRefused):
                 backend.start_scheduler(SchedulerSpec(uuid.uuid4().hex, "tok", API_URL, *keypair, cfg, user=who))
     finally:
-        for d in (tmp_path / "staging").glob("*"):
-            if len(d.name) == 32:
-                backend.stop_cluster(d.name)
+        stop_all(backend, tmp_path)

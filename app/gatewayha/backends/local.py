@@ -435,16 +435,21 @@ class LocalBackend(Backend):
         units.update(u for u in self.launcher.units() if unit_cluster(u) == cluster_name)
         # All at once: the scheduler and its workers stop in parallel.
         self.launcher.stop_many(sorted(units))
-        # Keep the logs for post-mortems (pruned after cluster.stopped_retention); drop keys and work dirs.
+        self._remove_files(cluster_name)
+        log.info("stopped cluster %s (%d units) and removed its files", cluster_name, len(units))
+
+    def _remove_files(self, cluster_name: str) -> None:
+        """Once its processes are gone: keep the cluster's logs for post-mortems (pruned after
+        cluster.stopped_retention), drop its keys and work directory."""
         logs = self.cluster_dir(cluster_name) / "logs"
         if logs.is_dir():
             kept = self.logs_root / cluster_name
             shutil.rmtree(kept, ignore_errors=True)
             kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(kept.parent, 0o700)
             shutil.move(str(logs), str(kept))
             os.utime(kept)
         shutil.rmtree(self.cluster_dir(cluster_name), ignore_errors=True)
-        log.info("stopped cluster %s (%d units) and removed its files", cluster_name, len(units))
 
     def prune_logs(self, max_age_s: float) -> int:
         cutoff = time.time() - max_age_s

@@ -518,16 +518,7 @@ class SlurmBackend(LocalBackend):
             alive = [j for j in self.jobs([cluster_name]) if j.alive or j.state == "COMPLETING"]
         if alive:
             raise BackendError(f"cluster {cluster_name}: Slurm jobs {[j.job_id for j in alive]} still end")
-        d = self.cluster_dir(cluster_name)
-        logs = d / "logs"
-        if logs.is_dir():
-            kept = self.logs_root / cluster_name
-            shutil.rmtree(kept, ignore_errors=True)
-            kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(kept.parent, 0o700)
-            shutil.move(str(logs), str(kept))
-            os.utime(kept)
-        shutil.rmtree(d, ignore_errors=True)
+        self._remove_files(cluster_name)
         log.info("stopped cluster %s (Slurm jobs cancelled) and removed its files", cluster_name)
 
     def local_clusters(self) -> set[str]:
