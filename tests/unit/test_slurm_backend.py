@@ -89,3 +89,16 @@ def test_sbatchs_refusals_that_would_come_again_are_told_apart(tmp_path, monkeyp
     with pytest.raises(Exception) as down:
         sbatch("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)")
     assert not isinstance(down.value, SlurmRefused)
+
+
+def test_cluster_options_slurm_could_not_take_are_refused_for_good(tmp_path):
+    from gatewayha.options import cluster_config
+
+    b = backend(tmp_path)
+    cfg = cluster_config(b.settings, {})
+    assert b._placement(cfg, 1.5, 2**30, "30:00") == ["--cpus-per-task=2", "--mem=1024M", "--time=30:00"]
+    for bad in ({"partition": "a b"}, {"account": "x;y"}, {"qos": "$(id)"}):
+        with pytest.raises(SlurmRefused, match="cluster options"):
+            b._placement(cluster_config(b.settings, bad), 1, 2**30, "")
+    with pytest.raises(SlurmRefused, match="not a Slurm time limit"):
+        b._placement(cfg, 1, 2**30, "1 hour")

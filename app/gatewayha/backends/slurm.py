@@ -322,15 +322,20 @@ class SlurmBackend(LocalBackend):
         raise BackendError(f"sbatch failed ({proc.returncode}): {message}")
 
     def _placement(self, cfg: ClusterConfig, cores: float, memory_bytes: int, time_limit: str) -> list[str]:
+        """sbatch's resource options. A cluster option Slurm could not take (a partition name
+        with a space, a time limit in no Slurm format) is refused for good: SlurmRefused."""
         args = [f"--cpus-per-task={max(1, math.ceil(cores))}", f"--mem={max(1, math.ceil(memory_bytes / 2**20))}M"]
-        for flag in ("partition", "account", "qos"):
-            # The cluster's option, else [slurm]'s default (a row of an older release has none).
-            value = getattr(cfg, flag) or getattr(self.slurm, flag)
-            if _word(flag, value):
-                args.append(f"--{flag}={value}")
-        if time_limit:
-            time_limit_seconds(time_limit)
-            args.append(f"--time={time_limit}")
+        try:
+            for flag in ("partition", "account", "qos"):
+                # The cluster's option, else [slurm]'s default (a row of an older release has none).
+                value = getattr(cfg, flag) or getattr(self.slurm, flag)
+                if _word(flag, value):
+                    args.append(f"--{flag}={value}")
+            if time_limit:
+                time_limit_seconds(time_limit)
+                args.append(f"--time={time_limit}")
+        except InvalidValue as exc:
+            raise SlurmRefused(f"cluster options: {exc}") from None
         return args
 
     def _common(self, kind: str, cluster: str, user: str, d: Path, ident: Identity, log_name: str) -> list[str]:
@@ -391,6 +396,8 @@ class SlurmBackend(LocalBackend):
             d, ident = self._prepare_dir(name, first.tls_cert, first.tls_key, self._owner(first.user))
             cfg = first.config
             limit = cfg.time_limit or self.slurm.worker_time_limit
+            placement = self._placement(cfg, cfg.worker_cores, int(float(cfg.worker_memory_gib) * GIB)
+                                        + NANNY_HEADROOM_BYTES, limit)  # fmt: skip
             argv, env = self.worker_command(dataclasses.replace(first, worker_name=WORKER_MARK), d)
             seconds = time_limit_seconds(limit)
             if seconds:
@@ -404,8 +411,7 @@ class SlurmBackend(LocalBackend):
             self._script(script, argv, env, todo)
             args = self._common(WORKERS_JOB, name, first.user, d, ident, "worker-%A_%a.log")
             args[1] += " workers=" + ",".join(w[len(name) + 1 :] for w in todo)
-            args += self._placement(cfg, cfg.worker_cores, int(float(cfg.worker_memory_gib) * GIB)
-                                    + NANNY_HEADROOM_BYTES, limit)  # fmt: skip
+            args += placement
             if cfg.worker_gpus:
                 args.append(f"--gres=gpu:{int(cfg.worker_gpus)}")
             args.append(f"--array=0-{len(todo) - 1}")
