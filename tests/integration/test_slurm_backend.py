@@ -53,8 +53,17 @@ def start(backend, keypair, **options):
 
 
 def running_pid(job_id: str) -> int:
-    """The job's main process (the exec'd Dask command), once it runs."""
-    return min(wait_until(lambda: slurm_local.job_pids(job_id), 30, f"job {job_id} running"))
+    """The job's main process once the script has exec'd the Dask command (before that it is
+    the script's bash, finding the node's address)."""
+
+    def dask_pid():
+        pids = slurm_local.job_pids(job_id)
+        try:
+            return pids and b"dask" in Path(f"/proc/{min(pids)}/cmdline").read_bytes() and min(pids)
+        except OSError:
+            return None
+
+    return wait_until(dask_pid, 30, f"job {job_id} running Dask")
 
 
 def account_of(backend, name: str) -> str:
