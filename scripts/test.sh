@@ -29,7 +29,7 @@ stage lint        400 make --no-print-directory lint
 stage unit        300 $PYTEST tests/unit
 stage integration 1000 $PYTEST tests/integration
 # e2e drives a real headless Chromium too (scripts/bootstrap-browser.sh installs it).
-stage e2e         700 bash -c "scripts/bootstrap-browser.sh && $PYTEST tests/e2e"
+stage e2e         900 bash -c "scripts/bootstrap-browser.sh && $PYTEST tests/e2e"
 # The appliance in Docker: gw1, gw2, db1 with systemd; converge, idempotence, appliance
 # checks, rolling upgrade under load, failover (make molecule starts dockerd and builds
 # the image and the wheelhouse when missing).

@@ -100,32 +100,6 @@ def test_a_cluster_on_slurm_from_create_to_an_empty_squeue(slurm_stack, gw):
     assert not (slurm_stack.state / "slurm" / "staging" / name).exists()
 
 
-def test_losing_a_gateway_nodes_job_runner_fails_no_slurm_cluster(slurm_stack, gw):
-    cluster = gw.new_cluster()
-    name = cluster.name
-    try:
-        client = cluster.get_client()
-        cluster.scale(1)
-        client.wait_for_workers(1, timeout=120)
-        # kill -9 of one gateway node's job runner: no gateway node owns a Slurm cluster.
-        os.kill(slurm_stack.pid("worker-1"), signal.SIGKILL)
-        cluster.scale(3)
-        client.wait_for_workers(3, timeout=120)
-        assert client.submit(lambda: 6 * 7).result() == 42
-        # Past the node timeout the lost node is swept; the cluster stays RUNNING.
-        with slurm_stack.db() as db:
-            wait_until(lambda: db.execute("SELECT count(*) AS n FROM nodes WHERE name = 'local-1' AND NOT draining"
-                                          " AND last_seen > now() - interval '30 seconds'").fetchone()["n"] == 0,
-                       60, "node local-1 timed out")  # fmt: skip
-        time.sleep(5)  # a sweep tick
-        assert gw.get_cluster(name).status == ClusterStatus.RUNNING
-        assert client.submit(lambda: 1 + 1).result() == 2
-        client.close()
-    finally:
-        cluster.shutdown()
-    wait_until(lambda: jobs_of(slurm_stack, name) == [], 60, "the cluster's jobs ended")
-
-
 def slurm_sh(stack, command: str) -> None:
     env = {**stack.env, "SLURM_DIR": str(stack.state / "slurm"), "SLURM_PORT": stack.env["GATEWAYHA_SLURM_PORT"]}
     subprocess.run([str(ROOT / "scripts" / "slurm.sh"), command], env=env, check=True, timeout=120,
@@ -184,3 +158,31 @@ def test_slurmctld_down_fails_no_running_cluster_and_creates_wait_for_it(slurm_s
         client.close()
     finally:
         running.shutdown()
+
+
+def test_losing_a_gateway_nodes_job_runner_fails_no_slurm_cluster(slurm_stack, gw):
+    # Last in this module: the local stack's HAProxy takes its routes from job runner 1 only,
+    # so clusters created after it is killed get no route (an appliance node has its own).
+    cluster = gw.new_cluster()
+    name = cluster.name
+    try:
+        client = cluster.get_client()
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=120)
+        # kill -9 of one gateway node's job runner: no gateway node owns a Slurm cluster.
+        os.kill(slurm_stack.pid("worker-1"), signal.SIGKILL)
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=120)
+        assert client.submit(lambda: 6 * 7).result() == 42
+        # Past the node timeout the lost node is swept; the cluster stays RUNNING.
+        with slurm_stack.db() as db:
+            wait_until(lambda: db.execute("SELECT count(*) AS n FROM nodes WHERE name = 'local-1' AND NOT draining"
+                                          " AND last_seen > now() - interval '30 seconds'").fetchone()["n"] == 0,
+                       60, "node local-1 timed out")  # fmt: skip
+        time.sleep(5)  # a sweep tick
+        assert gw.get_cluster(name).status == ClusterStatus.RUNNING
+        assert client.submit(lambda: 1 + 1).result() == 2
+        client.close()
+    finally:
+        cluster.shutdown()
+    wait_until(lambda: jobs_of(slurm_stack, name) == [], 60, "the cluster's jobs ended")
