@@ -344,3 +344,85 @@ def test_the_roles_software_environments_are_rendered_into_gatewayha_toml(tmp_pa
     }
     assert settings.environments["py311-gpu"].description == 'GPU "CUDA 12"'
     assert settings.cluster.default_environment == "py311-gpu"
+
+
+SLURM = {
+    "gatewayha_backend": "slurm",
+    "gatewayha_slurm_conf": "/etc/slurm/site.conf",
+    "gatewayha_slurm_staging_dir": "/shared/gatewayha",
+    "gatewayha_slurm_python": "/opt/dask/bin/python",
+    "gatewayha_slurm_partition": "dask",
+    "gatewayha_slurm_account": "physics",
+    "gatewayha_slurm_qos": "normal",
+    "gatewayha_slurm_worker_time_limit": "2:00:00",
+    "gatewayha_slurm_extra_sbatch_args": '--constraint="dask&ib"',
+}
+
+
+def test_the_local_backend_renders_no_slurm_section():
+    import tomllib
+
+    data = tomllib.loads(render_gatewayha_toml())
+    assert data["backend"] == {"name": "local"}
+    assert "slurm" not in data
+
+
+def test_the_roles_slurm_settings_are_rendered_into_gatewayha_toml(tmp_path, monkeypatch):
+    """gatewayha_backend: slurm gives [backend] name = "slurm" and a [slurm] the configuration's
+    check (the role's validate: step) and the Slurm backend's own checks both accept."""
+    from gatewayha.backends.slurm import SlurmBackend
+    from gatewayha.cli import check_config
+    from gatewayha.config import load_settings
+
+    defaults = _defaults("gatewayha")
+    path = tmp_path / "gatewayha.toml"
+    path.write_text(render_gatewayha_toml(**SLURM))
+    assert check_config(str(path)) == 0
+    settings = load_settings(path, {})
+    slurm = settings.slurm
+    assert settings.backend.name == "slurm"
+    assert (slurm.conf, slurm.staging_dir, slurm.python) == (
+        "/etc/slurm/site.conf",
+        "/shared/gatewayha",
+        "/opt/dask/bin/python",
+    )
+    assert (slurm.partition, slurm.account, slurm.qos, slurm.worker_time_limit) == (
+        "dask",
+        "physics",
+        "normal",
+        "2:00:00",
+    )
+    assert slurm.extra_sbatch_args == '--constraint="dask&ib"'
+    # The pool the role creates is the one the backend draws from.
+    assert (slurm.run_as, slurm.uid_min, slurm.uid_count) == (
+        "pool",
+        defaults["gatewayha_slurm_uid_min"],
+        defaults["gatewayha_slurm_uid_count"],
+    )
+    monkeypatch.setattr("os.geteuid", lambda: 1000)  # as root it would open the python's directories
+    backend = SlurmBackend(settings)
+    assert backend.extra_args == ["--constraint=dask&ib"]
+    assert backend.env["SLURM_CONF"] == "/etc/slurm/site.conf"
+
+    # The role's defaults as they are, and the owner's own account.
+    path.write_text(render_gatewayha_toml(gatewayha_backend="slurm", gatewayha_slurm_run_as="user"))
+    settings = load_settings(path, {})
+    assert (settings.slurm.run_as, settings.slurm.conf, settings.slurm.staging_dir) == (
+        "user",
+        "/etc/slurm/slurm.conf",
+        "/var/lib/gatewayha/slurm",
+    )
+    SlurmBackend(settings)
+
+
+def test_the_role_refuses_an_unknown_backend_or_slurm_pool_mode():
+    """Ansible checks the role's inputs against meta/argument_specs.yml before any task: other
+    values of these are refused there (the preflight phase checks them again, with the rest)."""
+    options = yaml.safe_load((ROLES / "gatewayha" / "meta" / "argument_specs.yml").read_text())
+    options = options["argument_specs"]["main"]["options"]
+    assert options["gatewayha_backend"]["choices"] == ["local", "slurm"]
+    assert options["gatewayha_slurm_run_as"]["choices"] == ["pool", "user"]
+    assert options["gatewayha_slurm_munge_key"]["no_log"] is True
+    defaults = _defaults("gatewayha")
+    assert defaults["gatewayha_backend"] == "local"
+    assert defaults["gatewayha_slurm_run_as"] in options["gatewayha_slurm_run_as"]["choices"]

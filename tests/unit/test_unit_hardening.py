@@ -52,6 +52,8 @@ ROLE_DEFAULTS = {
     "gatewayha_user": "gatewayha",
     "gatewayha_haproxy_admin_socket": "/run/haproxy/admin.sock",
     "gatewayha_haproxy_map_dir": "/var/lib/gatewayha/maps",
+    "gatewayha_backend": "local",
+    "gatewayha_slurm_staging_dir": "/var/lib/gatewayha/slurm",
 }
 
 
@@ -95,6 +97,17 @@ def test_the_units_are_rendered_from_the_role_s_install_dir_config_dir_state_dir
     assert "\nReadWritePaths=/srv/gw-state /srv/gw-state/maps /srv/hap\n" in jobs
     target = role_unit(tmp_path, "gatewayha.target").read_text()
     assert "\nWants=gatewayha-jobs.service\n" in target
+
+
+def test_the_job_runner_may_write_the_slurm_staging_directory(tmp_path):
+    """ProtectSystem=strict: with the Slurm backend the staging directory (the site's shared file
+    system, anywhere) is among the job runner's ReadWritePaths, or no Slurm cluster starts."""
+    slurm = role_unit(
+        tmp_path, "gatewayha-jobs.service", gatewayha_backend="slurm", gatewayha_slurm_staging_dir="/shared/gatewayha"
+    ).read_text()
+    assert "\nReadWritePaths=/var/lib/gatewayha /var/lib/gatewayha/maps /run/haproxy /shared/gatewayha\n" in slurm
+    local = role_unit(tmp_path, "gatewayha-jobs.service", gatewayha_slurm_staging_dir="/shared/gatewayha").read_text()
+    assert "\nReadWritePaths=/var/lib/gatewayha /var/lib/gatewayha/maps /run/haproxy\n" in local
 
 
 def test_the_api_unit_has_systemd_s_watchdog_under_granian_only(tmp_path):
