@@ -64,11 +64,15 @@ def settings(staging: Path, **slurm) -> Settings:
 
 
 def job_pids(job_id: str) -> list[int]:
-    """The processes of a job ("123", or "123_4" for an array task) on this machine, found by
-    the variables Slurm gives them."""
+    """The processes of a job ("123", or "123_4" for an array task) of this Slurm, found by the
+    variables Slurm and the job script give them (its script's bash, until it execs, may not
+    have them all)."""
     array, _, task = job_id.partition("_")
     want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()} if task else {
         f"SLURM_JOB_ID={array}".encode()}  # fmt: skip
+    # This Slurm's jobs only (another Slurm on the machine numbers its jobs from 1 too): the job
+    # script exports the backend's slurm.conf.
+    want.add(f"SLURM_CONF={CONF}".encode())
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
