@@ -116,7 +116,11 @@ def test_a_scale_up_is_one_sbatch_and_a_check_of_many_is_one_squeue(backend, key
     calls.clear()
     statuses = backend.check_workers([(name, w, s) for w, s in zip(workers, states, strict=True)])
     statuses += backend.check_schedulers([(n, st) for n, _, st in names])
-    assert calls == ["squeue", "squeue"] and all(s.alive for s in statuses)
+    # (And one sinfo for the addresses of the nodes the jobs were placed on, kept a minute.)
+    assert calls in (["squeue", "squeue"], ["squeue", "squeue", "sinfo"]) and all(s.alive for s in statuses)
+    calls.clear()
+    backend.check_schedulers([(n, st) for n, _, st in names])
+    assert calls == ["squeue"]
     # Again, the same workers: found running by name, nothing submitted twice.
     calls.clear()
     again = backend.start_workers([WorkerSpec(name, w, NO_SCHEDULER, "tok", *keypair, cfg, "alice") for w in workers])
@@ -178,5 +182,21 @@ def test_run_as_user_runs_the_owners_jobs_as_the_owner_and_never_as_root(tmp_pat
         for who in ("root", "no-such-user-here"):
             with pytest.raises(SlurmRefused):
                 backend.start_scheduler(SchedulerSpec(uuid.uuid4().hex, "tok", API_URL, *keypair, cfg, user=who))
+    finally:
+        stop_all(backend, tmp_path)
+
+
+def test_a_job_that_reaches_its_time_limit_ends_its_cluster_with_slurms_timeout(tmp_path, keypair):
+    """The walltime of a scheduler job (slurm.scheduler_time_limit, 1 minute here; Slurm enforces
+    it up to 30 s late) ends it: the check says TIMEOUT in Slurm's words, which the core makes
+    the cluster's stop reason."""
+    slurm_local.ensure_slurm()
+    backend = get_backend(slurm_local.settings(tmp_path / "staging", scheduler_time_limit="1"))
+    try:
+        name, _, state = start(backend, keypair)
+        running_pid(state["job_id"])
+        status = wait_until(lambda: (s := backend.check_schedulers([(name, state)])[0]).alive is False and s, 150,
+                            "the time limit", interval=2)  # fmt: skip
+        assert status.reason == f"Slurm job {state['job_id']} TIMEOUT (TimeLimit)"
     finally:
         stop_all(backend, tmp_path)

@@ -75,6 +75,8 @@ ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "RESIZING", "SUSPENDED", "R
 # Stand-ins in the commands the local backend builds, replaced by shell variables of the job script.
 HOST_MARK = "__GATEWAYHA_HOST__"
 WORKER_MARK = "__GATEWAYHA_WORKER__"
+# How long the compute nodes' addresses (one sinfo) are reused.
+ADDRESS_TTL_S = 60.0
 _TIME_RE = re.compile(r"\A(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?\Z")
 _WORD_RE = re.compile(r"\A[A-Za-z0-9_.@+-]{1,64}\Z")
 # sbatch's refusals that another try would meet again: the cluster fails with Slurm's words.
@@ -199,6 +201,7 @@ class SlurmBackend(LocalBackend):
         if cfg.conf:
             self.env["SLURM_CONF"] = str(Path(cfg.conf).absolute())
         self._root_ready = False
+        self._addresses: tuple[float, dict[str, str]] = (0.0, {})
         if os.geteuid() == 0:
             # Where the compute nodes share this machine's software (and always on an emulated
             # Slurm), the clusters' accounts must reach the interpreter and gatewayha_preload.
@@ -248,16 +251,21 @@ class SlurmBackend(LocalBackend):
         return out
 
     def _node_address(self, node: str) -> str | None:
-        """The IPv4 address of a compute node (its NodeAddr, resolved): where its jobs listen."""
-        proc = self._run("sinfo", "--noheader", "--Node", f"--nodes={node}", "--format=%N|%o")
-        for line in proc.stdout.splitlines():
-            name, _, addr = line.strip().partition("|")
-            if name == node and addr:
-                try:
-                    return socket.gethostbyname(addr)
-                except OSError:
-                    return None
-        return None
+        """The IPv4 address of a compute node (its NodeAddr, resolved): where its jobs listen.
+        One sinfo for every node, kept a minute (or until a node it does not list shows up)."""
+        at, addresses = self._addresses
+        if node not in addresses or time.monotonic() - at > ADDRESS_TTL_S:
+            proc = self._run("sinfo", "--noheader", "--Node", "--format=%N|%o")
+            addresses = {}
+            for line in proc.stdout.splitlines():
+                name, _, addr = line.strip().partition("|")
+                if name and addr:
+                    try:
+                        addresses[name] = socket.gethostbyname(addr)
+                    except OSError:
+                        continue
+            self._addresses = (time.monotonic(), addresses)
+        return addresses.get(node)
 
     # ------------------------------------------------------------------ identities and files
     def _owner(self, user: str) -> Identity | None:
@@ -439,6 +447,9 @@ class SlurmBackend(LocalBackend):
     def _status(self, job: Job | None, missing: str, state: State | None) -> ProcessStatus:
         if job is None:
             return ProcessStatus(False, missing)
+        if job.state == "COMPLETING":
+            # Ending, its final word (TIMEOUT, CANCELLED, FAILED...) not said yet: the next check.
+            return ProcessStatus(True)
         if not job.alive:
             return ProcessStatus(False, job.describe())
         new = {"job_id": job.job_id, "slurm_state": job.state, "slurm_reason": job.reason}
