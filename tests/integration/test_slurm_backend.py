@@ -18,6 +18,7 @@ from gatewayha.backends import get_backend
 from gatewayha.backends.base import SchedulerSpec, WorkerSpec
 from gatewayha.backends.slurm import SlurmRefused
 from gatewayha.config import EnvironmentSettings
+from gatewayha.errors import BackendRefused
 from gatewayha.options import cluster_config
 from helpers import make_environment, wait_until
 
@@ -198,5 +199,16 @@ def test_a_job_that_reaches_its_time_limit_ends_its_cluster_with_slurms_timeout(
         status = wait_until(lambda: (s := backend.check_schedulers([(name, state)])[0]).alive is False and s, 150,
                             "the time limit", interval=2)  # fmt: skip
         assert status.reason == f"Slurm job {state['job_id']} TIMEOUT (TimeLimit)"
+    finally:
+        stop_all(backend, tmp_path)
+
+
+def test_a_full_pool_of_accounts_refuses_the_start_at_once_naming_the_setting(tmp_path, keypair):
+    slurm_local.ensure_slurm()
+    backend = get_backend(slurm_local.settings(tmp_path / "staging", uid_count=1))
+    try:
+        start(backend, keypair)
+        with pytest.raises(BackendRefused, match=r"slurm.uid_count: every uid of the range is in use \(1 "):
+            start(backend, keypair)
     finally:
         stop_all(backend, tmp_path)

@@ -48,7 +48,7 @@ from gatewayha.backends.launcher import (
     worker_unit,
 )
 from gatewayha.config import Settings
-from gatewayha.errors import BackendError, ConfigError, InvalidValue
+from gatewayha.errors import BackendRefused, ConfigError, InvalidValue
 from gatewayha.files import write_atomic
 from gatewayha.options import ClusterConfig, environment_patterns, split_environment
 
@@ -137,6 +137,8 @@ class LocalBackend(Backend):
     # Whether the processes write their logs themselves (a batch job's output file) rather than
     # the launcher: then the cluster's uid owns logs/.
     logs_writable = False
+    # The setting that sizes the range of uids clusters get (named when it is exhausted).
+    uid_setting = "node.dask_uid_count"
 
     def __init__(self, settings: Settings, launcher: Launcher | None = None):
         self.settings = settings
@@ -227,7 +229,10 @@ class LocalBackend(Backend):
                 except FileNotFoundError:
                     used = self._used_uids()
                     if len(used) >= self.uid_count:
-                        raise BackendError("node.dask_uid_count: every uid of the range is in use") from None
+                        # Capacity, not a fault: the start fails now, with the setting to raise.
+                        raise BackendRefused(
+                            f"{self.uid_setting}: every uid of the range is in use ({len(used)} clusters)"
+                        ) from None
                     uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)
                     while uid in used:
                         uid = random.randrange(self.uid_min, self.uid_min + self.uid_count)

@@ -157,6 +157,7 @@ class SlurmBackend(LocalBackend):
 
     node_bound = False
     logs_writable = True
+    uid_setting = "slurm.uid_count"
 
     def __init__(self, settings: Settings):  # noqa: PLR0912 - the checks of [slurm]
         cfg = settings.slurm
