@@ -857,7 +857,7 @@ def _sl(r, side, *path):
 def _ok(r, side, key) -> bool:
     """The side measured `key` with no error."""
     d = _sl(r, side, key) or {}
-    return bool(d) and not d.get("errors") and not _sl(r, side, "failed")
+    return bool(d) and not d.get("errors") and not (r.get("slurm") or {}).get("failed")
 
 
 def slurm_goals(r) -> list[tuple[str, str, str]]:
@@ -931,7 +931,7 @@ def slurm_section(r, args) -> list[str]:
         "`dask_gateway_server.backends.jobqueue.slurm.SlurmBackend` (`bench/anchor_config.py`, "
         "`BENCH_ANCHOR_SLURM_BIN`) on the same Slurm, its jobs running as the account `gwdask-15`, its schedulers "
         "and workers from the bench venv. Both: 1-core / 1 GiB workers and schedulers, heartbeat every 2 s, "
-        "the stock dask-gateway 2026.3.0 client. gatewayha was measured first, then the anchor; between "
+        "the stock dask-gateway 2026.3.0 client. One side at a time, alternating which goes first; between "
         "measurements the driver waits until the Slurm runs no job (`bench/slurm_bench.py`)."
     )
     add("")
@@ -948,9 +948,8 @@ def slurm_section(r, args) -> list[str]:
         "(owned by the account, 0700), the bench venv is on Debian's `/usr/bin/python3` so the account can run it."
     )
     add("")
-    failed = [side for side in (GH, AN) if _sl(r, side, "failed")]
-    for side in failed:
-        add(f"**{side} failed:** `{_sl(r, side, 'failed')}`")
+    if sl.get("failed"):
+        add(f"**The phase failed:** `{sl['failed']}`")
         add("")
     add("| | gatewayha | anchor (SlurmBackend) | ratio gatewayha / anchor |")
     row("---", "---", "---", "---")

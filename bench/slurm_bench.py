@@ -1,7 +1,7 @@
 """BENCH_PHASES=slurm: gatewayha and dask-gateway-server 2026.3.0's SlurmBackend on one local Slurm.
 
 Run by bench/run.sh (which starts both on the same Slurm) under the bench venv, with the stock
-dask-gateway 2026.3.0 client. One side after the other, each measured alone on the Slurm:
+dask-gateway 2026.3.0 client. One side at a time on the Slurm, the two alternating which goes first:
 
   create  sequential new_cluster() until it returns (the cluster RUNNING), then shutdown
   scale   scale(20) on a running cluster until client.wait_for_workers(20) returns, timed from the
@@ -28,7 +28,7 @@ from common import Target, gatewayha_target, median, summary, write_json  # noqa
 
 N_CREATE = int(os.environ.get("BENCH_SLURM_N_CREATE", "5"))
 N_SCALE = int(os.environ.get("BENCH_SLURM_N_SCALE", "3"))
-N_STORM = int(os.environ.get("BENCH_SLURM_N_STORM", "1"))
+N_STORM = int(os.environ.get("BENCH_SLURM_N_STORM", "2"))
 WORKERS = int(os.environ.get("BENCH_SLURM_WORKERS", "20"))
 STORM = int(os.environ.get("BENCH_SLURM_STORM", "20"))
 TIMEOUT = 180.0  # any one client call
@@ -201,52 +201,70 @@ def settle(t: Target) -> int:
     return left
 
 
-def measure(t: Target) -> dict:
-    r: dict = {"label": t.label}
-    if left := settle(t):
-        r["busy_before"] = left
-    # (i) sequential create -> RUNNING, after one warm-up create (imports, first connections)
-    times, errors = [], []
+def order(i: int, sides: list[str]) -> list[str]:
+    """Alternate which side goes first, so that drifts of the machine's load hit both alike."""
+    return sides if i % 2 == 0 else sides[::-1]
+
+
+def measure(tg: dict[str, Target], sides: list[str], slurm: dict) -> None:
+    """Each measurement alternates the sides (one at a time on the Slurm); results into `slurm`."""
+    for side in sides:
+        if left := settle(tg[side]):
+            slurm[side]["busy_before"] = left
+    # (i) sequential create -> RUNNING, after one warm-up create per side (imports, first connections)
+    times: dict = {x: [] for x in sides}
+    errors: dict = {x: [] for x in sides}
     for i in range(N_CREATE + 1):
-        x = asyncio.run(one_create(t))
-        settle(t)
-        if isinstance(x, str):
-            errors.append(x)
-        elif i > 0:
-            times.append(x)
-        log(f"{t.key}: create {i}{' (warm-up)' if i == 0 else ''}: {x}")
-    r["create"] = {**summary(times), "times": times, "errors": len(errors), "error_samples": errors[:3]}
+        for side in order(i, sides):
+            x = asyncio.run(one_create(tg[side]))
+            settle(tg[side])
+            if isinstance(x, str):
+                errors[side].append(x)
+            elif i > 0:
+                times[side].append(x)
+            log(f"{side}: create {i}{' (warm-up)' if i == 0 else ''}: {x}")
+    for side in sides:
+        slurm[side]["create"] = {
+            **summary(times[side]),
+            "times": times[side],
+            "errors": len(errors[side]),
+            "error_samples": errors[side][:3],
+        }
     # (ii) scale(20) -> 20 workers joined
-    runs = []
+    runs: dict = {x: [] for x in sides}
     for i in range(N_SCALE):
-        x = asyncio.run(one_scale(t))
-        settle(t)
-        log(f"{t.key}: scale({WORKERS}) {i}: {x}")
-        runs.append(x)
-    ok = [x for x in runs if "seconds" in x]
-    r["scale"] = {
-        **summary([x["seconds"] for x in ok]),
-        "runs": runs,
-        "errors": len(runs) - len(ok),
-        "submissions": median([x["submissions"] for x in ok]),
-        "jobs": median([x["jobs"] for x in ok]),
-    }
+        for side in order(i, sides):
+            x = asyncio.run(one_scale(tg[side]))
+            settle(tg[side])
+            log(f"{side}: scale({WORKERS}) {i}: {x}")
+            runs[side].append(x)
+    for side in sides:
+        ok = [x for x in runs[side] if "seconds" in x]
+        slurm[side]["scale"] = {
+            **summary([x["seconds"] for x in ok]),
+            "runs": runs[side],
+            "errors": len(runs[side]) - len(ok),
+            "submissions": median([x["submissions"] for x in ok]),
+            "jobs": median([x["jobs"] for x in ok]),
+        }
     # (iii) 20 concurrent creates -> all RUNNING
-    storms = []
+    storms: dict = {x: [] for x in sides}
     for i in range(N_STORM):
-        x = asyncio.run(one_storm(t, STORM))
-        settle(t)
-        log(f"{t.key}: {STORM} concurrent creates {i}: all in {x['total_s']:.1f} s, errors {x['errors']}")
-        storms.append(x)
-    r["storm"] = {
-        "total_s": median([x["total_s"] for x in storms]),
-        "create_median": median([x["create"]["median"] for x in storms if x["create"]["median"] is not None]),
-        "create_max": max((x["create"]["max"] for x in storms if x["create"]["max"] is not None), default=None),
-        "errors": sum(x["errors"] for x in storms),
-        "error_samples": [e for x in storms for e in x["error_samples"]][:3],
-        "runs": storms,
-    }
-    return r
+        for side in order(i, sides):
+            x = asyncio.run(one_storm(tg[side], STORM))
+            settle(tg[side])
+            log(f"{side}: {STORM} concurrent creates {i}: all in {x['total_s']:.1f} s, errors {x['errors']}")
+            storms[side].append(x)
+    for side in sides:
+        st = storms[side]
+        slurm[side]["storm"] = {
+            "total_s": median([x["total_s"] for x in st]),
+            "create_median": median([x["create"]["median"] for x in st if x["create"]["median"] is not None]),
+            "create_max": max((x["create"]["max"] for x in st if x["create"]["max"] is not None), default=None),
+            "errors": sum(x["errors"] for x in st),
+            "error_samples": [e for x in st for e in x["error_samples"]][:3],
+            "runs": st,
+        }
 
 
 def main() -> None:
@@ -259,16 +277,17 @@ def main() -> None:
     slurm = results.setdefault("slurm", {})
     slurm["params"] = {"n_create": N_CREATE, "n_scale": N_SCALE, "n_storm": N_STORM, "workers": WORKERS, "storm": STORM}
     tg = targets()
-    for side in args.sides.split(","):
-        t0 = time.monotonic()
-        log(f"measuring {tg[side].label}")
-        try:
-            slurm[side] = measure(tg[side])
-        except Exception as exc:  # noqa: BLE001
-            slurm[side] = {"label": tg[side].label, "failed": err(exc)}
-            log(f"{side} failed: {err(exc)}")
-        results["timings"][f"slurm_{side}"] = time.monotonic() - t0
-        write_json(args.out, results)
+    sides = args.sides.split(",")
+    for side in sides:
+        slurm[side] = {"label": tg[side].label}
+    t0 = time.monotonic()
+    try:
+        measure(tg, sides, slurm)
+    except Exception as exc:  # noqa: BLE001
+        slurm["failed"] = err(exc)
+        log(f"failed: {err(exc)}")
+    results["timings"]["slurm"] = time.monotonic() - t0
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":
