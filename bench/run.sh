@@ -186,7 +186,14 @@ if [ "$PHASES" = slurm ]; then
     SL_USER=${BENCH_SLURM_ANCHOR_USER:-gwdask-15}
     SUDOERS=/etc/sudoers.d/gatewayha-bench-anchor
     eval "orig_$(declare -f gha_env)"
-    gha_env() { orig_gha_env GATEWAYHA_BACKEND=slurm GATEWAYHA_SLURM_PORT="$SL_PORT" GATEWAYHA_CLUSTER__MAX_WORKERS=20 "$@"; }
+    # Each gatewayha cluster runs as an account of its own: the local stack's 16 accounts would cap
+    # the 20 concurrent creates at 16 ("every uid of the range is in use"); 24 here
+    # (scripts/slurm.sh creates the missing ones, gwdask-16.., as it created gwdask-0..15).
+    SL_POOL=${BENCH_SLURM_POOL:-24}
+    gha_env() {
+        orig_gha_env GATEWAYHA_BACKEND=slurm GATEWAYHA_SLURM_PORT="$SL_PORT" GATEWAYHA_CLUSTER__MAX_WORKERS=20 \
+            SLURM_POOL_COUNT="$SL_POOL" GATEWAYHA_SLURM__UID_COUNT="$SL_POOL" "$@"
+    }
     sl_cleanup() {
         set +e
         trap '' INT TERM
