@@ -981,6 +981,16 @@ def slurm_section(r, args) -> list[str]:
         f(_sl(r, AN, "scale", "submissions"), "", 0),
         "",
     )
+    pair(
+        "… from the scale call to slurmctld's last submission of it (its log), median",
+        _sl(r, GH, "scale", "submitted_s"),
+        _sl(r, AN, "scale", "submitted_s"),
+    )
+    pair(
+        "… to Slurm's allocation of the last of its jobs, median (the rest, to joined, is the workers' start)",
+        _sl(r, GH, "scale", "allocated_s"),
+        _sl(r, AN, "scale", "allocated_s"),
+    )
     row(
         "Slurm jobs they made (`squeue --array -t all`), median",
         f(_sl(r, GH, "scale", "jobs"), "", 0),
@@ -1012,6 +1022,18 @@ def slurm_section(r, args) -> list[str]:
         add("")
         for side, e in samples[:6]:
             add(f"- {side}: `{e[:300]}`")
+        add("")
+    gs, ga = _sl(r, GH, "scale", "median"), _sl(r, GH, "scale", "allocated_s")
+    asub, gsub = _sl(r, AN, "scale", "submitted_s"), _sl(r, GH, "scale", "submitted_s")
+    if None not in (gs, ga, asub, gsub):
+        add(
+            f"Of gatewayha's {s(gs)} to 20 workers joined, {s(gs - ga)} come after Slurm allocated the last job: "
+            "the 20 Dask workers' own start (with their nannies, 40 Python processes on the machine's 2 shared "
+            "cores), which both sides pay alike. The gateways differ in the submission: one sbatch of a job array "
+            f"({s(gsub)} after the scale call) against 20 `sudo` + launcher + sbatch runs ({s(asub)}). So the "
+            "scale ratio moves with the machine's load (the workers' start), and its margin to 0.5× is thin here; "
+            "on nodes of their own the workers would start in parallel, and the submission would weigh more."
+        )
         add("")
     add("Goals (also in the table at the top):")
     add("")

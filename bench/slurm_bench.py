@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -34,6 +35,10 @@ STORM = int(os.environ.get("BENCH_SLURM_STORM", "20"))
 TIMEOUT = 180.0  # any one client call
 T0 = time.monotonic()
 SUBMIT = re.compile(rb"_slurm_rpc_submit_batch_job: JobId=(\d+)")
+# slurmctld's log lines: when it took a submission, when it gave a job (an array task: 98_3) its node
+STAMPED = re.compile(
+    rb"^\[([0-9T:.-]+)\] (?:_slurm_rpc_submit_batch_job:|sched: Allocate|backfill: Started) JobId=(\d+)", re.M
+)
 
 
 def log(msg: str) -> None:
@@ -100,6 +105,22 @@ def submissions_since(offset: int) -> list[str]:
         return [m.group(1).decode() for m in SUBMIT.finditer(f.read())]
 
 
+def slurm_times(offset: int, job_ids: list[str], since: float) -> dict:
+    """Seconds from `since` (wall clock) to slurmctld's last submission and last allocation of
+    these jobs (every array task), from its log after byte `offset`."""
+    with open(ctld_log(), "rb") as f:
+        f.seek(offset)
+        text = f.read()
+    last = {"submitted_s": None, "allocated_s": None}
+    for m in STAMPED.finditer(text):
+        if m.group(2).decode() not in job_ids:
+            continue
+        at = datetime.datetime.strptime(m.group(1).decode(), "%Y-%m-%dT%H:%M:%S.%f").timestamp() - since
+        key = "submitted_s" if b"submit" in m.group(0) else "allocated_s"
+        last[key] = at if last[key] is None else max(last[key], at)
+    return last
+
+
 def jobs_of(job_ids: list[str]) -> int:
     """How many jobs (array tasks one by one) these submissions made, from squeue -t all."""
     if not job_ids:
@@ -146,13 +167,14 @@ async def one_scale(t: Target) -> dict:
         client = await asyncio.wait_for(cluster.get_client(set_as_default=False), TIMEOUT)
         await asyncio.sleep(1)  # the scheduler's own submission is logged before the offset
         offset = log_size()
-        t0 = time.perf_counter()
+        wall, t0 = time.time(), time.perf_counter()
         await cluster.scale(WORKERS)
         await asyncio.wait_for(client.wait_for_workers(WORKERS), TIMEOUT)
         out["seconds"] = time.perf_counter() - t0
         ids = submissions_since(offset)
         out["submissions"] = len(ids)
         out["jobs"] = jobs_of(ids)
+        out.update(slurm_times(offset, ids, wall))
     except Exception as exc:  # noqa: BLE001
         out["error"] = "scale: " + err(exc)
     finally:
@@ -246,6 +268,8 @@ def measure(tg: dict[str, Target], sides: list[str], slurm: dict) -> None:
             "errors": len(runs[side]) - len(ok),
             "submissions": median([x["submissions"] for x in ok]),
             "jobs": median([x["jobs"] for x in ok]),
+            "submitted_s": median([x["submitted_s"] for x in ok if x.get("submitted_s") is not None]),
+            "allocated_s": median([x["allocated_s"] for x in ok if x.get("allocated_s") is not None]),
         }
     # (iii) 20 concurrent creates -> all RUNNING
     storms: dict = {x: [] for x in sides}
