@@ -956,59 +956,30 @@ def slurm_section(r, args) -> list[str]:
         add("")
     add("| | gatewayha | anchor (SlurmBackend) | ratio gatewayha / anchor |")
     row("---", "---", "---", "---")
-    pair(
-        f"create → RUNNING, median of {p.get('n_create')} sequential (after one warm-up)",
-        _sl(r, GH, "create", "median"),
-        _sl(r, AN, "create", "median"),
-    )
-    pair("create → RUNNING, max", _sl(r, GH, "create", "max"), _sl(r, AN, "create", "max"), ratio=False)
-    row("create errors", _sl(r, GH, "create", "errors"), _sl(r, AN, "create", "errors"), "")
-    pair(
-        f"scale({p.get('workers')}) → {p.get('workers')} workers joined (`wait_for_workers`), median of "
-        f"{p.get('n_scale')}, from the scale call",
-        _sl(r, GH, "scale", "median"),
-        _sl(r, AN, "scale", "median"),
-    )
-    row(
-        "scale runs",
-        ", ".join(s(x.get("seconds")) for x in _sl(r, GH, "scale", "runs") or []),
-        ", ".join(s(x.get("seconds")) for x in _sl(r, AN, "scale", "runs") or []),
-        "",
-    )
-    row(
-        f"sbatch submissions per scale({p.get('workers')}) (slurmctld's log), median",
-        f(_sl(r, GH, "scale", "submissions"), "", 0),
-        f(_sl(r, AN, "scale", "submissions"), "", 0),
-        "",
-    )
-    pair(
-        "… from the scale call to slurmctld's last submission of it (its log), median",
-        _sl(r, GH, "scale", "submitted_s"),
-        _sl(r, AN, "scale", "submitted_s"),
-    )
-    pair(
-        "… to Slurm's allocation of the last of its jobs, median (the rest, to joined, is the workers' start)",
-        _sl(r, GH, "scale", "allocated_s"),
-        _sl(r, AN, "scale", "allocated_s"),
-    )
-    row(
-        "Slurm jobs they made (`squeue --array -t all`), median",
-        f(_sl(r, GH, "scale", "jobs"), "", 0),
-        f(_sl(r, AN, "scale", "jobs"), "", 0),
-        "",
-    )
-    row("scale errors", _sl(r, GH, "scale", "errors"), _sl(r, AN, "scale", "errors"), "")
-    pair(
-        f"{p.get('storm')} concurrent creates → all RUNNING (median of {p.get('n_storm')})",
-        _sl(r, GH, "storm", "total_s"),
-        _sl(r, AN, "storm", "total_s"),
-    )
-    pair(
-        "… their median create",
-        _sl(r, GH, "storm", "create_median"),
-        _sl(r, AN, "storm", "create_median"),
-    )
-    row("concurrent create errors", _sl(r, GH, "storm", "errors"), _sl(r, AN, "storm", "errors"), "")
+    w = p.get("workers")
+    n0 = (lambda x: f(x, "", 0), False)  # counts: no ratio
+    ident = (str, False)
+    T = (s, True)  # seconds, with the ratio
+    for label, key, stat, (fmt, ratio) in (
+        (f"create → RUNNING, median of {p.get('n_create')} sequential (after one warm-up)", "create", "median", T),
+        ("create → RUNNING, max", "create", "max", (s, False)),
+        ("create errors", "create", "errors", ident),
+        (f"scale({w}) → {w} workers joined (`wait_for_workers`), median of {p.get('n_scale')}, from the scale call",
+         "scale", "median", T),
+        (f"sbatch submissions per scale({w}) (slurmctld's log), median", "scale", "submissions", n0),
+        ("… from the scale call to slurmctld's last submission of it (its log), median", "scale", "submitted_s", T),
+        ("… to Slurm's allocation of the last of its jobs, median (the rest, to joined, is the workers' start)",
+         "scale", "allocated_s", T),
+        ("Slurm jobs they made (`squeue --array -t all`), median", "scale", "jobs", n0),
+        ("scale errors", "scale", "errors", ident),
+        (f"{p.get('storm')} concurrent creates → all RUNNING (median of {p.get('n_storm')})", "storm", "total_s", T),
+        ("… their median create", "storm", "create_median", T),
+        ("concurrent create errors", "storm", "errors", ident),
+    ):  # fmt: skip
+        pair(label, _sl(r, GH, key, stat), _sl(r, AN, key, stat), fmt, ratio)
+        if stat == "median" and key == "scale":
+            runs = [", ".join(s(x.get("seconds")) for x in _sl(r, side, "scale", "runs") or []) for side in (GH, AN)]
+            row("scale runs", *runs, "")
     add("")
     samples = [
         (side, e)
