@@ -30,3 +30,18 @@ c.ClusterConfig.worker_memory = "1 G"
 c.ClusterConfig.scheduler_cores = 1
 c.ClusterConfig.scheduler_memory = "1 G"
 c.ClusterConfig.idle_timeout = 0
+
+# BENCH_PHASES=slurm: the same anchor on the bench's local Slurm (dask-gateway-server's own
+# jobqueue SlurmBackend), with the same worker resources and timeouts as above.
+if os.environ.get("BENCH_ANCHOR_SLURM_BIN"):
+    slurm_bin = os.environ["BENCH_ANCHOR_SLURM_BIN"]  # wrappers of sbatch/squeue/scancel and the launcher
+    c.DaskGateway.backend_class = "dask_gateway_server.backends.jobqueue.slurm.SlurmBackend"
+    c.SlurmBackend.submit_command = os.path.join(slurm_bin, "sbatch")
+    c.SlurmBackend.status_command = os.path.join(slurm_bin, "squeue")
+    c.SlurmBackend.cancel_command = os.path.join(slurm_bin, "scancel")
+    c.SlurmBackend.dask_gateway_jobqueue_launcher = os.path.join(slurm_bin, "launcher")
+    c.SlurmBackend.cluster_heartbeat_period = 2
+    c.SlurmBackend.cluster_heartbeat_timeout = 20
+    c.SlurmBackend.cluster_start_timeout = 120
+    c.SlurmClusterConfig.partition = "dask"
+    c.SlurmClusterConfig.staging_directory = os.environ["BENCH_ANCHOR_STAGING"] + "/{username}/"

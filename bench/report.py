@@ -96,8 +96,8 @@ def main() -> None:
     ap.add_argument(
         "--merge",
         action="store_true",
-        help="a run of the https phase alone: put its section and goal rows into the existing --out page "
-        "(and refresh the profile text at its end), leaving every other section as it is",
+        help="a run of the https or the slurm phase alone: put its section and goal rows into the existing "
+        "--out page (and refresh the profile text at its end), leaving every other section as it is",
     )
     args = ap.parse_args()
     r = json.load(open(args.results))
@@ -110,7 +110,12 @@ def main() -> None:
     with open(args.results, "w") as fh:
         json.dump(r, fh, indent=1)
     if args.merge:
-        merge_https(args, r)
+        if r.get("https"):
+            merge_https(args, r)
+        if r.get("slurm"):
+            merge_slurm(args, r)
+        if not r.get("https") and not r.get("slurm"):
+            raise SystemExit(f"report.py --merge: {args.results} has no https or slurm results")
         return
     GH, AN = "gatewayha", "anchor"
     L: list[str] = []
@@ -584,8 +589,10 @@ def main() -> None:
     L.extend(PROFILE_POINTER)
     add("")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    old = open(args.out).read() if os.path.exists(args.out) else ""
     with open(args.out, "w") as fh:
         fh.write("\n".join(L) + "\n")
+    carry_section(args.out, old, SLURM_TITLE, SLURM_GOAL)
 
 
 # ------------------------------------------------------------------ HTTPS vs HTTP (the https phase)
@@ -803,14 +810,18 @@ def _diff(a, b):
 
 def merge_https(args, r) -> None:
     """Put this run's HTTPS section and goal rows into the existing page; refresh the profile text."""
-    if not r.get("https"):
-        raise SystemExit(f"report.py --merge: {args.results} has no https results")
+    merge_section(args, HTTPS_TITLE, https_section(r, args), HTTPS_GOAL, https_goals(r))
+
+
+def merge_section(args, title: str, section: list[str], goal_prefix: str, goals) -> None:
+    """Put a section and its goal rows into the existing page (in place of earlier ones, else before
+    the failed phases / durations / profile); refresh the profile text."""
     text = open(args.out).read()
     trailing = text[len(text.rstrip("\n")) :] or "\n"
     lines = text.rstrip("\n").split("\n")
     # goal rows: this run's replace any earlier ones, at the end of the Goals table
-    goal_rows = ["| " + " | ".join(x) + " |" for x in https_goals(r)]
-    lines = [ln for ln in lines if not ln.startswith(f"| {HTTPS_GOAL}")]
+    goal_rows = ["| " + " | ".join(x) + " |" for x in goals]
+    lines = [ln for ln in lines if not ln.startswith(f"| {goal_prefix}")]
     if "## Goals" in lines:
         i = lines.index("## Goals") + 1
         while i < len(lines) and not lines[i].startswith("|"):
@@ -819,9 +830,8 @@ def merge_https(args, r) -> None:
             i += 1
         lines[i:i] = goal_rows
     # the section: in place of an earlier one, else before the failed phases / durations / profile
-    section = https_section(r, args)
-    if HTTPS_TITLE in lines:
-        start = lines.index(HTTPS_TITLE)
+    if title in lines:
+        start = lines.index(title)
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
     else:
         heads = ("## Phases that failed", "## Phase durations", "## Where gatewayha's time goes")
@@ -832,6 +842,197 @@ def merge_https(args, r) -> None:
         lines = lines[: lines.index(PROFILE_POINTER[0])] + list(PROFILE_POINTER)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + trailing)
+
+
+# ------------------------------------------------------------------ Slurm (BENCH_PHASES=slurm)
+
+SLURM_TITLE = "## Slurm: gatewayha vs dask-gateway-server's SlurmBackend"
+SLURM_GOAL = "Slurm:"
+
+
+def _sl(r, side, *path):
+    return g(r.get("slurm") or {}, side, *path)
+
+
+def _ok(r, side, key) -> bool:
+    """The side measured `key` with no error."""
+    d = _sl(r, side, key) or {}
+    return bool(d) and not d.get("errors") and not (r.get("slurm") or {}).get("failed")
+
+
+def slurm_goals(r) -> list[tuple[str, str, str]]:
+    if not r.get("slurm"):
+        return []
+    GH, AN = "gatewayha", "anchor"
+    sc = _div(_sl(r, GH, "scale", "median"), _sl(r, AN, "scale", "median"))
+    cr = _div(_sl(r, GH, "create", "median"), _sl(r, AN, "create", "median"))
+    st = _div(_sl(r, GH, "storm", "total_s"), _sl(r, AN, "storm", "total_s"))
+    errs = f"errors {_sl(r, GH, 'scale', 'errors')} vs {_sl(r, AN, 'scale', 'errors')}"
+    return [
+        (
+            f"{SLURM_GOAL} scale(20) → 20 workers joined ≤ 0.5× the anchor's SlurmBackend, 0 errors",
+            f"{s(_sl(r, GH, 'scale', 'median'))} vs {s(_sl(r, AN, 'scale', 'median'))} ({rx(sc)}); sbatch "
+            f"submissions per scale(20): {f(_sl(r, GH, 'scale', 'submissions'), '', 0)} vs "
+            f"{f(_sl(r, AN, 'scale', 'submissions'), '', 0)}; {errs}",
+            met(None if sc is None else sc <= 0.5 and _ok(r, GH, "scale")),
+        ),
+        (
+            f"{SLURM_GOAL} create → RUNNING no slower than the anchor's SlurmBackend, 0 errors",
+            f"{s(_sl(r, GH, 'create', 'median'))} vs {s(_sl(r, AN, 'create', 'median'))} ({rx(cr)}); errors "
+            f"{_sl(r, GH, 'create', 'errors')} vs {_sl(r, AN, 'create', 'errors')}",
+            met(None if cr is None else cr <= 1 and _ok(r, GH, "create")),
+        ),
+        (
+            f"{SLURM_GOAL} 20 concurrent creates (all RUNNING) no slower than the anchor's SlurmBackend, 0 errors",
+            f"{s(_sl(r, GH, 'storm', 'total_s'))} vs {s(_sl(r, AN, 'storm', 'total_s'))} ({rx(st)}); errors "
+            f"{_sl(r, GH, 'storm', 'errors')} vs {_sl(r, AN, 'storm', 'errors')}",
+            met(None if st is None else st <= 1 and _ok(r, GH, "storm")),
+        ),
+    ]
+
+
+def slurm_section(r, args) -> list[str]:
+    sl = r.get("slurm")
+    if not sl:
+        return []
+    GH, AN = "gatewayha", "anchor"
+    p = sl.get("params", {})
+    L: list[str] = []
+    add = L.append
+
+    def row(*cells) -> None:
+        add("| " + " | ".join(str(c) for c in cells) + " |")
+
+    def pair(label, a, b, fmt=s, ratio=True) -> None:
+        row(label, fmt(a), fmt(b), rx(_div(a, b)) if ratio else "")
+
+    when = datetime.datetime.fromtimestamp(int(args.started), datetime.UTC) if str(args.started).isdigit() else None
+    took = int(args.ended) - int(args.started) if str(args.ended).isdigit() and str(args.started).isdigit() else None
+    slurm_v = cmd("sinfo", "-V") or "slurm ?"
+    add(SLURM_TITLE)
+    add("")
+    add(
+        f"Run of {when:%Y-%m-%d %H:%M} UTC, {took // 60} min {took % 60} s in all (`BENCH_PHASES=slurm`: this section "
+        "alone is rewritten; the rest of the page is from the run named at its top)."
+        if when and took is not None
+        else "`BENCH_PHASES=slurm`: this section alone is rewritten."
+    )
+    add("")
+    add("```sh")
+    add("BENCH_PHASES=slurm bench/run.sh   # ports 19500-19699 and Slurm 16857-16859 on 127.0.0.1; as root")
+    add("```")
+    add("")
+    add(
+        f"One real local Slurm ({slurm_v}; `scripts/slurm.sh`: slurmctld and two slurmd, compute nodes n1 and n2 "
+        "of 16 CPUs / 32000 MB each as configured, partition `dask` with `OverSubscribe=FORCE:4`, all on this "
+        "2-core machine) serves both sides, one after the other. gatewayha is the local stack with "
+        "`GATEWAYHA_BACKEND=slurm` (2 API instances, 2 job runners, HAProxy, Postgres; no warm pool, "
+        "`GATEWAYHA_CLUSTER__MAX_WORKERS=20`, and 24 service accounts, `GATEWAYHA_SLURM__UID_COUNT=24`: each "
+        "cluster runs as an account of its own, and the local stack's 16 cap concurrent clusters at 16 — with "
+        "them, 4 of the 20 concurrent creates fail, `node.dask_uid_count: every uid of the range is in use`); "
+        "the anchor is dask-gateway-server 2026.3.0 with its own "
+        "`dask_gateway_server.backends.jobqueue.slurm.SlurmBackend` (`bench/anchor_config.py`, "
+        "`BENCH_ANCHOR_SLURM_BIN`) on the same Slurm, its jobs running as the account `gwdask-15`, its schedulers "
+        "and workers from the bench venv. Both: 1-core / 1 GiB workers and schedulers, heartbeat every 2 s, "
+        "the stock dask-gateway 2026.3.0 client. One side at a time, alternating which goes first; between "
+        "measurements the driver waits until the Slurm runs no job (`bench/slurm_bench.py`)."
+    )
+    add("")
+    add(
+        "What the anchor needed (its design: every submission is `sudo -nHu <user> dask-gateway-jobqueue-launcher`, "
+        "dask-gateway issue #335): `sudo` installed and a sudoers drop-in that the phase writes and removes "
+        "when it ends, `/etc/sudoers.d/gatewayha-bench-anchor`: "
+        "`root ALL=(gwdask-15) NOPASSWD: .state/bench-slurm-anchor/bin/launcher` (absolute path; the server "
+        "runs as root here, whom Debian's default `root ALL=(ALL:ALL) ALL` already covers: the drop-in is the "
+        "line a dedicated service user would need). The launcher is wrapped to get a `HOME` (the pool account's "
+        "is `/nonexistent`; the launcher runs sbatch from `~`), and sbatch/squeue/scancel are wrapped to get "
+        "this Slurm's `SLURM_CONF` (the anchor runs them with an emptied environment, so it only knows a Slurm "
+        "at `/etc/slurm/slurm.conf`); its staging directory is `.state/bench-slurm-anchor/staging/gwdask-15/` "
+        "(owned by the account, 0700), the bench venv is on Debian's `/usr/bin/python3` so the account can run it."
+    )
+    add("")
+    if sl.get("failed"):
+        add(f"**The phase failed:** `{sl['failed']}`")
+        add("")
+    add("| | gatewayha | anchor (SlurmBackend) | ratio gatewayha / anchor |")
+    row("---", "---", "---", "---")
+    w = p.get("workers")
+    n0 = (lambda x: f(x, "", 0), False)  # counts: no ratio
+    ident = (str, False)
+    T = (s, True)  # seconds, with the ratio
+    for label, key, stat, (fmt, ratio) in (
+        (f"create → RUNNING, median of {p.get('n_create')} sequential (after one warm-up)", "create", "median", T),
+        ("create → RUNNING, max", "create", "max", (s, False)),
+        ("create errors", "create", "errors", ident),
+        (f"scale({w}) → {w} workers joined (`wait_for_workers`), median of {p.get('n_scale')}, from the scale call",
+         "scale", "median", T),
+        (f"sbatch submissions per scale({w}) (slurmctld's log), median", "scale", "submissions", n0),
+        ("… from the scale call to slurmctld's last submission of it (its log), median", "scale", "submitted_s", T),
+        ("… to Slurm's allocation of the last of its jobs, median (the rest, to joined, is the workers' start)",
+         "scale", "allocated_s", T),
+        ("Slurm jobs they made (`squeue --array -t all`), median", "scale", "jobs", n0),
+        ("scale errors", "scale", "errors", ident),
+        (f"{p.get('storm')} concurrent creates → all RUNNING (median of {p.get('n_storm')})", "storm", "total_s", T),
+        ("… their median create", "storm", "create_median", T),
+        ("concurrent create errors", "storm", "errors", ident),
+    ):  # fmt: skip
+        pair(label, _sl(r, GH, key, stat), _sl(r, AN, key, stat), fmt, ratio)
+        if stat == "median" and key == "scale":
+            runs = [", ".join(s(x.get("seconds")) for x in _sl(r, side, "scale", "runs") or []) for side in (GH, AN)]
+            row("scale runs", *runs, "")
+    add("")
+    samples = [
+        (side, e)
+        for side in (GH, AN)
+        for k in ("create", "scale", "storm")
+        for e in _sl(r, side, k, "error_samples") or []
+    ]
+    samples += [(side, x["error"]) for side in (GH, AN) for x in _sl(r, side, "scale", "runs") or [] if x.get("error")]
+    if samples:
+        add("Errors seen:")
+        add("")
+        for side, e in samples[:6]:
+            add(f"- {side}: `{e[:300]}`")
+        add("")
+    gs, ga = _sl(r, GH, "scale", "median"), _sl(r, GH, "scale", "allocated_s")
+    asub, gsub = _sl(r, AN, "scale", "submitted_s"), _sl(r, GH, "scale", "submitted_s")
+    if None not in (gs, ga, asub, gsub):
+        add(
+            f"Of gatewayha's {s(gs)} to 20 workers joined, {s(gs - ga)} come after Slurm allocated the last job: "
+            "the 20 Dask workers' own start (with their nannies, 40 Python processes on the machine's 2 shared "
+            "cores), which both sides pay alike. The gateways differ in the submission: one sbatch of a job array "
+            f"({s(gsub)} after the scale call) against 20 `sudo` + launcher + sbatch runs ({s(asub)}). So the "
+            "scale ratio moves with the machine's load (the workers' start), and its margin to 0.5× is thin here; "
+            "on nodes of their own the workers would start in parallel, and the submission would weigh more."
+        )
+        add("")
+    add("Goals (also in the table at the top):")
+    add("")
+    for goal, value, verdict in slurm_goals(r):
+        add(f"- {goal}: {value} — {verdict}")
+    add("")
+    add(
+        f"- load average (1/5/15 min) at start {args.load_start}, at end {args.load_end}; the machine is shared "
+        "with other work, so absolute numbers are noisy"
+    )
+    add("")
+    return L
+
+
+def merge_slurm(args, r) -> None:
+    merge_section(args, SLURM_TITLE, slurm_section(r, args), SLURM_GOAL, slurm_goals(r))
+
+
+def carry_section(path: str, old: str, title: str, goal_prefix: str) -> None:
+    """A full rewrite of the page keeps a section (and its goal rows) that another phase wrote."""
+    lines = old.rstrip("\n").split("\n")
+    if title not in lines:
+        return
+    start = lines.index(title)
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+    goals = [ln for ln in lines if ln.startswith(f"| {goal_prefix}")]
+    args = argparse.Namespace(out=path)
+    merge_section(args, title, lines[start:end], goal_prefix, [ln[2:-2].split(" | ") for ln in goals])
 
 
 def _div(a, b):

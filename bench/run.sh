@@ -22,6 +22,8 @@
 #   BENCH_HTTPS_REPS (9), BENCH_HTTPS_CREATE_PAIRS (15), BENCH_HTTPS_SECONDS (3), BENCH_HTTPS_RTT_PAIRS (300)
 #   BENCH_REPORT (docs/benchmarks.md)
 #
+# BENCH_PHASES=slurm alone: gatewayha (GATEWAYHA_BACKEND=slurm) vs the anchor's SlurmBackend on one
+# local Slurm (see its block below); it updates only the "Slurm" section (and its goal rows).
 # BENCH_PHASES=https alone updates only the "HTTPS vs HTTP" section (and its goal rows) of the
 # existing report (bench/report.py --merge); any other selection rewrites the whole page.
 set -euo pipefail
@@ -50,15 +52,20 @@ say() { echo "[bench] $*" >&2; }
 
 # ------------------------------------------------------------------ the bench venv
 stamp=$BVENV/.bench-installed
+# On Debian's /usr/bin/python3, as .venv (scripts/bootstrap.sh): the Slurm phase's anchor jobs run
+# from this venv under a service account, which cannot reach a python under /root (pyenv).
+base_python=/usr/bin/python3
+[ -x "$base_python" ] || base_python=$(command -v python3)
 # The anchor's schedulers run from this venv: give them the same distributed and bokeh (dashboards)
 # as gatewayha's schedulers, or the anchor would start lighter schedulers (no dashboard without bokeh).
 same() { "$ROOT/.venv/bin/python" -c "import importlib.metadata as m; print('$1==' + m.version('$1'))"; }
-want="dask-gateway-server[local]==2026.3.0 dask-gateway==2026.3.0 $(same distributed) $(same dask) $(same bokeh)"
+want="$base_python dask-gateway-server[local,jobqueue]==2026.3.0 dask-gateway==2026.3.0 $(same distributed) $(same dask) $(same bokeh)"
 if [ ! -x "$BVENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "building $BVENV ($want)"
-    python3 -m venv "$BVENV"
+    rm -rf "$BVENV"
+    "$base_python" -m venv "$BVENV"
     # shellcheck disable=SC2086
-    { "$BVENV/bin/pip" install -q --upgrade pip && "$BVENV/bin/pip" install -q $want; } > "$BVENV.pip.log" 2>&1 \
+    { "$BVENV/bin/pip" install -q --upgrade pip && "$BVENV/bin/pip" install -q ${want#* }; } > "$BVENV.pip.log" 2>&1 \
         || { tail -20 "$BVENV.pip.log"; say "pip install failed"; exit 1; }
     echo "$want" > "$stamp"
 fi
@@ -161,6 +168,89 @@ anchor_up() {
     say "the anchor did not answer on :$ANCHOR_PORT (log: $ANCHOR_STATE/anchor.log)"; tail -20 "$ANCHOR_STATE/anchor.log"
     return 1
 }
+
+# ------------------------------------------------------------------ BENCH_PHASES=slurm (alone)
+# gatewayha's stack with GATEWAYHA_BACKEND=slurm (its Slurm: scripts/slurm.sh under
+# .state/bench-slurm-stack/slurm, slurmctld on :BENCH_SLURM_PORT (16857), nodes on the next two)
+# and the anchor with its own jobqueue SlurmBackend on that same Slurm; bench/slurm_bench.py
+# measures one side after the other and report.py --merge puts the "Slurm" section into the page.
+#   gatewayha: HAProxy :19500, API :19501 :19502, Postgres :19550   anchor: :19600, API :19601
+# The anchor submits through `sudo -nHu <user> dask-gateway-jobqueue-launcher` (its design,
+# dask-gateway issue #335): this phase writes a sudoers drop-in for that one command and removes it
+# when it ends. Its jobs run as BENCH_SLURM_ANCHOR_USER (gwdask-15, one of scripts/slurm.sh's accounts).
+if [ "$PHASES" = slurm ]; then
+    GHA_STATE=$ROOT/.state/bench-slurm-stack GHA_PORT=19500 GHA_API_PORTS="19501 19502" PG_PORT=19550
+    ANCHOR_STATE=$ROOT/.state/bench-slurm-anchor ANCHOR_PORT=19600 ANCHOR_API_PORT=19601
+    SL_PORT=${BENCH_SLURM_PORT:-16857}
+    SL_DIR=$GHA_STATE/slurm
+    SL_USER=${BENCH_SLURM_ANCHOR_USER:-gwdask-15}
+    SUDOERS=/etc/sudoers.d/gatewayha-bench-anchor
+    eval "orig_$(declare -f gha_env)"
+    # Each gatewayha cluster runs as an account of its own: the local stack's 16 accounts would cap
+    # the 20 concurrent creates at 16 ("every uid of the range is in use"); 24 here
+    # (scripts/slurm.sh creates the missing ones, gwdask-16.., as it created gwdask-0..15).
+    SL_POOL=${BENCH_SLURM_POOL:-24}
+    gha_env() {
+        orig_gha_env GATEWAYHA_BACKEND=slurm GATEWAYHA_SLURM_PORT="$SL_PORT" GATEWAYHA_CLUSTER__MAX_WORKERS=20 \
+            SLURM_POOL_COUNT="$SL_POOL" GATEWAYHA_SLURM__UID_COUNT="$SL_POOL" "$@"
+    }
+    sl_cleanup() {
+        set +e
+        trap '' INT TERM
+        say "stopping the anchor, the gatewayha Slurm stack (and its Slurm); removing $SUDOERS"
+        anchor_down
+        gha_down
+        rm -f "$SUDOERS"
+    }
+    anchor_down; gha_down
+    for p in $GHA_PORT $GHA_API_PORTS $PG_PORT $ANCHOR_PORT $ANCHOR_API_PORT $SL_PORT $((SL_PORT + 1)) $((SL_PORT + 2)); do
+        port_free "$p" || { say "port $p is in use by something else; not starting"; exit 1; }
+    done
+    rm -rf "$GHA_STATE" "$ANCHOR_STATE"
+    mkdir -p "$GHA_STATE" "$ANCHOR_STATE"
+    trap sl_cleanup EXIT
+    trap 'exit 130' INT TERM
+    command -v sudo >/dev/null || { say "apt-get install sudo (the anchor's SlurmBackend needs it)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null; }
+    say "starting gatewayha's stack with GATEWAYHA_BACKEND=slurm on :$GHA_PORT (Slurm on :$SL_PORT)"
+    gha_up || { tail -30 "$GHA_STATE/up.log"; exit 1; }
+    id "$SL_USER" >/dev/null || { say "no account $SL_USER"; exit 1; }
+    # The anchor's jobs (as $SL_USER) reach the bench venv and their staging dir by search
+    # permission alone; wrappers give sbatch/squeue/scancel this Slurm's config (the anchor runs
+    # them with an emptied environment) and the launcher a home (the account's is /nonexistent).
+    chmod o+x "$ROOT/.state" "$ANCHOR_STATE"
+    # The anchor runs sbatch as the user, who must read slurm.conf (0644 at a site; the stack's
+    # Slurm writes it 0600, as gatewayha submits as root). It holds no secret (munge's key is apart).
+    chmod o+r "$SL_DIR/slurm.conf"
+    install -d -m 0711 "$ANCHOR_STATE/bin" "$ANCHOR_STATE/staging"
+    install -d -m 0700 -o "$SL_USER" -g "$(id -gn "$SL_USER")" "$ANCHOR_STATE/staging/$SL_USER"
+    for cmd in sbatch squeue scancel; do
+        printf '#!/bin/sh\nSLURM_CONF=%s; export SLURM_CONF\nexec /usr/bin/%s "$@"\n' "$SL_DIR/slurm.conf" "$cmd" > "$ANCHOR_STATE/bin/$cmd"
+    done
+    printf '#!/bin/sh\nHOME=%s; export HOME\nexec %s "$@"\n' "$ANCHOR_STATE/staging/$SL_USER" \
+        "$BVENV/bin/dask-gateway-jobqueue-launcher" > "$ANCHOR_STATE/bin/launcher"
+    chmod 0755 "$ANCHOR_STATE"/bin/*
+    echo "root ALL=($SL_USER) NOPASSWD: $ANCHOR_STATE/bin/launcher" > "$SUDOERS.tmp"
+    chmod 0440 "$SUDOERS.tmp"
+    visudo -cqf "$SUDOERS.tmp" || { say "visudo refused the drop-in"; rm -f "$SUDOERS.tmp"; exit 1; }
+    mv "$SUDOERS.tmp" "$SUDOERS"
+    export BENCH_ANCHOR_SLURM_BIN=$ANCHOR_STATE/bin BENCH_ANCHOR_STAGING=$ANCHOR_STATE/staging
+    say "starting dask-gateway-server 2026.3.0 (SlurmBackend, jobs as $SL_USER) on :$ANCHOR_PORT"
+    anchor_up
+    export BENCH_GHA_STATE=$GHA_STATE BENCH_GHA_PORT=$GHA_PORT BENCH_GHA_API_PORTS="$GHA_API_PORTS" \
+        BENCH_ANCHOR_STATE=$ANCHOR_STATE BENCH_ANCHOR_PORT=$ANCHOR_PORT BENCH_ANCHOR_USER=$SL_USER \
+        BENCH_SLURM_DIR=$SL_DIR SLURM_CONF=$SL_DIR/slurm.conf
+    OUT=$ROOT/.state/bench-slurm-results.json
+    rm -f "$OUT"
+    LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    "$BVENV/bin/python" -u bench/slurm_bench.py --out "$OUT" --sides "${BENCH_SLURM_SIDES:-gatewayha,anchor}" \
+        2> >(tee "$ROOT/.state/bench-slurm.log" | grep -a --line-buffered '^\[bench' >&2)
+    LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+    ENDED=$(date +%s)
+    "$BVENV/bin/python" bench/report.py --results "$OUT" --out "$REPORT" --started "$STARTED" --ended "$ENDED" \
+        --load-start "$LOAD_START" --load-end "$LOAD_END" --merge
+    say "done in $((ENDED - STARTED)) s; merged the Slurm section into ${REPORT#$ROOT/} (raw results: ${OUT#$ROOT/})"
+    exit 0
+fi
 
 # A previous run's leftovers (ours only: the bench state dirs), then a fresh start.
 anchor_down
