@@ -908,7 +908,8 @@ def slurm_section(r, args) -> list[str]:
 
     when = datetime.datetime.fromtimestamp(int(args.started), datetime.UTC) if str(args.started).isdigit() else None
     took = int(args.ended) - int(args.started) if str(args.ended).isdigit() and str(args.started).isdigit() else None
-    slurm_v = cmd("sinfo", "-V") or "slurm ?"
+    # sinfo -V reads a slurm.conf first: the package's version needs none.
+    slurm_v = f"Slurm {cmd('dpkg-query', '-W', '-f', '${Version}', 'slurm-client').split('-')[0] or '?'}"
     add(SLURM_TITLE)
     add("")
     add(
