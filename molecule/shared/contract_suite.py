@@ -15,8 +15,8 @@ one's own (``python molecule/shared/contract_suite.py CONTAINER``) both call it:
 3. pytest runs there as root (as the job runner: its unit has User=root, so that it may start
    units under other uids), with the venv's python;
 4. every harness must have passed every contract test (none skipped: a `local-systemd` that
-   skipped would prove nothing; a harness that cannot run here, as Slurm's will be, must be
-   deselected in ``run_suite``), and no cluster unit may be left on the container.
+   skipped would prove nothing; a harness that cannot run here, as Slurm's, is deselected in
+   ``run_suite``: ``DESELECTED``), and no cluster unit may be left on the container.
 
 Why not on a gateway node itself: a gateway node's own job runner stops every gatewayha unit
 that no active cluster of that node owns (gatewayha.jobs.handlers.reap_orphans, every
@@ -41,8 +41,10 @@ APP_PYTHON = REPO / ".venv" / "bin" / "python"
 INSTALL = "/opt/gatewayha"  # roles/gatewayha: gatewayha_install_dir
 VENV = f"{INSTALL}/venv"
 SCRATCH = "/var/tmp/gatewayha-contract"  # the suite, pytest and the tests' tmp_path (state dirs, logs)
-# The suite and what it imports from tests/ (helpers: wait_until; unbound_backend: a harness).
-SUITE = ("integration/test_backend_contract.py", "helpers.py", "unbound_backend.py")
+# The suite and what it imports from tests/ (helpers: wait_until; unbound_backend: a harness;
+# slurm_local: the Slurm harness's, which is deselected here: no Slurm on an appliance node).
+SUITE = ("integration/test_backend_contract.py", "helpers.py", "unbound_backend.py", "slurm_local.py")
+DESELECTED = "not slurm"
 SUITE_FILE = "tests/integration/test_backend_contract.py"
 HARNESSES = ("local-process", "local-systemd", "unbound-process")
 PYTEST_DISTS = ("pytest", "pytest-timeout")
@@ -156,7 +158,7 @@ def run_suite(container: str, python: str = f"{VENV}/bin/python") -> Result:
         f"cd {SCRATCH} && exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
         f" PYTHONPATH={SCRATCH}/site:{SCRATCH}/tests PYTHONDONTWRITEBYTECODE=1"
         f" {shlex.quote(python)} -m pytest -q -rA --timeout={TEST_TIMEOUT_S} --timeout-method=thread"
-        f" --basetemp={SCRATCH}/tmp {SUITE_FILE} 2>&1"
+        f" --basetemp={SCRATCH}/tmp -k {shlex.quote(DESELECTED)} {SUITE_FILE} 2>&1"
     )
     t0 = time.monotonic()
     proc = sh(container, cmd, timeout=RUN_TIMEOUT_S, check=False)
