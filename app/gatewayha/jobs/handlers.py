@@ -209,7 +209,7 @@ def _refused(ctx: Context, name: str, exc: Exception) -> None:
 
 _WORKER_ROW = (
     "SELECT c.name, c.owner, c.status, c.node, c.config, c.tls_cert, c.tls_key_enc, c.token_enc,"
-    " c.scheduler_address, w.name AS worker, w.status AS wstatus, w.state AS wstate"
+    " c.scheduler_address, w.name AS worker, w.status AS wstatus"
     " FROM clusters c JOIN workers w ON w.cluster = c.name"
 )
 
